@@ -1,0 +1,246 @@
+"""The configuration file: one frozen, validated object.
+
+Loading has no side effects. Any problem raises ConfigError whose message is a single
+line naming the YAML path and what was expected.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from chatbot.recurrence import Schedule, parse_duration, parse_rule
+
+_USER_ID = re.compile(r"@[^:\s]+:\S+")
+# Room version 12 ids carry no server name (`!opaque`); aliases always do.
+_ROOM = re.compile(r"#[^:\s]+:\S+|![^:\s]+(?::\S+)?")
+_MEETING_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
+_START_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the user."""
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if not isinstance(value, str):
+        raise ValueError(f"expected a duration such as 45s, 10m, 1h30m or 7d, got {value!r}")
+    return parse_duration(value)
+
+
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("expected a duration longer than zero")
+    return value
+
+
+def _pattern(pattern: re.Pattern[str], example: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value):
+            raise ValueError(f"expected something like {example}, got {value!r}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s<>()\[\]]+", value):
+        raise ValueError(f"expected an http(s) URL without spaces, got {value!r}")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+PositiveDuration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
+UserId = Annotated[str, _pattern(_USER_ID, "@someone:example.org")]
+RoomRef = Annotated[str, _pattern(_ROOM, "#room:example.org or !roomid:example.org")]
+Url = Annotated[str, AfterValidator(_url)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class MatrixConfig(_Frozen):
+    homeserver: Url
+    user_id: UserId
+    password: str | None = None
+    access_token: str | None = None
+    device_name: str = "chatbot"
+
+    @model_validator(mode="after")
+    def _needs_credentials(self) -> MatrixConfig:
+        if not self.password and not self.access_token:
+            raise ValueError("expected `password` (first login only) or `access_token`")
+        return self
+
+
+class Links(_Frozen):
+    notes: Url | None = None
+    issue: Url | None = None
+    calendar: Url | None = None
+    code_of_conduct: Url | None = None
+
+
+class MeetingConfig(_Frozen):
+    id: Annotated[str, _pattern(_MEETING_ID, "hubs-team (lowercase letters, digits, -)")]
+    title: Annotated[str, Field(min_length=1, max_length=200)]
+    room: RoomRef
+    timezone: ZoneInfo
+    start: datetime
+    rrule: str | None = None
+    duration: PositiveDuration = timedelta(minutes=60)
+    reminders: tuple[PositiveDuration, ...] = ()
+    grace: Duration = timedelta(minutes=30)
+    chairs: tuple[UserId, ...] = ()
+    links: Links = Links()
+
+    @field_validator("timezone", mode="before")
+    @classmethod
+    def _zone(cls, value: Any) -> ZoneInfo:
+        if isinstance(value, ZoneInfo):
+            return value
+        try:
+            return ZoneInfo(str(value))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"expected an IANA time zone such as Europe/London or UTC, got {value!r}"
+            ) from None
+
+    @field_validator("start", mode="before")
+    @classmethod
+    def _start(cls, value: Any) -> datetime:
+        if isinstance(value, datetime):
+            if value.tzinfo is not None:
+                raise ValueError("expected local time without an offset; the zone is `timezone`")
+            return value
+        for layout in _START_FORMATS:
+            try:
+                return datetime.strptime(str(value).strip(), layout)
+            except ValueError:
+                continue
+        raise ValueError(f"expected local time as 'YYYY-MM-DD HH:MM', got {value!r}")
+
+    @field_validator("reminders")
+    @classmethod
+    def _distinct(cls, value: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("expected each reminder lead time once")
+        return tuple(sorted(value, reverse=True))
+
+    @field_validator("rrule")
+    @classmethod
+    def _rule_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
+        start = info.data.get("start")
+        if value is not None and start is not None:
+            try:
+                parse_rule(value, start)
+            except (ValueError, TypeError) as error:
+                raise ValueError(
+                    f"expected an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=+3TH ({error})"
+                ) from None
+        return value
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.start, self.timezone, self.rrule, self.duration)
+
+
+class Config(_Frozen):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    matrix: MatrixConfig
+    data_dir: Path = Path("./data")
+    command_prefix: Annotated[str, Field(min_length=1, max_length=5, pattern=r"^\S+$")] = "!"
+    meetings: Annotated[tuple[MeetingConfig, ...], Field(min_length=1)]
+
+    @field_validator("meetings")
+    @classmethod
+    def _unique_ids(cls, value: tuple[MeetingConfig, ...]) -> tuple[MeetingConfig, ...]:
+        seen: set[str] = set()
+        for meeting in value:
+            if meeting.id in seen:
+                raise ValueError(f"expected unique meeting ids, {meeting.id!r} is used twice")
+            seen.add(meeting.id)
+        return value
+
+    def meeting(self, meeting_id: str) -> MeetingConfig | None:
+        return next((m for m in self.meetings if m.id == meeting_id), None)
+
+
+_FRIENDLY = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known key (check the spelling against config.example.yaml)",
+    "string_type": "expected text",
+    "dict_type": "expected a mapping of keys to values",
+    "model_type": "expected a mapping of keys to values",
+    "tuple_type": "expected a list",
+    "list_type": "expected a list",
+    "too_short": "expected at least one entry",
+}
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ""
+    for part in error["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    message = _FRIENDLY.get(error["type"])
+    if message is None:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        message = message[:1].lower() + message[1:]
+        if error["type"] not in ("value_error", "assertion_error") and "input" in error:
+            message += f", got {error['input']!r}"
+    return f"{path}: {message}" if path else message
+
+
+def parse_config(data: Any, *, base_dir: Path = Path(".")) -> Config:
+    """Validate parsed YAML; a relative `data_dir` is taken relative to `base_dir`."""
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping with `matrix` and `meetings` at the top level")
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_describe(error.errors()[0])) from None
+    if not config.data_dir.is_absolute():
+        config = config.model_copy(update={"data_dir": base_dir / config.data_dir})
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate a YAML configuration file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file; copy config.example.yaml and edit it, or pass -c PATH"
+        ) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{path}: {where}invalid YAML ({problem})") from None
+    try:
+        return parse_config(data, base_dir=path.resolve().parent)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
