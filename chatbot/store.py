@@ -1,0 +1,530 @@
+"""SQLite, the source of truth. The only module that speaks SQL.
+
+Every write that follows from a Matrix event happens inside one `transaction()`
+together with the claim of that event's id, so a replayed event can never be
+recorded twice, and the messages the bot owes in answer sit in the same
+transaction (the outbox), so none is lost to a crash either.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from chatbot.model import (
+    Attendee,
+    Entry,
+    EntryKind,
+    EventId,
+    Meeting,
+    MeetingRecord,
+    Profile,
+    RoomId,
+    UserId,
+)
+
+log = logging.getLogger(__name__)
+
+# Append-only: each script runs once, in its own transaction, and bumps user_version.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE processed_events (
+        event_id TEXT PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        processed_at TEXT NOT NULL
+    );
+    CREATE TABLE known_rooms (
+        room_id TEXT PRIMARY KEY,
+        joined_at TEXT NOT NULL
+    );
+    CREATE TABLE profiles (
+        user_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        affiliation TEXT NOT NULL,
+        handle TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE meetings (
+        id INTEGER PRIMARY KEY,
+        series_id TEXT NOT NULL,
+        room_id TEXT NOT NULL,
+        title TEXT NOT NULL,
+        scheduled_start TEXT,
+        started_at TEXT,
+        ended_at TEXT,
+        closes_at TEXT,
+        UNIQUE (series_id, scheduled_start)
+    );
+    CREATE INDEX meetings_open_by_room ON meetings (room_id) WHERE ended_at IS NULL;
+    CREATE INDEX meetings_by_series ON meetings (series_id, started_at);
+    CREATE TABLE attendees (
+        meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        affiliation TEXT NOT NULL,
+        handle TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        arrived_at TEXT NOT NULL,
+        PRIMARY KEY (meeting_id, user_id)
+    );
+    CREATE TABLE entries (
+        id INTEGER PRIMARY KEY,
+        meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+        kind TEXT NOT NULL CHECK (kind IN ('update', 'pass', 'celebration', 'agenda')),
+        sender TEXT NOT NULL,
+        sender_name TEXT NOT NULL,
+        text TEXT NOT NULL,
+        minutes INTEGER,
+        event_id TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX entries_by_meeting ON entries (meeting_id, id);
+    CREATE TABLE reminders (
+        series_id TEXT NOT NULL,
+        scheduled_start TEXT NOT NULL,
+        lead_seconds INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        decided_at TEXT NOT NULL,
+        PRIMARY KEY (series_id, scheduled_start, lead_seconds)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        room_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        sent_at TEXT,
+        sent_event_id TEXT,
+        failure TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL;
+    """,
+)
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message says why and what to do."""
+
+
+def _stamp(when: datetime | None) -> str | None:
+    """One text form for every instant, so equal times compare equal in SQL."""
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        raise ValueError("naive datetimes are not stored")
+    return when.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _instant(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A message or reaction the bot owes a room; `txn_id` makes re-sending it harmless."""
+
+    id: int
+    room_id: RoomId
+    kind: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    @property
+    def txn_id(self) -> str:
+        return f"chatbot.{int(self.created_at.timestamp() * 1000)}.{self.id}"
+
+
+_MEETING_COLUMNS = (
+    "id, series_id, room_id, title, scheduled_start, started_at, ended_at, closes_at"
+)
+
+
+def _meeting_from_row(row: aiosqlite.Row) -> Meeting:
+    return Meeting(
+        id=row["id"],
+        series_id=row["series_id"],
+        room_id=RoomId(row["room_id"]),
+        title=row["title"],
+        scheduled_start=_instant(row["scheduled_start"]),
+        started_at=_instant(row["started_at"]),
+        ended_at=_instant(row["ended_at"]),
+        closes_at=_instant(row["closes_at"]),
+    )
+
+
+class Store:
+    """Async access to the bot's SQLite database."""
+
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+        # One connection serves every task; the lock keeps one task's transaction
+        # from swallowing another task's statements.
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        """Open (creating if needed) and migrate the database at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        connection = await aiosqlite.connect(path, isolation_level=None)
+        connection.row_factory = aiosqlite.Row
+        store = cls(connection)
+        try:
+            await connection.execute("PRAGMA journal_mode = WAL")
+            await connection.execute("PRAGMA foreign_keys = ON")
+            await connection.execute("PRAGMA busy_timeout = 5000")
+            await connection.execute("PRAGMA synchronous = NORMAL")
+            await store._migrate()
+        except BaseException:
+            await connection.close()
+            raise
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _migrate(self) -> None:
+        version = await self._scalar("PRAGMA user_version")
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"the database is at schema version {version}, newer than this chatbot "
+                f"understands ({len(MIGRATIONS)}); upgrade chatbot or restore a backup"
+            )
+        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+            log.info("migrating database to schema version %s", number)
+            # executescript would commit on its own; run statements one by one instead
+            # so the migration and the version bump share one transaction.
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        await self._db.execute(statement)
+                await self._db.execute(f"PRAGMA user_version = {number}")
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Store]:
+        """All writes in the block commit together or not at all. Every write goes in one."""
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _scalar(self, sql: str, *args: Any) -> Any:
+        async with self._db.execute(sql, args) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
+        async with self._db.execute(sql, args) as cursor:
+            return list(await cursor.fetchall())
+
+    async def _changes(self, sql: str, *args: Any) -> int:
+        async with self._db.execute(sql, args) as cursor:
+            return cursor.rowcount
+
+    # --- meta -------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._scalar("SELECT value FROM meta WHERE key = ?", key)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # --- events and rooms -------------------------------------------------------
+
+    async def claim_event(self, event_id: EventId, room_id: RoomId, now: datetime) -> bool:
+        """Mark an event as handled; False if it already was (a replay)."""
+        inserted = await self._changes(
+            "INSERT OR IGNORE INTO processed_events (event_id, room_id, processed_at) "
+            "VALUES (?, ?, ?)",
+            event_id,
+            room_id,
+            _stamp(now),
+        )
+        return inserted == 1
+
+    async def is_known_room(self, room_id: RoomId) -> bool:
+        return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+
+    async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO known_rooms (room_id, joined_at) VALUES (?, ?)",
+            (room_id, _stamp(now)),
+        )
+
+    # --- profiles ---------------------------------------------------------------
+
+    async def save_profile(self, user_id: UserId, profile: Profile, now: datetime) -> None:
+        await self._db.execute(
+            "INSERT INTO profiles (user_id, name, affiliation, handle, updated_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET "
+            "name = excluded.name, affiliation = excluded.affiliation, "
+            "handle = excluded.handle, updated_at = excluded.updated_at",
+            (user_id, profile.name, profile.affiliation, profile.handle, _stamp(now)),
+        )
+
+    async def rename_in_unclosed(self, user_id: UserId, profile: Profile) -> None:
+        """Show a changed profile in every meeting not yet closed; closed notes stay as held."""
+        unclosed = "SELECT id FROM meetings WHERE ended_at IS NULL"
+        await self._db.execute(
+            f"UPDATE entries SET sender_name = ? WHERE sender = ? AND meeting_id IN ({unclosed})",
+            (profile.name, user_id),
+        )
+        await self._db.execute(
+            "UPDATE attendees SET name = ?, affiliation = ?, handle = ? "
+            f"WHERE user_id = ? AND meeting_id IN ({unclosed})",
+            (profile.name, profile.affiliation, profile.handle, user_id),
+        )
+
+    async def get_profile(self, user_id: UserId) -> Profile | None:
+        rows = await self._rows(
+            "SELECT name, affiliation, handle FROM profiles WHERE user_id = ?", user_id
+        )
+        return Profile(rows[0]["name"], rows[0]["affiliation"], rows[0]["handle"]) if rows else None
+
+    # --- meetings ---------------------------------------------------------------
+
+    async def get_meeting(self, meeting_id: int) -> Meeting | None:
+        rows = await self._rows(f"SELECT {_MEETING_COLUMNS} FROM meetings WHERE id = ?", meeting_id)
+        return _meeting_from_row(rows[0]) if rows else None
+
+    async def open_meeting_in_room(self, room_id: RoomId) -> Meeting | None:
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM meetings WHERE room_id = ? "
+            "AND ended_at IS NULL AND started_at IS NOT NULL ORDER BY started_at LIMIT 1",
+            room_id,
+        )
+        return _meeting_from_row(rows[0]) if rows else None
+
+    async def open_meetings(self) -> list[Meeting]:
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM meetings "
+            "WHERE ended_at IS NULL AND started_at IS NOT NULL ORDER BY id"
+        )
+        return [_meeting_from_row(row) for row in rows]
+
+    async def find_scheduled(self, series_id: str, scheduled_start: datetime) -> Meeting | None:
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM meetings "
+            "WHERE series_id = ? AND scheduled_start = ?",
+            series_id,
+            _stamp(scheduled_start),
+        )
+        return _meeting_from_row(rows[0]) if rows else None
+
+    async def ensure_scheduled(
+        self, series_id: str, room_id: RoomId, title: str, scheduled_start: datetime
+    ) -> Meeting:
+        """The row for one scheduled occurrence, created on first use."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO meetings (series_id, room_id, title, scheduled_start) "
+            "VALUES (?, ?, ?, ?)",
+            (series_id, room_id, title, _stamp(scheduled_start)),
+        )
+        meeting = await self.find_scheduled(series_id, scheduled_start)
+        assert meeting is not None
+        return meeting
+
+    async def create_adhoc(
+        self, series_id: str, room_id: RoomId, title: str, started_at: datetime,
+        closes_at: datetime,
+    ) -> Meeting:
+        async with self._db.execute(
+            "INSERT INTO meetings (series_id, room_id, title, started_at, closes_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (series_id, room_id, title, _stamp(started_at), _stamp(closes_at)),
+        ) as cursor:
+            meeting_id = cursor.lastrowid
+        meeting = await self.get_meeting(meeting_id)
+        assert meeting is not None
+        return meeting
+
+    async def mark_started(
+        self, meeting_id: int, started_at: datetime, closes_at: datetime, title: str
+    ) -> bool:
+        """Open a meeting that is not open yet; False if it already was opened."""
+        return (
+            await self._changes(
+                "UPDATE meetings SET started_at = ?, closes_at = ?, title = ? "
+                "WHERE id = ? AND started_at IS NULL",
+                _stamp(started_at),
+                _stamp(closes_at),
+                title,
+                meeting_id,
+            )
+            == 1
+        )
+
+    async def mark_ended(self, meeting_id: int, ended_at: datetime) -> bool:
+        """Close an open meeting; False if it was not open."""
+        return (
+            await self._changes(
+                "UPDATE meetings SET ended_at = ? "
+                "WHERE id = ? AND started_at IS NOT NULL AND ended_at IS NULL",
+                _stamp(ended_at),
+                meeting_id,
+            )
+            == 1
+        )
+
+    async def meetings_of_series(self, series_id: str) -> list[Meeting]:
+        """Every sitting of a series that was held or is being held, oldest first."""
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM meetings "
+            "WHERE series_id = ? AND started_at IS NOT NULL ORDER BY started_at, id",
+            series_id,
+        )
+        return [_meeting_from_row(row) for row in rows]
+
+    # --- roll call and entries ----------------------------------------------------
+
+    async def add_attendee(
+        self, meeting_id: int, user_id: UserId, profile: Profile, event_id: EventId,
+        now: datetime,
+    ) -> None:
+        """Join the roll call once; answering again only refreshes how the line reads."""
+        await self._db.execute(
+            "INSERT INTO attendees "
+            "(meeting_id, user_id, name, affiliation, handle, event_id, arrived_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meeting_id, user_id) DO UPDATE SET "
+            "name = excluded.name, affiliation = excluded.affiliation, handle = excluded.handle",
+            (meeting_id, user_id, profile.name, profile.affiliation, profile.handle, event_id,
+             _stamp(now)),
+        )
+
+    async def add_entry(
+        self, meeting_id: int, kind: EntryKind, sender: UserId, sender_name: str, text: str,
+        minutes: int | None, event_id: EventId, now: datetime,
+    ) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO entries "
+            "(meeting_id, kind, sender, sender_name, text, minutes, event_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (meeting_id, kind.value, sender, sender_name, text, minutes, event_id, _stamp(now)),
+        )
+
+    async def record(self, meeting: Meeting) -> MeetingRecord:
+        """The meeting with its roll call (in order of arrival) and entries (in order)."""
+        attendee_rows = await self._rows(
+            "SELECT user_id, name, affiliation, handle FROM attendees "
+            "WHERE meeting_id = ? ORDER BY arrived_at, rowid",
+            meeting.id,
+        )
+        entry_rows = await self._rows(
+            "SELECT kind, sender, sender_name, text, minutes, event_id, created_at "
+            "FROM entries WHERE meeting_id = ? ORDER BY id",
+            meeting.id,
+        )
+        return MeetingRecord(
+            meeting=meeting,
+            attendees=tuple(
+                Attendee(UserId(r["user_id"]), Profile(r["name"], r["affiliation"], r["handle"]))
+                for r in attendee_rows
+            ),
+            entries=tuple(
+                Entry(
+                    kind=EntryKind(r["kind"]),
+                    sender=UserId(r["sender"]),
+                    sender_name=r["sender_name"],
+                    text=r["text"],
+                    minutes=r["minutes"],
+                    event_id=EventId(r["event_id"]),
+                    created_at=datetime.fromisoformat(r["created_at"]),
+                )
+                for r in entry_rows
+            ),
+        )
+
+    # --- reminders ----------------------------------------------------------------
+
+    async def decided_reminders(self, series_id: str, scheduled_start: datetime) -> set[int]:
+        """Lead times (seconds) already sent or skipped for one occurrence."""
+        rows = await self._rows(
+            "SELECT lead_seconds FROM reminders WHERE series_id = ? AND scheduled_start = ?",
+            series_id,
+            _stamp(scheduled_start),
+        )
+        return {row["lead_seconds"] for row in rows}
+
+    async def record_reminder(
+        self, series_id: str, scheduled_start: datetime, lead_seconds: int, outcome: str,
+        now: datetime,
+    ) -> bool:
+        """Record a reminder's fate once; False if it was already decided."""
+        return (
+            await self._changes(
+                "INSERT OR IGNORE INTO reminders "
+                "(series_id, scheduled_start, lead_seconds, outcome, decided_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                series_id,
+                _stamp(scheduled_start),
+                lead_seconds,
+                outcome,
+                _stamp(now),
+            )
+            == 1
+        )
+
+    # --- outbox -------------------------------------------------------------------
+
+    async def enqueue(
+        self, room_id: RoomId, kind: str, payload: dict[str, Any], now: datetime
+    ) -> None:
+        await self._db.execute(
+            "INSERT INTO outbox (room_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
+            (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now)),
+        )
+
+    async def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
+        rows = await self._rows(
+            "SELECT id, room_id, kind, payload, created_at FROM outbox "
+            "WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            limit,
+        )
+        return [
+            OutboxItem(
+                id=r["id"],
+                room_id=RoomId(r["room_id"]),
+                kind=r["kind"],
+                payload=json.loads(r["payload"]),
+                created_at=datetime.fromisoformat(r["created_at"]),
+            )
+            for r in rows
+        ]
+
+    async def mark_sent(self, item_id: int, event_id: str, now: datetime) -> None:
+        await self._db.execute(
+            "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
+            (_stamp(now), event_id, item_id),
+        )
+
+    async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:
+        """Give up on an item the homeserver refuses for good, so it blocks nothing behind it."""
+        await self._db.execute(
+            "UPDATE outbox SET sent_at = ?, failure = ? WHERE id = ?",
+            (_stamp(now), failure, item_id),
+        )
