@@ -1,0 +1,262 @@
+"""Pure text: the meeting note, reminders, announcements and replies, as markdown.
+
+Text from chat is untrusted. Everything that came from a person passes through
+`escape_markdown` before it is placed in markdown, and `markdown_to_html` runs the
+result through an allow-list sanitizer, so chat text can neither change the note's
+structure nor put HTML into a posted message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import markdown
+import nh3
+
+from chatbot.model import Attendee, Entry, EntryKind, MeetingRecord, Profile
+
+_INLINE_ESCAPES = str.maketrans(
+    {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]"}
+)
+_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+_BLOCK_START = re.compile(r"([#>+\-|])")
+_ORDERED_START = re.compile(r"(\d+)([.)])")
+# Characters that have no business in a note: C0/C1 controls (except tab), and
+# bidirectional overrides that can make a line read differently than it is.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+_HTML_TAGS = {
+    "a", "b", "blockquote", "br", "code", "del", "em", "h1", "h2", "h3", "h4", "h5", "h6",
+    "hr", "i", "li", "ol", "p", "pre", "strong", "ul",
+}
+
+
+def clean_text(text: str) -> str:
+    """Drop control and direction-override characters; keep everything readable."""
+    return _UNPRINTABLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def escape_line(line: str) -> str:
+    """One line of chat text made inert in markdown, wherever it lands on a line."""
+    line = clean_text(line).strip().translate(_INLINE_ESCAPES)
+    line = _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", line))
+    if set(line) == {"="}:
+        return "&#61;" + line[1:]  # a line of = would turn the line above into a heading
+    if ordered := _ORDERED_START.match(line):
+        return f"{ordered[1]}\\{ordered[2]}{line[ordered.end():]}"
+    return _BLOCK_START.sub(r"\\\1", line, count=1) if _BLOCK_START.match(line) else line
+
+
+def escape_markdown(text: str, *, continuation_indent: str = "    ") -> str:
+    """Multi-line chat text as inline markdown; lines become hard line breaks.
+
+    Blank lines are left out and leading spaces dropped, so that nothing a person
+    typed can end the list item it sits in or start a code block inside it.
+    """
+    lines = [escape_line(line) for line in clean_text(text).split("\n")]
+    return ("  \n" + continuation_indent).join(line for line in lines if line)
+
+
+def markdown_to_html(text: str) -> str:
+    """The posted message's HTML body: markdown rendered, then allow-list sanitized."""
+    html = markdown.markdown(text, output_format="html")
+    return nh3.clean(
+        html,
+        tags=_HTML_TAGS,
+        attributes={"a": {"href"}},
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer",
+    )
+
+
+# --- dates and times -------------------------------------------------------------
+
+
+def _ordinal(day: int) -> str:
+    suffix = "th" if 11 <= day % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(day % 10, "th")
+    return f"{day}{suffix}"
+
+
+def format_date(when: datetime) -> str:
+    """`Thursday 17th June 2021`."""
+    return f"{when:%A} {_ordinal(when.day)} {when:%B %Y}"
+
+
+def format_clock(when: datetime) -> str:
+    """`9AM`, `9:30AM`, `12PM`."""
+    hour = when.hour % 12 or 12
+    minutes = f":{when.minute:02d}" if when.minute else ""
+    return f"{hour}{minutes}{'AM' if when.hour < 12 else 'PM'}"
+
+
+def format_time(when: datetime, zone: ZoneInfo) -> str:
+    """`9AM Europe/London (08:00 UTC)`."""
+    local = when.astimezone(zone)
+    return f"{format_clock(local)} {zone.key} ({when.astimezone(UTC):%H:%M} UTC)"
+
+
+def time_zone_link(when: datetime) -> str:
+    """A page that shows this instant in the reader's own time zone."""
+    utc = when.astimezone(UTC)
+    return f"https://www.timeanddate.com/worldclock/fixedtime.html?iso={utc:%Y%m%dT%H%M}&p1=1440"
+
+
+def format_span(span: timedelta) -> str:
+    """`7 days`, `1 hour`, `1 hour 30 minutes`, `45 seconds`: the two largest units."""
+    seconds = max(0, round(span.total_seconds()))
+    parts = []
+    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count} {name}{'' if count == 1 else 's'}")
+    return " ".join(parts[:2]) or "now"
+
+
+# --- the note ----------------------------------------------------------------------
+
+LINK_LABELS = (
+    ("notes", "Notes"),
+    ("issue", "GitHub issue"),
+    ("calendar", "Calendar for future meetings"),
+)
+
+
+def roll_call_line(profile: Profile) -> str:
+    return " / ".join(escape_markdown(part) for part in (profile.name, profile.affiliation,
+                                                           profile.handle) if part.strip())
+
+
+def code_of_conduct_line(link: str | None) -> str:
+    conduct = f"[Code of Conduct]({link})" if link else "Code of Conduct"
+    return f"By participating in this meeting, you are agreeing to abide by and uphold the {conduct}."
+
+
+def _section(title: str, bullets: Iterable[str]) -> list[str]:
+    lines = [f"- {bullet}" for bullet in bullets]
+    return [f"## {title}", "", *(lines or ["-"]), ""]
+
+
+def _agenda_bullet(entry: Entry) -> str:
+    estimate = f" ({entry.minutes} min)" if entry.minutes is not None else ""
+    return f"**{escape_markdown(entry.sender_name)}**{estimate} {escape_markdown(entry.text)}"
+
+
+def _update_bullet(entry: Entry) -> str:
+    text = "pass" if entry.kind is EntryKind.PASS else escape_markdown(entry.text)
+    return f"**{escape_markdown(entry.sender_name)}:** {text}"
+
+
+def render_note(record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | None]) -> str:
+    """The meeting note in the layout teams paste into their notes page."""
+    meeting = record.meeting
+    held_at = meeting.held_at.astimezone(zone)
+    lines = [
+        f"# {escape_markdown(meeting.title)}",
+        "",
+        f"- **Date:** {format_date(held_at)}",
+        f"- **Time:** {format_time(held_at, zone)}",
+        *(f"- **{label}:** <{links[key]}>" for key, label in LINK_LABELS if links.get(key)),
+        "",
+        f"#### {code_of_conduct_line(links.get('code_of_conduct'))}",
+        "",
+        *_section("Roll call", (roll_call_line(a.profile) for a in record.attendees)),
+        *_section(
+            "Quick updates",
+            (_update_bullet(e) for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)),
+        ),
+        *_section(
+            "Reports and celebrations",
+            (escape_markdown(e.text) for e in record.of_kind(EntryKind.CELEBRATION)),
+        ),
+        *_section("Agenda items", (_agenda_bullet(e) for e in record.of_kind(EntryKind.AGENDA))),
+    ]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# --- messages in the room ------------------------------------------------------------
+
+
+def render_agenda(items: Sequence[Entry], *, title: str, held_at: str, prefix: str) -> str:
+    """The agenda so far, numbered, with the total of the estimates."""
+    if not items:
+        return (
+            f"**Agenda for {escape_markdown(title)}, {held_at}:** nothing yet. "
+            f"Add an item with `{prefix}agenda (10 min) topic`."
+        )
+    lines = [f"**Agenda for {escape_markdown(title)}, {held_at}:**", ""]
+    lines += [f"{number}. {_agenda_bullet(item)}" for number, item in enumerate(items, 1)]
+    estimated = sum(item.minutes or 0 for item in items)
+    unestimated = sum(item.minutes is None for item in items)
+    total = f"Total: {estimated} min"
+    if unestimated:
+        total += f", plus {unestimated} item{'s' if unestimated > 1 else ''} without an estimate"
+    return "\n".join([*lines, "", total + "."])
+
+
+def _link_lines(links: dict[str, str | None]) -> list[str]:
+    return [f"- **{label}:** <{links[key]}>" for key, label in LINK_LABELS if links.get(key)]
+
+
+def render_when_line(title: str, start: datetime, zone: ZoneInfo) -> str:
+    local = start.astimezone(zone)
+    return (
+        f"**{escape_markdown(title)}**: {format_date(local)}, {format_time(local, zone)}; "
+        f"[in your time zone]({time_zone_link(start)})"
+    )
+
+
+def render_reminder(
+    *, title: str, start: datetime, zone: ZoneInfo, now: datetime,
+    links: dict[str, str | None], agenda: Sequence[Entry], prefix: str,
+) -> str:
+    """The reminder before a meeting: when, where, the agenda so far, how to add."""
+    agenda_lines = [f"{n}. {_agenda_bullet(item)}" for n, item in enumerate(agenda, 1)]
+    return "\n".join([
+        f"**Reminder:** {render_when_line(title, start, zone)}, "
+        f"starts in {format_span(start - now)}.",
+        "",
+        *_link_lines(links),
+        "",
+        "**Agenda so far:**" if agenda else "**Agenda so far:** nothing yet.",
+        *([""] + agenda_lines if agenda_lines else []),
+        "",
+        f"Add an item with `{prefix}agenda (10 min) topic`, your quick update with "
+        f"`{prefix}update text` (or `{prefix}pass`), news with `{prefix}celebrate text`.",
+    ])
+
+
+def render_start(
+    *, title: str, links: dict[str, str | None], closes_at: datetime, zone: ZoneInfo,
+    prefix: str,
+) -> str:
+    """The announcement when a meeting opens."""
+    return "\n".join([
+        f"**{escape_markdown(title)}** is starting now.",
+        "",
+        code_of_conduct_line(links.get("code_of_conduct")),
+        "",
+        f"- Roll call: `{prefix}here` (or `{prefix}here Name / Affiliation / @handle`)",
+        f"- Quick update, 60 seconds, you can pass: `{prefix}update text` or `{prefix}pass`",
+        f"- Reports and celebrations: `{prefix}celebrate text`",
+        f"- Agenda: `{prefix}agenda` lists it, `{prefix}agenda (10 min) topic` adds to it",
+        f"- Chairs close with `{prefix}endmeeting`; otherwise it closes at "
+        f"{format_time(closes_at, zone)}.",
+        *(["", *_link_lines(links)] if _link_lines(links) else []),
+    ])
+
+
+def render_closed(title: str, path_hint: str) -> str:
+    return f"**{escape_markdown(title)}** is closed. The note follows and is saved as `{path_hint}`."
+
+
+def roll_call_profile(profile: Profile | None, display_name: str, user_id: str) -> Profile:
+    """A saved profile, else the Matrix display name and id."""
+    return profile if profile is not None else Profile(display_name, "", user_id)
+
+
+def attendee_names(attendees: Sequence[Attendee]) -> str:
+    return ", ".join(escape_markdown(a.profile.name) for a in attendees) or "nobody yet"
