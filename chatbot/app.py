@@ -1,0 +1,106 @@
+"""The composition root: builds the store, the Matrix edge, the core and the scheduler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from chatbot.bot import Clock, MeetingBot, utc_now
+from chatbot.config import Config
+from chatbot.matrix import MatrixEdge
+from chatbot.meetings import Rooms
+from chatbot.scheduler import JobScheduler
+from chatbot.store import Store
+
+log = logging.getLogger(__name__)
+
+DATABASE_FILE = "chatbot.db"
+SHUTDOWN_DRAIN_SECONDS = 3.0
+
+
+def database_path(config: Config) -> Path:
+    return config.data_dir / DATABASE_FILE
+
+
+def notes_dir(config: Config) -> Path:
+    return config.data_dir / "notes"
+
+
+class BotApp:
+    """One running bot. `run()` until `stop` is set; `ready` is set once it is listening."""
+
+    def __init__(self, config: Config, *, clock: Clock = utc_now, timeline_limit: int = 50) -> None:
+        self.config = config
+        self.clock = clock
+        self.timeline_limit = timeline_limit
+        self.ready = asyncio.Event()
+        self.stop = asyncio.Event()
+
+    async def run(self) -> None:
+        """Run until `stop` is set, then finish the work in hand and close cleanly."""
+        store = await Store.open(database_path(self.config))
+        edge = MatrixEdge(self.config, store, clock=self.clock,
+                          timeline_limit=self.timeline_limit)
+        scheduler: JobScheduler | None = None
+        tasks: list[asyncio.Task[None]] = []
+        bot: MeetingBot | None = None
+        try:
+            await edge.login()
+            rooms = Rooms(self.config, await edge.resolve_rooms())
+            replan_needed = asyncio.Event()
+            bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,
+                             on_schedule_change=replan_needed.set)
+            scheduler = JobScheduler(bot.run_job)
+            scheduler.start()
+            scheduler.replace_all(await bot.plan())
+            tasks = [
+                asyncio.create_task(edge.sync_forever(bot.handle_message), name="sync"),
+                asyncio.create_task(bot.deliver_forever(), name="outbox"),
+                asyncio.create_task(self._replan(bot, scheduler, replan_needed), name="replan"),
+            ]
+            ready = asyncio.create_task(edge.ready.wait())
+            stop = asyncio.create_task(self.stop.wait())
+            waiting = {ready, stop, *tasks}
+            while True:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if ready in done:
+                    self.ready.set()
+                if stop in done:
+                    break
+                for task in done & set(tasks):
+                    task.result()  # a failed core task (a refused login) ends the bot
+            ready.cancel()
+        finally:
+            log.info("shutting down")
+            if scheduler is not None:
+                scheduler.shutdown()
+            for task in tasks:
+                if task.get_name() != "outbox":
+                    task.cancel()
+            if bot is not None:
+                await self._drain(bot)
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await edge.close()
+            await store.close()
+            log.info("stopped")
+
+    async def _replan(self, bot: MeetingBot, scheduler: JobScheduler, needed: asyncio.Event) -> None:
+        while True:
+            await needed.wait()
+            needed.clear()
+            try:
+                scheduler.replace_all(await bot.plan())
+            except Exception:
+                log.exception("planning the schedule failed; keeping the previous plan")
+
+    async def _drain(self, bot: MeetingBot) -> None:
+        """Give queued replies a moment to go out before the process ends."""
+        deadline = asyncio.get_running_loop().time() + SHUTDOWN_DRAIN_SECONDS
+        while not await bot.outbox_empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)

@@ -1,0 +1,152 @@
+"""The `chatbot` command line: run, check, notes, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from datetime import date
+from pathlib import Path
+
+from chatbot import __version__
+from chatbot.bot import utc_now
+from chatbot.config import Config, ConfigError, load_config
+from chatbot.recurrence import format_duration
+from chatbot.render import format_date, format_time
+from chatbot.store import StoreError
+
+EXIT_CONFIG = 2
+
+log = logging.getLogger("chatbot")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatbot",
+        description="A Matrix meeting bot: announces and reminds, takes roll call, updates "
+                    "and agenda from chat, and posts and saves the meeting note.",
+    )
+    parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", type=Path, default=Path("config.yaml"),
+                         help="the YAML configuration file (default: config.yaml)")
+        return sub
+
+    with_config("run", "run the bot until stopped (Ctrl-C or SIGTERM)")
+    with_config("check", "validate the configuration and print each meeting's next three "
+                         "occurrences with their reminder times")
+    notes = with_config("notes", "print a meeting's note from the database")
+    notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
+    notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                       help="the meeting held on this date (default: the last one)")
+    demo = commands.add_parser(
+        "demo", help="play a scripted meeting on a throwaway local homeserver",
+        description="Start a throwaway Synapse on 127.0.0.1, run the bot and three people "
+                    "through a short meeting, and print the conversation and the note. "
+                    "Needs the `demo` extra (matrix-synapse).")
+    demo.add_argument("--keep", type=Path, metavar="DIR",
+                      help="keep the homeserver and bot data in DIR instead of deleting them")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # nio and the HTTP stack narrate every request; keep them to warnings.
+    for noisy in ("nio", "aiohttp", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.command == "demo":
+        from chatbot.demo import run_demo
+
+        return run_demo(keep=args.keep)
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        print(f"chatbot: {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "check":
+            return check(config, args.config)
+        if args.command == "notes":
+            return asyncio.run(print_note(config, args.meeting_id, args.date))
+        return asyncio.run(run(config))
+    except StoreError as error:
+        print(f"chatbot: {error}", file=sys.stderr)
+        return 1
+
+
+def check(config: Config, path: Path) -> int:
+    now = utc_now()
+    count = len(config.meetings)
+    print(f"{path}: valid, {count} meeting{'s' if count != 1 else ''}; data in {config.data_dir}")
+    for meeting in config.meetings:
+        zone = meeting.timezone
+        print(f"\n{meeting.id}: {meeting.title} in {meeting.room}")
+        occurrences = meeting.schedule.next_occurrences(now, 3)
+        if not occurrences:
+            print("  no occurrences ahead")
+        for occurrence in occurrences:
+            print(f"  {format_date(occurrence.start)}, {format_time(occurrence.start, zone)}")
+            for lead in meeting.reminders:
+                due = occurrence.start - lead
+                print(f"    reminder {format_duration(lead)} before: {format_date(due.astimezone(zone))}, "
+                      f"{format_time(due, zone)}")
+    return 0
+
+
+async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
+    from chatbot.app import database_path
+    from chatbot.meetings import compile_note
+    from chatbot.store import Store
+
+    series = config.meeting(meeting_id)
+    if series is None:
+        known = ", ".join(m.id for m in config.meetings)
+        print(f"chatbot: no meeting {meeting_id!r} in the config; known: {known}", file=sys.stderr)
+        return EXIT_CONFIG
+    if not database_path(config).exists():
+        print(f"chatbot: no database at {database_path(config)} yet; run the bot first",
+              file=sys.stderr)
+        return 1
+    store = await Store.open(database_path(config))
+    try:
+        held = await store.meetings_of_series(series.id)
+        if on is not None:
+            held = [m for m in held if m.held_at.astimezone(series.timezone).date() == on]
+        if not held:
+            when = f" on {on.isoformat()}" if on else ""
+            print(f"chatbot: no {meeting_id} meeting was held{when}", file=sys.stderr)
+            return 1
+        print(await compile_note(store, series, held[-1]), end="")
+        return 0
+    finally:
+        await store.close()
+
+
+async def run(config: Config) -> int:
+    from chatbot.app import BotApp
+    from chatbot.matrix import LoginFailed
+
+    app = BotApp(config)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, app.stop.set)
+    try:
+        await app.run()
+    except LoginFailed as error:
+        print(f"chatbot: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

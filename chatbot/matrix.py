@@ -1,0 +1,401 @@
+"""The Matrix edge: login, rooms, the sync loop, and sending. The only module that imports nio.
+
+Sync responses become `IncomingMessage`s for the core; outbox items become Matrix
+events. The sync position is saved only after every message in a response has been
+handled (and so committed), which is what makes a crash lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    JoinResponse,
+    LoginResponse,
+    MessageDirection,
+    RoomGetStateResponse,
+    RoomMessagesResponse,
+    RoomResolveAliasResponse,
+    RoomSendResponse,
+    SyncResponse,
+    WhoamiResponse,
+)
+
+from chatbot.bot import Backoff, Clock, DeliveryError, IncomingMessage
+from chatbot.config import Config
+from chatbot.model import EventId, RoomId, UserId
+from chatbot.power import RoomAuthority
+from chatbot.render import markdown_to_html
+from chatbot.store import OutboxItem, Store
+
+log = logging.getLogger(__name__)
+
+SYNC_TOKEN_KEY = "sync_token"
+SESSION_FILE = "session.json"
+LONG_POLL_MS = 30_000
+GAP_FILL_LIMIT = 5_000
+# Errors that retrying the same request cannot fix.
+_PERMANENT = {"M_FORBIDDEN", "M_NOT_FOUND", "M_BAD_JSON", "M_NOT_JSON", "M_TOO_LARGE",
+              "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+
+
+class LoginFailed(Exception):
+    """The homeserver refused our credentials; the message says what to check."""
+
+
+def sync_filter(timeline_limit: int) -> dict[str, Any]:
+    """Only what the bot reads: messages, memberships and power levels, members lazily."""
+    return {
+        "presence": {"not_types": ["*"]},
+        "account_data": {"not_types": ["*"]},
+        "room": {
+            "account_data": {"not_types": ["*"]},
+            "ephemeral": {"not_types": ["*"]},
+            "state": {"lazy_load_members": True},
+            "timeline": {
+                "limit": timeline_limit,
+                "types": ["m.room.message", "m.room.member", "m.room.power_levels"],
+                "lazy_load_members": True,
+            },
+        },
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    homeserver: str
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+def load_session(path: Path, homeserver: str, user_id: str) -> Session | None:
+    """The saved login, if it is for this homeserver and account."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        session = Session(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError):
+        log.warning("ignoring unreadable saved login %s", path)
+        return None
+    if session.homeserver != homeserver or session.user_id != user_id:
+        log.info("saved login is for another account; logging in again")
+        return None
+    return session
+
+
+def save_session(path: Path, session: Session) -> None:
+    """Write the login readable by this user only (mode 0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        json.dump(asdict(session), handle)
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+
+
+def message_content(item: OutboxItem) -> tuple[str, dict[str, Any]]:
+    """The Matrix event type and content for an outbox item. Markdown becomes HTML here only."""
+    payload = item.payload
+    if item.kind == "react":
+        return "m.reaction", {"m.relates_to": {
+            "rel_type": "m.annotation", "event_id": payload["event_id"], "key": payload["key"],
+        }}
+    text = payload["text"]
+    content: dict[str, Any] = {
+        # Replies are notices (no notifications, and other bots ignore them);
+        # announcements, reminders and notes are ordinary messages so people are pinged.
+        "msgtype": "m.notice" if item.kind == "reply" else "m.text",
+        "body": text,
+        "format": "org.matrix.custom.html",
+        "formatted_body": markdown_to_html(text),
+    }
+    if item.kind == "reply" and payload.get("in_reply_to"):
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["in_reply_to"]}}
+    return "m.room.message", content
+
+
+def incoming_message(
+    event: dict[str, Any], room_id: RoomId, own_user_id: str, display_name: Callable[[str], str]
+) -> IncomingMessage | None:
+    """A person's text message as the core sees it; None for anything else."""
+    if event.get("type") != "m.room.message" or event.get("sender") == own_user_id:
+        return None
+    content = event.get("content") or {}
+    relation = content.get("m.relates_to") or {}
+    if content.get("msgtype") != "m.text" or relation.get("rel_type") == "m.replace":
+        return None  # notices come from bots; edits are handled in a later version
+    body = content.get("body")
+    if not isinstance(body, str) or "event_id" not in event or "sender" not in event:
+        return None
+    return IncomingMessage(
+        room_id=room_id,
+        event_id=EventId(event["event_id"]),
+        sender=UserId(event["sender"]),
+        display_name=display_name(event["sender"]),
+        body=body,
+    )
+
+
+def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[str, Any]]:
+    """The events after the bot's latest join: history before it is not the bot's business."""
+    for index in range(len(events) - 1, -1, -1):
+        event = events[index]
+        if (event.get("type") == "m.room.member" and event.get("state_key") == own_user_id
+                and (event.get("content") or {}).get("membership") == "join"):
+            return events[index + 1:]
+    return []
+
+
+class MatrixEdge:
+    """One logged-in nio client serving the bot: sync in, outbox out."""
+
+    def __init__(
+        self, config: Config, store: Store, *, clock: Clock, timeline_limit: int = 50
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.timeline_limit = timeline_limit
+        self.client = AsyncClient(
+            config.matrix.homeserver,
+            config.matrix.user_id,
+            store_path=None,
+            config=AsyncClientConfig(
+                # 429s: nio waits the retry_after_ms the server asks for, as often as needed.
+                # Network errors: raised at once, so our loops can back off with a cap.
+                max_limit_exceeded=None,
+                max_timeouts=0,
+                request_timeout=60,
+                store_sync_tokens=False,
+                encryption_enabled=False,
+            ),
+        )
+        self.room_ids: dict[str, RoomId] = {}
+        self.ready = asyncio.Event()
+        self._authority: dict[RoomId, RoomAuthority] = {}
+
+    @property
+    def user_id(self) -> str:
+        return self.client.user_id
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    # --- login and rooms -----------------------------------------------------------
+
+    async def login(self) -> None:
+        """Reuse the saved login, else log in once and save it (0600) for next time."""
+        matrix = self.config.matrix
+        path = self.config.data_dir / SESSION_FILE
+        session = load_session(path, matrix.homeserver, matrix.user_id)
+        if session is None and matrix.access_token:
+            self.client.access_token = matrix.access_token
+            whoami = await self._retrying("checking the access token", self.client.whoami)
+            if not isinstance(whoami, WhoamiResponse):
+                raise LoginFailed(f"the access token was refused ({whoami.message}); "
+                                  "check matrix.access_token")
+            session = Session(matrix.homeserver, whoami.user_id, whoami.device_id or "",
+                              matrix.access_token)
+            save_session(path, session)
+        elif session is None:
+            response = await self._retrying("logging in", lambda: self.client.login(
+                password=matrix.password, device_name=matrix.device_name))
+            if not isinstance(response, LoginResponse):
+                raise LoginFailed(f"login as {matrix.user_id} failed ({response.message}); "
+                                  "check matrix.user_id and matrix.password")
+            session = Session(matrix.homeserver, response.user_id, response.device_id,
+                              response.access_token)
+            save_session(path, session)
+            log.info("logged in as %s with new device %s", session.user_id, session.device_id)
+        self.client.restore_login(session.user_id, session.device_id, session.access_token)
+
+    async def resolve_rooms(self) -> dict[str, RoomId]:
+        """Room ids for each meeting's `room`, joining it (or waiting for an invite)."""
+        resolved: dict[str, RoomId] = {}
+        by_reference: dict[str, RoomId | None] = {}
+        for meeting in self.config.meetings:
+            if meeting.room not in by_reference:
+                by_reference[meeting.room] = await self._join(meeting.room)
+            room_id = by_reference[meeting.room]
+            if room_id is not None:
+                resolved[meeting.id] = room_id
+        self.room_ids = resolved
+        return resolved
+
+    async def _join(self, reference: str) -> RoomId | None:
+        room_id = reference
+        if reference.startswith("#"):
+            alias = await self._retrying("resolving " + reference,
+                                         lambda: self.client.room_resolve_alias(reference))
+            if not isinstance(alias, RoomResolveAliasResponse):
+                log.error("room %s cannot be found (%s); check the meeting's `room`",
+                          reference, alias.message)
+                return None
+            room_id = alias.room_id
+        joined = await self._retrying("joining " + reference, lambda: self.client.join(room_id))
+        if not isinstance(joined, JoinResponse):
+            log.warning("cannot join %s yet (%s); will join when invited", reference,
+                        joined.message)
+        return RoomId(room_id)
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """Retry a request through network outages, with a capped backoff."""
+        backoff = Backoff()
+        while True:
+            try:
+                return await call()
+            except _NETWORK_ERRORS as error:
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    log.warning("%s: homeserver unreachable (%s); retrying", what, error)
+                await asyncio.sleep(delay)
+
+    # --- power levels ------------------------------------------------------------------
+
+    async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
+        authority = self._authority.get(room_id)
+        if authority is None:
+            response = await self.client.room_get_state(room_id)
+            if not isinstance(response, RoomGetStateResponse):
+                log.warning("cannot read power levels in %s: %s", room_id, response.message)
+                return 0
+            authority = RoomAuthority.from_state(response.events)
+            self._authority[room_id] = authority
+        return authority.level(user_id)
+
+    # --- sync ------------------------------------------------------------------------------
+
+    async def sync_forever(self, handle: Callable[[IncomingMessage], Awaitable[None]]) -> None:
+        """Follow the homeserver until cancelled, handing each new message to `handle`."""
+        token = await self.store.get_meta(SYNC_TOKEN_KEY)
+        backoff = Backoff()
+        filter_ = sync_filter(self.timeline_limit)
+        while True:
+            try:
+                response = await self.client.sync(
+                    timeout=0 if token is None or not self.ready.is_set() else LONG_POLL_MS,
+                    since=token, sync_filter=filter_,
+                )
+            except _NETWORK_ERRORS as error:
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    log.warning("sync failed: homeserver unreachable (%s); retrying with "
+                                "backoff up to %ss", error, backoff.cap)
+                await asyncio.sleep(delay)
+                continue
+            if not isinstance(response, SyncResponse):
+                if response.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+                    raise LoginFailed(f"the homeserver no longer accepts our login "
+                                      f"({response.message}); delete "
+                                      f"{self.config.data_dir / SESSION_FILE} to log in again")
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    log.warning("sync failed (%s %s); retrying", response.status_code,
+                                response.message)
+                await asyncio.sleep(delay)
+                continue
+            if backoff.failures:
+                log.warning("sync works again after %s failed attempts", backoff.failures)
+                backoff.reset()
+            await self._process(response, token, handle)
+            token = response.next_batch
+            async with self.store.transaction():
+                await self.store.set_meta(SYNC_TOKEN_KEY, token)
+            if not self.ready.is_set():
+                log.info("listening in %s rooms", len(set(self.room_ids.values())))
+                self.ready.set()
+
+    async def _process(
+        self, response: SyncResponse, since: str | None,
+        handle: Callable[[IncomingMessage], Awaitable[None]],
+    ) -> None:
+        configured = set(self.room_ids.values())
+        for room_id in response.rooms.invite:
+            if room_id in configured:
+                log.info("invited to configured room %s; joining", room_id)
+                await self.client.join(room_id)
+            else:
+                log.info("ignoring an invite to %s, which is not configured", room_id)
+        now = self.clock()
+        for room_id, info in response.rooms.join.items():
+            room_id = RoomId(room_id)
+            if room_id not in configured:
+                continue
+            events = [event.source for event in info.timeline.events]
+            state = [getattr(event, "source", {}) for event in info.state]
+            if any(e.get("type") == "m.room.power_levels" for e in events + state):
+                self._authority.pop(room_id, None)  # re-read on the next chair command
+            if since is None:
+                # The first sync: everything in it predates the bot.
+                async with self.store.transaction():
+                    await self.store.add_known_room(room_id, now)
+                continue
+            if not await self.store.is_known_room(room_id):
+                events = after_own_join(events, self.user_id)
+                async with self.store.transaction():
+                    await self.store.add_known_room(room_id, now)
+            elif info.timeline.limited and info.timeline.prev_batch:
+                events = await self._missed_events(room_id, info.timeline.prev_batch, since) + events
+            for event in events:
+                message = incoming_message(event, room_id, self.user_id,
+                                           lambda user: self._display_name(room_id, user))
+                if message is not None:
+                    await handle(message)
+
+    async def _missed_events(self, room_id: RoomId, before: str, since: str) -> list[dict[str, Any]]:
+        """Events the sync left out between our last position and the timeline it returned."""
+        missed: list[dict[str, Any]] = []
+        start = before
+        while len(missed) < GAP_FILL_LIMIT:
+            response = await self.client.room_messages(
+                room_id, start=start, end=since, direction=MessageDirection.back, limit=100,
+                message_filter={"types": ["m.room.message"]},
+            )
+            if not isinstance(response, RoomMessagesResponse) or not response.chunk:
+                break
+            missed.extend(event.source for event in response.chunk)
+            if not response.end or response.end == start:
+                break
+            start = response.end
+        if len(missed) >= GAP_FILL_LIMIT:
+            log.warning("more than %s messages missed in %s; handling the latest",
+                        GAP_FILL_LIMIT, room_id)
+        log.info("fetched %s messages sent in %s while the bot was away", len(missed), room_id)
+        return list(reversed(missed))
+
+    def _display_name(self, room_id: RoomId, user_id: str) -> str:
+        room = self.client.rooms.get(room_id)
+        user = room.users.get(user_id) if room is not None else None
+        if user is not None and user.display_name:
+            return user.display_name
+        return user_id.removeprefix("@").split(":", 1)[0]
+
+    # --- sending -------------------------------------------------------------------------------
+
+    async def deliver(self, item: OutboxItem) -> str:
+        event_type, content = message_content(item)
+        try:
+            response = await self.client.room_send(
+                item.room_id, event_type, content, tx_id=item.txn_id,
+                ignore_unverified_devices=True,
+            )
+        except _NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        if isinstance(response, RoomSendResponse):
+            return response.event_id
+        permanent = response.status_code in _PERMANENT
+        raise DeliveryError(f"{response.status_code} {response.message}", permanent=permanent)
