@@ -1,0 +1,114 @@
+"""A person on a real Matrix client, for the demo and the tests: sends, and waits to see."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from nio import AsyncClient, RoomCreateResponse, RoomSendResponse, SyncResponse
+
+Event = dict[str, Any]
+
+
+class Person:
+    """Wraps a logged-in nio client; a background long-poll sync collects room events."""
+
+    def __init__(self, client: AsyncClient, name: str) -> None:
+        self.client = client
+        self.name = name
+        self.events: list[Event] = []
+        self.on_event: Callable[[Event], None] | None = None
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.client.user_id
+
+    async def start(self) -> None:
+        """Catch up once (history is not collected), then follow new events."""
+        first = await self.client.sync(timeout=0)
+        if not isinstance(first, SyncResponse):
+            raise RuntimeError(f"{self.name} cannot sync: {first}")
+        self._task = asyncio.create_task(self._follow(), name=f"sync {self.name}")
+
+    async def _follow(self) -> None:
+        while True:
+            response = await self.client.sync(timeout=10_000)
+            if not isinstance(response, SyncResponse):
+                continue
+            fresh = []
+            for room_id, info in response.rooms.join.items():
+                for event in info.timeline.events:
+                    fresh.append({**event.source, "room_id": room_id})
+            for room_id in response.rooms.invite:
+                fresh.append({"type": "invite", "room_id": room_id})
+            if fresh:
+                async with self._changed:
+                    self.events.extend(fresh)
+                    self._changed.notify_all()
+                if self.on_event is not None:
+                    for event in fresh:
+                        self.on_event(event)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.client.close()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], timeout: float = 20.0,
+                       *, after: int = 0) -> Event:
+        """The first event (from index `after`) matching `predicate`; TimeoutError if none comes."""
+
+        async def find() -> Event:
+            async with self._changed:
+                while True:
+                    for event in self.events[after:]:
+                        if predicate(event):
+                            return event
+                    await self._changed.wait()
+
+        return await asyncio.wait_for(find(), timeout)
+
+    # --- actions -------------------------------------------------------------------
+
+    async def say(self, room_id: str, text: str) -> str:
+        """Send a plain text message; return its event id."""
+        response = await self.client.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": text})
+        if not isinstance(response, RoomSendResponse):
+            raise RuntimeError(f"{self.name} could not send {text!r}: {response}")
+        return response.event_id
+
+    async def create_room(self, *, invite: list[str], alias: str | None = None,
+                          power: dict[str, int] | None = None) -> str:
+        response = await self.client.room_create(
+            alias=alias, invite=invite, name=alias,
+            power_level_override={"users": power} if power else None)
+        if not isinstance(response, RoomCreateResponse):
+            raise RuntimeError(f"{self.name} could not create a room: {response}")
+        return response.room_id
+
+    async def join(self, room_id: str) -> None:
+        response = await self.client.join(room_id)
+        if not hasattr(response, "room_id"):
+            raise RuntimeError(f"{self.name} could not join {room_id}: {response}")
+
+
+def is_reaction(event: Event, to_event: str, key: str = "✅") -> bool:
+    relation = (event.get("content") or {}).get("m.relates_to") or {}
+    return (event.get("type") == "m.reaction" and relation.get("event_id") == to_event
+            and relation.get("key") == key)
+
+
+def is_reply(event: Event, to_event: str) -> bool:
+    relation = (event.get("content") or {}).get("m.relates_to") or {}
+    return (relation.get("m.in_reply_to") or {}).get("event_id") == to_event
+
+
+def body_of(event: Event) -> str:
+    return str((event.get("content") or {}).get("body", ""))
