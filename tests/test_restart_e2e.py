@@ -1,0 +1,81 @@
+"""Restarts lose nothing and double nothing; the bot only acts where it is configured."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import aiosqlite
+
+from chatbot.person import body_of, is_reaction
+
+from .conftest import World
+
+
+async def acknowledged(person, room_id: str, text: str) -> str:
+    event_id = await person.say(room_id, text)
+    await person.wait_for(lambda e: is_reaction(e, event_id))
+    return event_id
+
+
+def reactions_to(person, event_id: str) -> int:
+    return sum(is_reaction(e, event_id) for e in person.events)
+
+
+async def test_commands_sent_while_down_are_handled_once_after_restart(world: World) -> None:
+    config = world.config()
+    # A tiny timeline limit makes the homeserver leave a gap the bot must page back through.
+    bot = await world.start_bot(config, timeline_limit=3)
+    before = await acknowledged(world.ada, world.room_id, "!update before the restart")
+    session_file = config.data_dir / "session.json"
+    device = json.loads(session_file.read_text())["device_id"]
+    await bot.stop()
+
+    while_down = [await world.ada.say(world.room_id, f"!update number {n}") for n in range(12)]
+    mark = len(world.ada.events)
+    await world.start_bot(config, timeline_limit=3)
+    for event_id in while_down:
+        await world.ada.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id))
+    # The outbox is ordered: once this ✅ arrives, any duplicate would already be here.
+    await acknowledged(world.ada, world.room_id, "!here")
+
+    assert all(reactions_to(world.ada, event_id) == 1 for event_id in while_down)
+    assert reactions_to(world.ada, before) == 1
+    assert not [e for e in world.ada.events[mark:] if is_reaction(e, before)]
+    async with aiosqlite.connect(config.data_dir / "chatbot.db") as db:
+        rows = await (await db.execute("SELECT text FROM entries ORDER BY id")).fetchall()
+    assert [r[0] for r in rows] == ["before the restart"] + [f"number {n}" for n in range(12)]
+    assert json.loads(session_file.read_text())["device_id"] == device, "no new device"
+    assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
+
+
+async def test_history_from_before_the_bot_joined_is_ignored(world: World) -> None:
+    early = await world.ada.say(world.room_id, "!here")
+    await world.start_bot(world.config())
+    await acknowledged(world.grace, world.room_id, "!here")
+    assert reactions_to(world.ada, early) == 0
+
+
+async def test_other_rooms_and_their_invites_are_left_alone(world: World) -> None:
+    await world.start_bot(world.config())
+    elsewhere = await world.grace.create_room(invite=[world.bot_user.user_id])
+    await world.grace.say(elsewhere, "!help")
+    # Once the bot has answered in its own room after the invite, it has seen the invite.
+    await acknowledged(world.ada, world.room_id, "!here")
+    members = await world.grace.client.joined_members(elsewhere)
+    assert world.bot_user.user_id not in [m.user_id for m in members.members]
+    assert not [e for e in world.grace.events
+                if e.get("room_id") == elsewhere and e.get("sender") == world.bot_user.user_id]
+
+
+async def test_malformed_and_unknown_commands_get_the_syntax(world: World) -> None:
+    await world.start_bot(world.config())
+    bad = await world.ada.say(world.room_id, "!agenda (999 min) far too long")
+    reply = await world.ada.wait_for(
+        lambda e: (e.get("content") or {}).get("m.relates_to", {}).get("m.in_reply_to", {})
+        .get("event_id") == bad)
+    assert "Usage: `!agenda [(N min)] text`" in body_of(reply)
+    assert reply["content"]["msgtype"] == "m.notice"
+    typo = await world.ada.say(world.room_id, "!updat hello")
+    reply = await world.ada.wait_for(lambda e: "Did you mean `!update`?" in body_of(e))
+    assert reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == typo
