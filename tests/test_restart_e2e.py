@@ -79,3 +79,34 @@ async def test_malformed_and_unknown_commands_get_the_syntax(world: World) -> No
     typo = await world.ada.say(world.room_id, "!updat hello")
     reply = await world.ada.wait_for(lambda e: "Did you mean `!update`?" in body_of(e))
     assert reply["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] == typo
+
+
+async def test_joins_a_configured_room_by_alias_when_invited_later(world: World) -> None:
+    alias_name = f"later-{world.room_id[1:7].lower()}"
+    room_id = await world.chair.create_room(invite=[world.ada.user_id], alias=alias_name)
+    await world.ada.join(room_id)
+    config = world.config(room=f"#{alias_name}:localhost")
+    await world.start_bot(config)
+    before_invite = await world.ada.say(room_id, "!here")
+    await world.chair.client.room_invite(room_id, world.bot_user.user_id)
+    joined = await world.ada.wait_for(
+        lambda e: e.get("type") == "m.room.member" and e.get("state_key") == world.bot_user.user_id
+        and e["content"].get("membership") == "join")
+    assert joined["room_id"] == room_id
+    await acknowledged(world.ada, room_id, "!update after the invite")
+    assert reactions_to(world.ada, before_invite) == 0, "history before the join is not replayed"
+
+
+async def test_logs_in_with_an_access_token_instead_of_a_password(world: World) -> None:
+    token_user = await world.hs.register_user(f"tokenbot-{world.room_id[1:7].lower()}")
+    await world.chair.client.room_invite(world.room_id, token_user.user_id)
+    config = world.config()
+    matrix = config.matrix.model_copy(update={
+        "user_id": token_user.user_id, "password": None, "access_token": token_user.access_token})
+    config = config.model_copy(update={"matrix": matrix})
+    await world.start_bot(config)
+    command = await world.ada.say(world.room_id, "!here")
+    reaction = await world.ada.wait_for(lambda e: is_reaction(e, command))
+    assert reaction["sender"] == token_user.user_id
+    saved = json.loads((config.data_dir / "session.json").read_text())
+    assert saved["device_id"] == token_user.device_id
