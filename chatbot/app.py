@@ -90,7 +90,9 @@ class BotApp:
             await store.close()
             log.info("stopped")
 
-    async def _replan(self, bot: MeetingBot, scheduler: JobScheduler, needed: asyncio.Event) -> None:
+    async def _replan(
+        self, bot: MeetingBot, scheduler: JobScheduler, needed: asyncio.Event
+    ) -> None:
         while True:
             await needed.wait()
             needed.clear()

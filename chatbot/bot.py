@@ -132,9 +132,9 @@ class MeetingBot:
             effects = await self._dispatch(invocation, context)
             await self._record(effects, message.room_id, message.event_id, now)
             schedule_changed = any(isinstance(effect, Post) for effect in effects)
-        log.info("handled %s from %s in %s (%s)", message.event_id, message.sender,
-                 message.room_id, type(invocation).__name__ if isinstance(invocation, Unknown)
-                 else invocation.spec.name)
+        name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
+        log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
+                 message.room_id)
         self._outbox_ready.set()
         if schedule_changed:
             self.on_schedule_change()

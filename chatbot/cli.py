@@ -98,8 +98,8 @@ def check(config: Config, path: Path) -> int:
             print(f"  {format_date(occurrence.start)}, {format_time(occurrence.start, zone)}")
             for lead in meeting.reminders:
                 due = occurrence.start - lead
-                print(f"    reminder {format_duration(lead)} before: {format_date(due.astimezone(zone))}, "
-                      f"{format_time(due, zone)}")
+                print(f"    reminder {format_duration(lead)} before: "
+                      f"{format_date(due.astimezone(zone))}, {format_time(due, zone)}")
     return 0
 
 

@@ -203,14 +203,14 @@ async def handle_help(_: NoArguments, context: Context, store: Store) -> list[Ef
     return [Reply("\n".join(lines))]
 
 
-async def handle_when(_: NoArguments, context: Context, store: Store) -> list[Effect]:
+async def handle_when(command: NoArguments, context: Context, store: Store) -> list[Effect]:
     lines = []
     open_meeting_now = await store.open_meeting_in_room(context.room_id)
     if open_meeting_now is not None:
         lines.append(f"- **{escape_markdown(open_meeting_now.title)}** is in progress now.")
     sittings = []
     for series in context.rooms.series_in(context.room_id):
-        for occurrence, _ in await upcoming(store, series, context.now, count=WHEN_COUNT):
+        for occurrence, _meeting in await upcoming(store, series, context.now, count=WHEN_COUNT):
             sittings.append((occurrence.start, series))
     sittings.sort(key=lambda item: item[0])
     lines += [

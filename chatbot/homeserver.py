@@ -59,7 +59,7 @@ import aiohttp
 import yaml
 from nio import AsyncClient, AsyncClientConfig
 
-__all__ = ["LocalHomeserver", "RegisteredUser", "INSTALL_HINT"]
+__all__ = ["INSTALL_HINT", "LocalHomeserver", "RegisteredUser"]
 
 #: What to tell a user whose environment lacks Synapse.
 INSTALL_HINT = (
@@ -421,14 +421,13 @@ class LocalHomeserver:
         ``STOP_TIMEOUT_S``. Idempotent.
         """
         proc, self._proc = self._proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -8,6 +8,7 @@ handled (and so committed), which is what makes a crash lose nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -349,14 +350,17 @@ class MatrixEdge:
                 async with self.store.transaction():
                     await self.store.add_known_room(room_id, now)
             elif info.timeline.limited and info.timeline.prev_batch:
-                events = await self._missed_events(room_id, info.timeline.prev_batch, since) + events
+                missed = await self._missed_events(room_id, info.timeline.prev_batch, since)
+                events = missed + events
+            room_names = functools.partial(self._display_name, room_id)
             for event in events:
-                message = incoming_message(event, room_id, self.user_id,
-                                           lambda user: self._display_name(room_id, user))
+                message = incoming_message(event, room_id, self.user_id, room_names)
                 if message is not None:
                     await handle(message)
 
-    async def _missed_events(self, room_id: RoomId, before: str, since: str) -> list[dict[str, Any]]:
+    async def _missed_events(
+        self, room_id: RoomId, before: str, since: str
+    ) -> list[dict[str, Any]]:
         """Events the sync left out between our last position and the timeline it returned."""
         missed: list[dict[str, Any]] = []
         start = before

@@ -115,7 +115,9 @@ async def upcoming(
     return found
 
 
-async def resolve_target(store: Store, rooms: Rooms, room_id: RoomId, now: datetime) -> Target | None:
+async def resolve_target(
+    store: Store, rooms: Rooms, room_id: RoomId, now: datetime
+) -> Target | None:
     """The room's meeting in progress, else its next scheduled one, else None."""
     open_meeting = await store.open_meeting_in_room(room_id)
     if open_meeting is not None:

@@ -132,7 +132,8 @@ def roll_call_line(profile: Profile) -> str:
 
 def code_of_conduct_line(link: str | None) -> str:
     conduct = f"[Code of Conduct]({link})" if link else "Code of Conduct"
-    return f"By participating in this meeting, you are agreeing to abide by and uphold the {conduct}."
+    return ("By participating in this meeting, you are agreeing to abide by and uphold "
+            f"the {conduct}.")
 
 
 def _section(title: str, bullets: Iterable[str]) -> list[str]:
@@ -222,7 +223,7 @@ def render_reminder(
         *_link_lines(links),
         "",
         "**Agenda so far:**" if agenda else "**Agenda so far:** nothing yet.",
-        *([""] + agenda_lines if agenda_lines else []),
+        *(["", *agenda_lines] if agenda_lines else []),
         "",
         f"Add an item with `{prefix}agenda (10 min) topic`, your quick update with "
         f"`{prefix}update text` (or `{prefix}pass`), news with `{prefix}celebrate text`.",
@@ -250,7 +251,8 @@ def render_start(
 
 
 def render_closed(title: str, path_hint: str) -> str:
-    return f"**{escape_markdown(title)}** is closed. The note follows and is saved as `{path_hint}`."
+    return (f"**{escape_markdown(title)}** is closed. "
+            f"The note follows and is saved as `{path_hint}`.")
 
 
 def roll_call_profile(profile: Profile | None, display_name: str, user_id: str) -> Profile:

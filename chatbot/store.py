@@ -359,6 +359,7 @@ class Store:
             (series_id, room_id, title, _stamp(started_at), _stamp(closes_at)),
         ) as cursor:
             meeting_id = cursor.lastrowid
+        assert meeting_id is not None
         meeting = await self.get_meeting(meeting_id)
         assert meeting is not None
         return meeting
