@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # nio and the HTTP stack narrate every request; keep them to warnings.
-    for noisy in ("nio", "aiohttp", "apscheduler"):
+    for noisy in ("nio", "aiohttp", "aiosqlite", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "demo":
         from chatbot.demo import run_demo

@@ -180,13 +180,17 @@ class Demo:
         self.cleanup = cleanup
         self.doing = "getting ready"
         self.hs: LocalHomeserver | None = None
+        self.bot_id = ""
+        self.bot_password = secrets.token_urlsafe(16)
         self.people: dict[str, Person] = {}
         self.names: dict[str, str] = {}
         self.room_id = ""
+        self.room_alias = ""
         self.config: Config | None = None
         self.bot_task: asyncio.Task[None] | None = None
         self.start_at = datetime.now(ZONE)
         self.reminder_at = self.start_at
+        self.note_path: Path | None = None
 
     @property
     def observer(self) -> Person:
@@ -238,7 +242,6 @@ class Demo:
     async def _register(self) -> None:
         assert self.hs is not None
         self.doing = "registering the accounts"
-        self.bot_password = secrets.token_urlsafe(16)
         bot = await self.hs.register_user(BOT[0], self.bot_password, displayname=BOT[1])
         self.bot_id = bot.user_id
         self.names[bot.user_id] = BOT[1]
@@ -329,6 +332,8 @@ class Demo:
         say(RULE)
 
     async def _stop_bot(self, app: BotApp, task: asyncio.Task[None]) -> None:
+        if task.done():
+            return  # it stopped by itself, and the failure has already been reported
         app.stop.set()
         try:
             await asyncio.wait_for(task, STOP_TIMEOUT_S)
@@ -398,8 +403,7 @@ class Demo:
         """
         assert self.bot_task is not None
         self.doing = f"waiting for {what}"
-        waiting = asyncio.create_task(
-            self.observer.wait_for(predicate, timeout))
+        waiting = asyncio.create_task(self.observer.wait_for(predicate, timeout))
         done, _ = await asyncio.wait({waiting, self.bot_task},
                                      return_when=asyncio.FIRST_COMPLETED)
         if waiting not in done:

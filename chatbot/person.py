@@ -38,6 +38,7 @@ class Person:
         while True:
             response = await self.client.sync(timeout=10_000)
             if not isinstance(response, SyncResponse):
+                await asyncio.sleep(0.5)  # an error answer: do not hammer the server
                 continue
             fresh = []
             for room_id, info in response.rooms.join.items():
@@ -51,7 +52,8 @@ class Person:
                     self._changed.notify_all()
                 if self.on_event is not None:
                     for event in fresh:
-                        self.on_event(event)
+                        with contextlib.suppress(Exception):  # a watcher must not end the sync
+                            self.on_event(event)
 
     async def close(self) -> None:
         if self._task is not None:
