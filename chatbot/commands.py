@@ -147,7 +147,7 @@ def _text(args: str) -> Text:
 
 
 _ESTIMATE = re.compile(
-    r"\(\s*(\d{1,4})\s*(?:m|min|mins|minute|minutes)?\s*\)\s*", re.IGNORECASE
+    r"\(\s*(\d+)\s*(?:m|min|mins|minute|minutes)?\s*\)\s*", re.IGNORECASE
 )
 
 
@@ -157,7 +157,8 @@ def _agenda(args: str) -> AgendaItem | ListAgenda:
         return ListAgenda()
     minutes = None
     if estimate := _ESTIMATE.match(text):
-        minutes = int(estimate[1])
+        # Compare digits before int(): a huge digit string is refused, not converted.
+        minutes = int(estimate[1]) if len(estimate[1]) <= 4 else MAX_AGENDA_MINUTES + 1
         if not 0 < minutes <= MAX_AGENDA_MINUTES:
             raise UsageError(f"the estimate must be between 1 and {MAX_AGENDA_MINUTES} minutes")
         text = text[estimate.end():]
@@ -383,10 +384,11 @@ def parse_invocation(body: str, prefix: str) -> Invocation | Unknown | None:
     if not text.startswith(prefix):
         return None
     head, _, rest = text[len(prefix):].partition("\n")
-    name, _, first_line = head.strip().partition(" ")
-    name = name.lower()
-    if not name:
-        return None
+    if not head or head[0].isspace():
+        return None  # the name follows the prefix directly: "! here" is just a sentence
+    parts = head.split(None, 1)
+    name = parts[0].lower()
+    first_line = parts[1] if len(parts) > 1 else ""
     arguments = first_line if not rest else f"{first_line}\n{rest}"
     spec = _BY_NAME.get(name)
     if spec is None:
