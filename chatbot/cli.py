@@ -13,7 +13,7 @@ from pathlib import Path
 from chatbot import __version__
 from chatbot.bot import utc_now
 from chatbot.config import Config, ConfigError, load_config
-from chatbot.recurrence import format_duration
+from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
 from chatbot.store import StoreError
 
@@ -97,7 +97,7 @@ def check(config: Config, path: Path) -> int:
         for occurrence in occurrences:
             print(f"  {format_date(occurrence.start)}, {format_time(occurrence.start, zone)}")
             for lead in meeting.reminders:
-                due = occurrence.start - lead
+                due = elapsed(occurrence.start, -lead)
                 print(f"    reminder {format_duration(lead)} before: "
                       f"{format_date(due.astimezone(zone))}, {format_time(due, zone)}")
     return 0

@@ -15,7 +15,7 @@ from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import EntryKind, Meeting, RoomId
-from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder
+from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
     render_closed,
     render_note,
@@ -257,7 +257,7 @@ def plan_series(
     start = next_occurrence.start
     jobs = [Job(JobKind.START, start, series.id, start=start)]
     for lead in series.reminders:
-        due = start - lead
+        due = elapsed(start, -lead)
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
             jobs.append(Job(JobKind.REMINDER, due, series.id, start=start, lead=lead))
     return jobs
@@ -315,7 +315,7 @@ async def run_start(
     store: Store, rooms: Rooms, series: MeetingConfig, start: datetime, now: datetime
 ) -> list[Effect]:
     """Open a scheduled sitting at its start time, unless a chair already did or it is over."""
-    if now >= start + series.duration + series.grace:
+    if now >= elapsed(start, series.duration + series.grace):
         log.info("meeting %s at %s was missed entirely (the bot was not running)", series.id, start)
         await store.ensure_scheduled(series.id, rooms.room_of_series[series.id], series.title,
                                      start)

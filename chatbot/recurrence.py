@@ -2,7 +2,9 @@
 
 Recurrence rules are evaluated in the meeting's local wall-clock time and only then
 given the zone, so a 09:00 Europe/London meeting stays at 09:00 local across
-daylight-saving changes (its UTC time moves instead).
+daylight-saving changes (its UTC time moves instead). Durations and reminder leads,
+by contrast, are real elapsed time: `elapsed` does that arithmetic, because Python
+adds a timedelta to a zoned datetime on the wall clock.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import enum
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from dateutil.rrule import rrule, rrulestr
@@ -53,6 +55,11 @@ def parse_rule(rule: str, first_start: datetime) -> rrule:
     return parsed
 
 
+def elapsed(when: datetime, span: timedelta) -> datetime:
+    """`span` of real time after `when` (before it, for a negative span), in UTC."""
+    return when.astimezone(UTC) + span
+
+
 def localize(wall_time: datetime, zone: ZoneInfo) -> datetime:
     """Give a naive wall-clock time its zone; a time skipped by a DST jump moves forward."""
     aware = wall_time.replace(tzinfo=zone)
@@ -90,7 +97,8 @@ class Schedule:
             starts = parse_rule(self.rule, self.first_start).xafter(search_from, inc=True)
         for wall_start in starts:
             start = localize(wall_start, self.zone)
-            occurrence = Occurrence(start=start, end=start + self.duration)
+            end = elapsed(start, self.duration).astimezone(self.zone)
+            occurrence = Occurrence(start=start, end=end)
             if occurrence.end > ending_after:
                 yield occurrence
 
@@ -120,10 +128,10 @@ def decide_reminder(
     meeting has not started, and only the latest one that is due, so people get
     one message rather than a pile of them.
     """
-    if now < start - lead:
+    if now < elapsed(start, -lead):
         return ReminderDecision.NOT_YET
     if started or now >= start:
         return ReminderDecision.SKIP_STARTED
-    if any(other < lead and now >= start - other for other in leads):
+    if any(other < lead and now >= elapsed(start, -other) for other in leads):
         return ReminderDecision.SKIP_SUPERSEDED
     return ReminderDecision.SEND

@@ -205,8 +205,6 @@ def test_an_ambiguous_start_on_fall_back_day_is_the_first_of_the_two() -> None:
     assert occurrence.start.astimezone(UTC) == utc(2026, 11, 1, 8, 30)
 
 
-@pytest.mark.xfail(strict=True, reason="Occurrence.end is start + duration in wall-clock time, "
-                   "so a meeting that spans a DST change lasts an hour more or less")
 @pytest.mark.parametrize(
     "first",
     [
@@ -314,9 +312,6 @@ def test_decide_reminder_is_the_same_whatever_zone_the_start_is_in() -> None:
     assert decide_reminder(start, HOUR, LEADS, now, started=False) is ReminderDecision.SEND
 
 
-@pytest.mark.xfail(strict=True, reason="start - lead is wall-clock arithmetic on a zoned start; "
-                   "1h before 02:30 BST on spring-forward day lands on the start itself, so the "
-                   "reminder is never sent")
 def test_a_reminder_before_a_meeting_just_after_spring_forward_is_sent() -> None:
     # London jumps from 01:00 GMT to 02:00 BST on 29 March 2026; 02:30 BST is 01:30 UTC.
     (occurrence,) = Schedule(datetime(2026, 3, 29, 2, 30), LONDON, None, HOUR).next_occurrences(
