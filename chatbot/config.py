@@ -149,10 +149,10 @@ class MeetingConfig(_Frozen):
     @field_validator("rrule")
     @classmethod
     def _rule_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
-        start = info.data.get("start")
+        start, zone = info.data.get("start"), info.data.get("timezone")
         if value is not None and start is not None:
             try:
-                parse_rule(value, start)
+                parse_rule(value, start, zone)
             except (ValueError, TypeError) as error:
                 raise ValueError(
                     f"expected an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=+3TH ({error})"

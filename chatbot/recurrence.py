@@ -10,6 +10,7 @@ adds a timedelta to a zoned datetime on the wall clock.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -42,13 +43,25 @@ def format_duration(duration: timedelta) -> str:
     return "".join(parts) or "0s"
 
 
-def parse_rule(rule: str, first_start: datetime) -> rrule:
-    """Parse an RFC 5545 RRULE (`FREQ=MONTHLY;BYDAY=+3TH`) anchored at a naive local start."""
+_UTC_UNTIL = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_rule(rule: str, first_start: datetime, zone: ZoneInfo | None = None) -> rrule:
+    """Parse an RFC 5545 RRULE (`FREQ=MONTHLY;BYDAY=+3TH`) anchored at a naive local start.
+
+    An `UNTIL=...Z` end (UTC, as RFC 5545 asks for zoned meetings) is turned into the
+    meeting's local time, since the rule is evaluated on the local wall clock.
+    """
     text = rule.strip()
     if text.upper().startswith("RRULE:"):
         text = text[len("RRULE:") :]
     if "\n" in text or ":" in text:
         raise ValueError("expected a single RRULE such as FREQ=WEEKLY;BYDAY=TH")
+    if zone is not None:
+        text = _UTC_UNTIL.sub(lambda m: "UNTIL=" + datetime.strptime(m[1], "%Y%m%dT%H%M%S")
+                              .replace(tzinfo=UTC).astimezone(zone).strftime("%Y%m%dT%H%M%S"),
+                              text)
     parsed = rrulestr(text, dtstart=first_start)
     if not isinstance(parsed, rrule):  # pragma: no cover - rrulestr returns rrule for one rule
         raise ValueError("expected a single RRULE such as FREQ=WEEKLY;BYDAY=TH")
@@ -94,7 +107,8 @@ class Schedule:
         if self.rule is None:
             starts: Iterator[datetime] = iter([self.first_start])
         else:
-            starts = parse_rule(self.rule, self.first_start).xafter(search_from, inc=True)
+            rule = parse_rule(self.rule, self.first_start, self.zone)
+            starts = rule.xafter(search_from, inc=True)
         for wall_start in starts:
             start = localize(wall_start, self.zone)
             end = elapsed(start, self.duration).astimezone(self.zone)

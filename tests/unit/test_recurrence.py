@@ -255,8 +255,6 @@ def test_a_rule_that_ends(rule: str, now: datetime, expected: list[str]) -> None
     assert utc_starts(schedule, now, 10) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="RFC 5545 requires UNTIL in UTC (…Z) when DTSTART has a "
-                   "time zone, but dateutil refuses it against the naive local start")
 def test_a_rule_with_until_in_utc_ends() -> None:
     schedule = Schedule(datetime(2026, 3, 5, 9, 0), LONDON, "FREQ=WEEKLY;UNTIL=20260319T090000Z",
                         HOUR)
