@@ -201,7 +201,9 @@ _FRIENDLY = {
 def _describe(error: ErrorDetails) -> str:
     path = ""
     for part in error["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        # Keys come from the user's file; repr() keeps an odd one on one line.
+        name = str(part) if str(part).isprintable() else repr(str(part))
+        path += f"[{part}]" if isinstance(part, int) else (f".{name}" if path else name)
     message = _FRIENDLY.get(error["type"])
     if message is None:
         message = str(error["msg"]).removeprefix("Value error, ")

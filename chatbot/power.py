@@ -22,6 +22,8 @@ class RoomAuthority:
 
     @classmethod
     def from_state(cls, events: Iterable[Mapping[str, Any]]) -> RoomAuthority:
+        # State comes from the homeserver, but its content is still other people's
+        # JSON: anything malformed grants nothing rather than raising.
         create: Mapping[str, Any] = {}
         levels: Mapping[str, Any] = {}
         for event in events:
@@ -30,15 +32,17 @@ class RoomAuthority:
             if event.get("type") == "m.room.create":
                 create = event
             elif event.get("type") == "m.room.power_levels":
-                levels = event.get("content") or {}
-        content = create.get("content") or {}
+                levels = _mapping(event.get("content"))
+        content = _mapping(create.get("content"))
         creators: frozenset[str] = frozenset()
         if str(content.get("room_version", "1")) not in _LEGACY_VERSIONS:
             # Room version 12: the creators hold no entry in m.room.power_levels
             # yet outrank everyone.
-            extra = content.get("additional_creators") or []
-            creators = frozenset([create.get("sender", ""), *[str(u) for u in extra]]) - {""}
-        users = {str(u): _as_int(v) for u, v in (levels.get("users") or {}).items()}
+            extra = content.get("additional_creators")
+            extra = [user for user in extra if isinstance(user, str)] if isinstance(
+                extra, list) else []
+            creators = frozenset([str(create.get("sender", "")), *extra]) - {""}
+        users = {str(u): _as_int(v) for u, v in _mapping(levels.get("users")).items()}
         return cls(creators, users, _as_int(levels.get("users_default", 0)))
 
     def level(self, user_id: str) -> float:
@@ -47,8 +51,12 @@ class RoomAuthority:
         return self.users.get(user_id, self.users_default)
 
 
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _as_int(value: Any) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return 0

@@ -205,8 +205,6 @@ def test_start_may_be_a_yaml_timestamp_without_an_offset() -> None:
         parse_config(broken(meeting(**yaml.safe_load("start: 2021-06-17 09:00:00+01:00"))))
 
 
-@pytest.mark.xfail(strict=True, reason="_describe puts YAML keys in the path verbatim, so a key "
-                   "with a line break makes a two-line message")
 def test_a_key_with_a_line_break_still_gives_one_line() -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(broken(meeting(**{"title\nsuffix": "x"})))
