@@ -209,7 +209,8 @@ def _describe(error: ErrorDetails) -> str:
         message = str(error["msg"]).removeprefix("Value error, ")
         message = message[:1].lower() + message[1:]
         if error["type"] not in ("value_error", "assertion_error") and "input" in error:
-            message += f", got {error['input']!r}"
+            got = repr(error["input"])
+            message += f", got {got if len(got) <= 60 else got[:57] + '...'}"
     return f"{path}: {message}" if path else message
 
 

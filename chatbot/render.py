@@ -108,12 +108,17 @@ def time_zone_link(when: datetime) -> str:
 def format_span(span: timedelta) -> str:
     """`7 days`, `1 hour`, `1 hour 30 minutes`, `45 seconds`: the two largest units."""
     seconds = max(0, round(span.total_seconds()))
-    parts = []
-    for name, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+    units = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+    counts = []
+    for name, size in units:
         count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count} {name}{'' if count == 1 else 's'}")
-    return " ".join(parts[:2]) or "now"
+        counts.append((count, name))
+    first = next((index for index, (count, _) in enumerate(counts) if count), None)
+    if first is None:
+        return "now"
+    # "2 days 3 hours", but never "2 days 5 seconds": the second unit must be the next one.
+    shown = [part for part in counts[first:first + 2] if part[0]]
+    return " ".join(f"{count} {name}{'' if count == 1 else 's'}" for count, name in shown)
 
 
 # --- the note ----------------------------------------------------------------------

@@ -34,84 +34,111 @@ from chatbot.model import (
 
 log = logging.getLogger(__name__)
 
-# Append-only: each script runs once, in its own transaction, and bumps user_version.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE meta (
-        key TEXT PRIMARY KEY,
-        value TEXT NOT NULL
-    );
-    CREATE TABLE processed_events (
-        event_id TEXT PRIMARY KEY,
-        room_id TEXT NOT NULL,
-        processed_at TEXT NOT NULL
-    );
-    CREATE TABLE known_rooms (
-        room_id TEXT PRIMARY KEY,
-        joined_at TEXT NOT NULL
-    );
-    CREATE TABLE profiles (
-        user_id TEXT PRIMARY KEY,
-        name TEXT NOT NULL,
-        affiliation TEXT NOT NULL,
-        handle TEXT NOT NULL,
-        updated_at TEXT NOT NULL
-    );
-    CREATE TABLE meetings (
-        id INTEGER PRIMARY KEY,
-        series_id TEXT NOT NULL,
-        room_id TEXT NOT NULL,
-        title TEXT NOT NULL,
-        scheduled_start TEXT,
-        started_at TEXT,
-        ended_at TEXT,
-        closes_at TEXT,
-        UNIQUE (series_id, scheduled_start)
-    );
-    CREATE INDEX meetings_open_by_room ON meetings (room_id) WHERE ended_at IS NULL;
-    CREATE INDEX meetings_by_series ON meetings (series_id, started_at);
-    CREATE TABLE attendees (
-        meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
-        user_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        affiliation TEXT NOT NULL,
-        handle TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        arrived_at TEXT NOT NULL,
-        PRIMARY KEY (meeting_id, user_id)
-    );
-    CREATE TABLE entries (
-        id INTEGER PRIMARY KEY,
-        meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
-        kind TEXT NOT NULL CHECK (kind IN ('update', 'pass', 'celebration', 'agenda')),
-        sender TEXT NOT NULL,
-        sender_name TEXT NOT NULL,
-        text TEXT NOT NULL,
-        minutes INTEGER,
-        event_id TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL
-    );
-    CREATE INDEX entries_by_meeting ON entries (meeting_id, id);
-    CREATE TABLE reminders (
-        series_id TEXT NOT NULL,
-        scheduled_start TEXT NOT NULL,
-        lead_seconds INTEGER NOT NULL,
-        outcome TEXT NOT NULL,
-        decided_at TEXT NOT NULL,
-        PRIMARY KEY (series_id, scheduled_start, lead_seconds)
-    );
-    CREATE TABLE outbox (
-        id INTEGER PRIMARY KEY,
-        room_id TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        payload TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        sent_at TEXT,
-        sent_event_id TEXT,
-        failure TEXT
-    );
-    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL;
-    """,
+# Append-only: each migration is a tuple of statements that run once, in one
+# transaction together with the user_version bump.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: the first schema
+        """
+        CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE processed_events (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            processed_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE known_rooms (
+            room_id TEXT PRIMARY KEY,
+            joined_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE profiles (
+            user_id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            handle TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE TABLE meetings (
+            id INTEGER PRIMARY KEY,
+            series_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            title TEXT NOT NULL,
+            scheduled_start TEXT,
+            started_at TEXT,
+            ended_at TEXT,
+            closes_at TEXT,
+            UNIQUE (series_id, scheduled_start)
+        )
+        """,
+        """
+        CREATE INDEX meetings_open_by_room ON meetings (room_id) WHERE ended_at IS NULL
+        """,
+        """
+        CREATE INDEX meetings_by_series ON meetings (series_id, started_at)
+        """,
+        """
+        CREATE TABLE attendees (
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            affiliation TEXT NOT NULL,
+            handle TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            arrived_at TEXT NOT NULL,
+            PRIMARY KEY (meeting_id, user_id)
+        )
+        """,
+        """
+        CREATE TABLE entries (
+            id INTEGER PRIMARY KEY,
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+            kind TEXT NOT NULL CHECK (kind IN ('update', 'pass', 'celebration', 'agenda')),
+            sender TEXT NOT NULL,
+            sender_name TEXT NOT NULL,
+            text TEXT NOT NULL,
+            minutes INTEGER,
+            event_id TEXT NOT NULL UNIQUE,
+            created_at TEXT NOT NULL
+        )
+        """,
+        """
+        CREATE INDEX entries_by_meeting ON entries (meeting_id, id)
+        """,
+        """
+        CREATE TABLE reminders (
+            series_id TEXT NOT NULL,
+            scheduled_start TEXT NOT NULL,
+            lead_seconds INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            decided_at TEXT NOT NULL,
+            PRIMARY KEY (series_id, scheduled_start, lead_seconds)
+        )
+        """,
+        """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            sent_at TEXT,
+            sent_event_id TEXT,
+            failure TEXT
+        )
+        """,
+        """
+        CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL
+        """,
+    ),
 )
 
 
@@ -202,15 +229,14 @@ class Store:
                 f"the database is at schema version {version}, newer than this chatbot "
                 f"understands ({len(MIGRATIONS)}); upgrade chatbot or restore a backup"
             )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        for number, statements in enumerate(MIGRATIONS[version:], start=version + 1):
             log.info("migrating database to schema version %s", number)
-            # executescript would commit on its own; run statements one by one instead
-            # so the migration and the version bump share one transaction.
+            # Not executescript: it commits on its own, and the migration must share
+            # one transaction with its version bump.
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in script.split(";"):
-                    if statement.strip():
-                        await self._db.execute(statement)
+                for statement in statements:
+                    await self._db.execute(statement)
                 await self._db.execute(f"PRAGMA user_version = {number}")
                 await self._db.execute("COMMIT")
             except BaseException:
