@@ -111,7 +111,8 @@ async def make_person(hs: LocalHomeserver, name: str, display: str) -> Person:
 
 @pytest.fixture
 async def world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
-    bot_user = await homeserver.register_user(unique("bot"), BOT_PASSWORD, displayname="Meeting Bot")
+    bot_user = await homeserver.register_user(unique("bot"), BOT_PASSWORD,
+                                              displayname="Meeting Bot")
     chair = await make_person(homeserver, "chair", "Sam Chair")
     ada = await make_person(homeserver, "ada", "Ada")
     grace = await make_person(homeserver, "grace", "Grace")

@@ -30,7 +30,8 @@ async def test_room_creators_and_moderators_chair_without_being_configured(world
     await world.start_bot(world.config(chairs=[]))
     refused = await answer(world.ada, world.room_id, "!startmeeting")
     assert "Only chairs" in body_of(refused)
-    assert (await answer(world.chair, world.room_id, "!startmeeting Planning"))["type"] == "m.reaction"
+    started = await answer(world.chair, world.room_id, "!startmeeting Planning")
+    assert started["type"] == "m.reaction"
     announcement = await world.ada.wait_for(lambda e: "is starting now" in body_of(e))
     assert body_of(announcement).startswith("**Planning** is starting now.")
     assert (await answer(world.grace, world.room_id, "!endmeeting"))["type"] == "m.reaction"
@@ -80,7 +81,8 @@ async def test_run_then_sigterm_exits_cleanly_and_notes_prints_the_meeting(world
         for text in ("!startmeeting", "!here", "!update from a real process", "!endmeeting"):
             person = world.chair if "meeting" in text else world.ada
             event_id = await person.say(world.room_id, text)
-            await person.wait_for(lambda e: is_reaction(e, event_id), timeout=60)
+            await person.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id),
+                                  timeout=60)
         await world.ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"))
     finally:
         process.send_signal(signal.SIGTERM)

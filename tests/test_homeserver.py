@@ -35,9 +35,11 @@ def unique(prefix: str) -> str:
 async def get_json(url: str, token: str | None = None) -> tuple[int, dict[str, object]]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = aiohttp.ClientTimeout(total=10)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        async with session.get(url, headers=headers) as response:
-            return response.status, await response.json()
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.get(url, headers=headers) as response,
+    ):
+        return response.status, await response.json()
 
 
 async def wait_for_text(

@@ -42,8 +42,10 @@ async def test_a_whole_meeting(world: World) -> None:
     await command(chair, room, "!endmeeting")
     note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"), after=mark)
     text = body_of(note)
-    assert "## Roll call\n\n- Ada Lovelace / Analytical Engines / @ada\n- Grace Hopper / US Navy / @grace\n" in text
-    assert "- **Ada Lovelace:** shipped the new parser  \n    \\## not a heading\n- **Grace Hopper:** pass\n" in text
+    assert ("## Roll call\n\n- Ada Lovelace / Analytical Engines / @ada\n"
+            "- Grace Hopper / US Navy / @grace\n") in text
+    assert ("- **Ada Lovelace:** shipped the new parser  \n    \\## not a heading\n"
+            "- **Grace Hopper:** pass\n") in text
     assert "## Reports and celebrations\n\n- Release 2.0 is out!\n" in text
     assert "## Agenda items\n\n- **Grace Hopper** (10 min) Release planning\n" in text
     html = note["content"]["formatted_body"]

@@ -54,7 +54,9 @@ async def test_a_reminder_missed_while_down_is_sent_late_once(world: World) -> N
     bot = await world.start_bot(config)
     await bot.stop()
     # Let both reminders fall due while the bot is down.
-    await asyncio.sleep(max(0.0, (start - timedelta(seconds=4.5) - datetime.now(UTC)).total_seconds()))  # sleep-ok: wall-clock time must pass
+    both_due = start - timedelta(seconds=4.5)
+    # sleep-ok: wall-clock time must pass for the reminders to fall due
+    await asyncio.sleep(max(0.0, (both_due - datetime.now(UTC)).total_seconds()))  # sleep-ok
     mark = len(world.ada.events)
     await world.start_bot(config)
     late = await world.ada.wait_for(from_bot(world, "**Reminder:**"), after=mark)

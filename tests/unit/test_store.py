@@ -90,7 +90,8 @@ async def test_a_failing_migration_changes_nothing(
 ) -> None:
     path = tmp_path / "bot.db"
     monkeypatch.setattr(chatbot.store, "MIGRATIONS",
-                        (*MIGRATIONS, ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")))
+                        (*MIGRATIONS,
+                         ("CREATE TABLE half_done (x)", "INSERT INTO nowhere VALUES (1)")))
     with pytest.raises(sqlite3.OperationalError, match="no such table: nowhere"):
         await Store.open(path)
     assert pragma(path, "user_version") == len(MIGRATIONS)
