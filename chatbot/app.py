@@ -56,7 +56,7 @@ class BotApp:
             scheduler.start()
             scheduler.replace_all(await bot.plan())
             tasks = [
-                asyncio.create_task(edge.sync_forever(bot.handle_message), name="sync"),
+                asyncio.create_task(edge.sync_forever(bot), name="sync"),
                 asyncio.create_task(bot.deliver_forever(), name="outbox"),
                 asyncio.create_task(self._replan(bot, scheduler, replan_needed), name="replan"),
             ]

@@ -15,7 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
-from chatbot.commands import Context, Invocation, Unknown, UsageError, parse_invocation
+from chatbot.commands import (
+    Context,
+    Invocation,
+    Unknown,
+    UsageError,
+    chairs_are,
+    parse_invocation,
+    strip_reply_fallback,
+)
 from chatbot.meetings import (
     Effect,
     Job,
@@ -26,12 +34,15 @@ from chatbot.meetings import (
     Rooms,
     SaveNote,
     plan_jobs,
+    resolve_target,
     run_close,
+    run_overrun,
     run_reminder,
     run_start,
 )
-from chatbot.model import EventId, RoomId, UserId
+from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
+from chatbot.render import roll_call_profile
 from chatbot.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -46,13 +57,44 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
-    """A text message from a person in a configured room."""
+    """A text message from a person in a configured room, or an edit of one.
+
+    An edit carries the id of the message it `replaces` and its new body.
+    """
 
     room_id: RoomId
     event_id: EventId
     sender: UserId
     display_name: str
     body: str
+    thread_root: EventId | None = None
+    replaces: EventId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRedaction:
+    """Someone removed an event (a command message, or a reaction)."""
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    redacts: EventId
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingReaction:
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    display_name: str
+    target: EventId
+    key: str
+
+
+Incoming = IncomingMessage | IncomingRedaction | IncomingReaction
+# Raised hands on a start announcement count as `!here`; skin tones and gendered
+# variants start with the same code point.
+HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
 
 
 class DeliveryError(Exception):
@@ -85,6 +127,14 @@ class Backoff:
         self.failures = 0
 
 
+def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, str | None]:
+    """What an edited command changes in the entry it recorded: text, estimate, assignee."""
+    text = getattr(command, "text", entry.text)
+    minutes = getattr(command, "minutes", entry.minutes)
+    assignee = getattr(command, "assignee", None) or entry.assignee
+    return text, minutes, assignee
+
+
 class MeetingBot:
     """Turns messages and due jobs into recorded state and queued replies."""
 
@@ -101,42 +151,141 @@ class MeetingBot:
         self.on_schedule_change = on_schedule_change
         self._outbox_ready = asyncio.Event()
 
-    # --- messages ----------------------------------------------------------------
+    # --- what happens in the room --------------------------------------------------
 
-    async def handle_message(self, message: IncomingMessage) -> None:
-        """Handle one message once, however often it is delivered. Never raises."""
+    async def handle(self, event: Incoming) -> None:
+        """Handle one event once, however often it is delivered. Never raises."""
+        if not self.rooms.is_configured(event.room_id):
+            return
         try:
-            await self._handle_message(message)
+            match event:
+                case IncomingMessage(replaces=None):
+                    await self._handle_message(event)
+                case IncomingMessage():
+                    await self._handle_edit(event)
+                case IncomingRedaction():
+                    await self._handle_redaction(event)
+                case IncomingReaction():
+                    await self._handle_reaction(event)
         except Exception:
-            log.exception("failed to handle %s in %s", message.event_id, message.room_id)
-            await self._apologise(message)
+            log.exception("failed to handle %s in %s", event.event_id, event.room_id)
+            if isinstance(event, IncomingMessage):
+                await self._apologise(event)
+
+    async def _context(self, message: IncomingMessage, invocation: Invocation | Unknown,
+                       event_id: EventId) -> Context:
+        is_chair = False
+        if isinstance(invocation, Invocation) and (
+                invocation.spec.chair_only or invocation.spec.chair_aware):
+            is_chair = await self._is_chair(message.room_id, message.sender)
+        return Context(self.rooms, message.room_id, message.sender, message.display_name,
+                       event_id, self.clock(), is_chair)
 
     async def _handle_message(self, message: IncomingMessage) -> None:
-        if not self.rooms.is_configured(message.room_id):
-            return
         prefix = self.rooms.config.command_prefix
-        invocation = parse_invocation(message.body, prefix)
+        invocation = parse_invocation(strip_reply_fallback(message.body), prefix)
         if invocation is None or (isinstance(invocation, Unknown) and not invocation.suggestion):
             return
-        is_chair = False
-        if isinstance(invocation, Invocation) and invocation.spec.chair_only:
-            is_chair = await self._is_chair(message.room_id, message.sender)
-        now = self.clock()
-        context = Context(self.rooms, message.room_id, message.sender, message.display_name,
-                          message.event_id, now, is_chair)
-        schedule_changed = False
+        context = await self._context(message, invocation, message.event_id)
         async with self.store.transaction():
-            if not await self.store.claim_event(message.event_id, message.room_id, now):
+            if not await self.store.claim_event(message.event_id, message.room_id, context.now):
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
             effects = await self._dispatch(invocation, context)
-            await self._record(effects, message.room_id, message.event_id, now)
-            schedule_changed = any(isinstance(effect, Post) for effect in effects)
+            await self._record(effects, message.room_id, message.event_id, context.now,
+                               thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
                  message.room_id)
+        self._after(effects)
+
+    async def _handle_edit(self, edit: IncomingMessage) -> None:
+        """Make what an edited command recorded match its new text."""
+        assert edit.replaces is not None
+        original = edit.replaces
+        invocation = parse_invocation(strip_reply_fallback(edit.body),
+                                      self.rooms.config.command_prefix)
+        editable = (invocation if isinstance(invocation, Invocation)
+                    and invocation.spec.editable else None)
+        context = await self._context(edit, editable or Unknown("", None), original)
+        async with self.store.transaction():
+            if not await self.store.claim_event(edit.event_id, edit.room_id, context.now):
+                return
+            product = await self.store.entry_by_event(original)
+            if product is not None and product[1].sender != edit.sender:
+                return  # only the author's own edits count (the Matrix rule for m.replace)
+            entry = product[1] if product is not None else None
+            effects: list[Effect] = []
+            if editable is not None:
+                try:
+                    command = editable.spec.parse(editable.arguments)
+                except UsageError as error:
+                    effects = [Reply(f"Sorry, I kept the message as it was: {error}. "
+                                     f"{editable.spec.usage(context.prefix)}")]
+                else:
+                    if entry is not None and entry.kind is editable.spec.entry_kind:
+                        text, minutes, assignee = _recorded_fields(command, entry)
+                        await self.store.update_entry(entry.id, text, minutes, assignee)
+                    else:
+                        if entry is not None:
+                            await self.store.delete_entry(entry.id)
+                        if editable.spec.name != "here":
+                            await self.store.withdraw_attendance(original)
+                        effects = await self._dispatch(editable, context)
+            else:
+                if entry is not None:
+                    await self.store.delete_entry(entry.id)
+                await self.store.withdraw_attendance(original)
+            await self._record(effects, edit.room_id, original, context.now,
+                               thread_root=edit.thread_root)
+        log.info("applied edit %s of %s in %s", edit.event_id, original, edit.room_id)
+        self._after(effects)
+
+    async def _handle_redaction(self, redaction: IncomingRedaction) -> None:
+        now = self.clock()
+        async with self.store.transaction():
+            if not await self.store.claim_event(redaction.event_id, redaction.room_id, now):
+                return
+            product = await self.store.entry_by_event(redaction.redacts)
+            if product is not None:
+                await self.store.delete_entry(product[1].id)
+            withdrawn = await self.store.withdraw_attendance(redaction.redacts)
+        if product is not None or withdrawn:
+            log.info("%s redacted %s in %s; its record is removed", redaction.sender,
+                     redaction.redacts, redaction.room_id)
+
+    async def _handle_reaction(self, reaction: IncomingReaction) -> None:
+        if not reaction.key or reaction.key[0] not in HAND_RAISES:
+            return
+        now = self.clock()
+        async with self.store.transaction():
+            if not await self.store.claim_event(reaction.event_id, reaction.room_id, now):
+                return
+            meeting = await self.store.meeting_announced_by(reaction.target)
+            if meeting is None or not meeting.is_open:
+                return
+            profile = roll_call_profile(await self.store.get_profile(reaction.sender),
+                                        reaction.display_name, reaction.sender)
+            await self.store.add_attendee(meeting.id, reaction.sender, profile,
+                                          reaction.event_id, now, reaction=True)
+        log.info("%s joined the roll call of meeting %s with a reaction", reaction.sender,
+                 meeting.id)
+
+    async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None:
+        """A configured room was upgraded: its meetings, past and future, move along."""
+        async with self.store.transaction():
+            await self.store.record_upgrade(old_room_id, new_room_id, self.clock())
+        moved = {series: (new_room_id if room == old_room_id else room)
+                 for series, room in self.rooms.room_of_series.items()}
+        self.rooms = Rooms(self.rooms.config, moved)
+        log.info("room %s was upgraded to %s; following it", old_room_id, new_room_id)
+        self.on_schedule_change()
+
+    def _after(self, effects: Sequence[Effect]) -> None:
         self._outbox_ready.set()
-        if schedule_changed:
+        # Opening, closing and moving between items are what post to the room, and
+        # they are also what changes the schedule.
+        if any(isinstance(effect, Post) for effect in effects):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -147,16 +296,19 @@ class MeetingBot:
                           f"`{prefix}help` lists them all.")]
         spec = invocation.spec
         if spec.chair_only and not context.is_chair:
-            return [Reply(f"Only chairs can use `{prefix}{spec.name}`: the meeting's configured "
-                          f"chairs and room moderators (power level {CHAIR_LEVEL} or more).")]
+            return [Reply(f"Only chairs can use `{prefix}{spec.name}`: {chairs_are(prefix)}.")]
         try:
             command = spec.parse(invocation.arguments)
+            return await spec.handle(command, context, self.store)
         except UsageError as error:
             return [Reply(f"Sorry, {error}. {spec.usage(prefix)}")]
-        return await spec.handle(command, context, self.store)
 
     async def _is_chair(self, room_id: RoomId, user_id: UserId) -> bool:
         if any(user_id in series.chairs for series in self.rooms.series_in(room_id)):
+            return True
+        target = await resolve_target(self.store, self.rooms, room_id, self.clock())
+        if target is not None and target.meeting is not None and (
+                await self.store.is_meeting_chair(target.meeting.id, user_id)):
             return True
         return await self.transport.power_level(room_id, user_id) >= CHAIR_LEVEL
 
@@ -168,7 +320,7 @@ class MeetingBot:
                 await self._record(
                     [Reply("Sorry, something went wrong with that command. It is logged; "
                            "please tell whoever runs this bot.")],
-                    message.room_id, message.event_id, now,
+                    message.room_id, message.event_id, now, thread_root=message.thread_root,
                 )
             self._outbox_ready.set()
         except Exception:
@@ -178,7 +330,7 @@ class MeetingBot:
 
     async def _record(
         self, effects: Sequence[Effect], room_id: RoomId, event_id: EventId | None,
-        now: datetime,
+        now: datetime, *, thread_root: EventId | None = None,
     ) -> None:
         """Queue messages in the outbox and write notes, inside the caller's transaction."""
         for effect in effects:
@@ -188,10 +340,12 @@ class MeetingBot:
                     await self.store.enqueue(room_id, "react", {"event_id": event_id, "key": key},
                                              now)
                 case Reply(text):
-                    await self.store.enqueue(room_id, "reply",
-                                             {"text": text, "in_reply_to": event_id}, now)
-                case Post(post_room, text):
-                    await self.store.enqueue(post_room, "post", {"text": text}, now)
+                    await self.store.enqueue(room_id, "reply", {
+                        "text": text, "in_reply_to": event_id, "thread_root": thread_root,
+                    }, now)
+                case Post(post_room, text, announces):
+                    await self.store.enqueue(post_room, "post",
+                                             {"text": text, "announces": announces}, now)
                 case SaveNote(relative_path, text):
                     self._write_note(relative_path.as_posix(), text)
 
@@ -231,6 +385,8 @@ class MeetingBot:
                 series = self.rooms.series(job.series_id)
                 if job.kind is JobKind.CLOSE and job.meeting_id is not None:
                     effects = await run_close(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
+                    effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:
                     if job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
@@ -280,7 +436,7 @@ class MeetingBot:
                     log.warning("sending works again after %s failed attempts", backoff.failures)
                     backoff.reset()
                 async with self.store.transaction():
-                    await self.store.mark_sent(item.id, event_id, self.clock())
+                    await self.store.mark_sent(item, event_id, self.clock())
 
     async def outbox_empty(self) -> bool:
         return not await self.store.pending_outbox(limit=1)

@@ -22,13 +22,15 @@ from chatbot.meetings import (
     Rooms,
     Target,
     close_meeting,
+    go_to_item,
     materialize,
     open_adhoc,
     open_meeting,
     resolve_target,
     upcoming,
 )
-from chatbot.model import EntryKind, EventId, Profile, RoomId, UserId
+from chatbot.model import Entry, EntryKind, EventId, MeetingRecord, Profile, RoomId, UserId
+from chatbot.power import CHAIR_LEVEL
 from chatbot.render import (
     escape_markdown,
     format_date,
@@ -41,6 +43,10 @@ from chatbot.store import Store
 MAX_TEXT = 4000
 MAX_AGENDA_MINUTES = 600
 WHEN_COUNT = 3
+CHAIRS_ARE = (
+    "the meeting's configured chairs, room moderators (power level "
+    f"{CHAIR_LEVEL} or more) and anyone a chair added with `{{prefix}}chair @user`"
+)
 
 
 class UsageError(Exception):
@@ -88,6 +94,12 @@ class Text:
 
 
 @dataclass(frozen=True, slots=True)
+class Action:
+    assignee: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class AgendaItem:
     text: str
     minutes: int | None
@@ -96,6 +108,26 @@ class AgendaItem:
 @dataclass(frozen=True, slots=True)
 class ListAgenda:
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class AgendaChange:
+    """`remove N`, `move N M`, `edit N text`, `drop N` on the agenda."""
+
+    verb: str
+    number: int
+    to: int | None = None
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemNumber:
+    number: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    user_id: UserId
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +178,43 @@ def _text(args: str) -> Text:
     return Text(_limited(text, "text"))
 
 
-_ESTIMATE = re.compile(
-    r"\(\s*(\d+)\s*(?:m|min|mins|minute|minutes)?\s*\)\s*", re.IGNORECASE
-)
+_USER_ID = re.compile(r"@[^\s:]+:\S+")
 
 
-def _agenda(args: str) -> AgendaItem | ListAgenda:
+def _action(args: str) -> Action:
+    text = args.strip()
+    assignee = None
+    if text.startswith("@"):
+        assignee, _, text = text.partition(" ")
+        text = text.strip()
+        # A pill's trailing colon ("@ada:example.org:") is punctuation, not part of the id.
+        assignee = assignee.rstrip(":,") if _USER_ID.fullmatch(assignee.rstrip(":,")) else assignee
+    if not text:
+        raise UsageError("say what the action is")
+    return Action(assignee, _limited(text, "action"))
+
+
+_ESTIMATE = re.compile(r"\(\s*(\d+)\s*(?:m|min|mins|minute|minutes)?\s*\)\s*", re.IGNORECASE)
+_AGENDA_CHANGE = re.compile(r"(remove|move|edit|drop)\s+#?(\d{1,6})\b\s*(.*)", re.IGNORECASE | re.S)
+
+
+def _agenda(args: str) -> AgendaItem | ListAgenda | AgendaChange:
     text = args.strip()
     if not text:
         return ListAgenda()
+    if change := _AGENDA_CHANGE.fullmatch(text):
+        verb, number, rest = change[1].lower(), int(change[2]), change[3].strip()
+        if verb == "move":
+            if not re.fullmatch(r"#?\d{1,6}", rest):
+                raise UsageError("say where to: `agenda move N M`")
+            return AgendaChange(verb, number, to=int(rest.lstrip("#")))
+        if verb == "edit":
+            if not rest:
+                raise UsageError("say the new text: `agenda edit N text`")
+            return AgendaChange(verb, number, text=rest)
+        if rest:
+            raise UsageError(f"`agenda {verb} N` takes only the item's number")
+        return AgendaChange(verb, number)
     minutes = None
     if estimate := _ESTIMATE.match(text):
         # Compare digits before int(): a huge digit string is refused, not converted.
@@ -165,6 +225,19 @@ def _agenda(args: str) -> AgendaItem | ListAgenda:
         if not text.strip():
             raise UsageError("the topic is missing")
     return AgendaItem(_limited(text.strip(), "agenda item"), minutes)
+
+
+def _item_number(args: str) -> ItemNumber:
+    if not re.fullmatch(r"\s*#?\d{1,6}\s*", args):
+        raise UsageError("say which item, by its number in `agenda`")
+    return ItemNumber(int(args.strip().lstrip("#")))
+
+
+def _person(args: str) -> Person:
+    user = args.strip().rstrip(":,")
+    if not _USER_ID.fullmatch(user):
+        raise UsageError("name the person by their Matrix id, like @ada:example.org")
+    return Person(UserId(user))
 
 
 def _start_meeting(args: str) -> StartMeeting:
@@ -186,6 +259,15 @@ def _no_meeting(context: Context) -> list[Effect]:
     )]
 
 
+def _not_open(context: Context) -> list[Effect]:
+    return [Reply(f"No meeting is open here. A chair can open one with "
+                  f"`{context.prefix}startmeeting`.")]
+
+
+def chairs_are(prefix: str) -> str:
+    return CHAIRS_ARE.format(prefix=prefix)
+
+
 async def _sender_name(store: Store, context: Context) -> str:
     profile = await store.get_profile(context.sender)
     return profile.name if profile is not None else context.display_name
@@ -195,7 +277,7 @@ async def _target(store: Store, context: Context) -> Target | None:
     return await resolve_target(store, context.rooms, context.room_id, context.now)
 
 
-async def handle_help(_: NoArguments, context: Context, store: Store) -> list[Effect]:
+async def handle_help(command: NoArguments, context: Context, store: Store) -> list[Effect]:
     lines = ["**Meeting bot commands:**", ""]
     for spec in REGISTRY:
         aliases = "".join(f" (or `{context.prefix}{alias}`)" for alias in spec.aliases)
@@ -247,34 +329,66 @@ async def handle_here(command: Here, context: Context, store: Store) -> list[Eff
 
 
 def _entry_handler(kind: EntryKind) -> Handler:
+    """Updates, passes, celebrations, notes and decisions: a line of text in the meeting."""
+
     async def handle(command: Text | NoArguments, context: Context, store: Store) -> list[Effect]:
         target = await _target(store, context)
         if target is None:
             return _no_meeting(context)
         meeting = await materialize(store, context.rooms, target)
         text = command.text if isinstance(command, Text) else ""
+        # Notes and decisions belong to the item being discussed, if there is one.
+        item_id = meeting.current_item_id if kind in (EntryKind.NOTE, EntryKind.DECISION) else None
         await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
-                              text, None, context.event_id, context.now)
+                              text, None, context.event_id, context.now, item_id=item_id)
         return [React()]
 
     return handle
 
 
+async def handle_action(command: Action, context: Context, store: Store) -> list[Effect]:
+    target = await _target(store, context)
+    if target is None:
+        return _no_meeting(context)
+    meeting = await materialize(store, context.rooms, target)
+    await store.add_entry(meeting.id, EntryKind.ACTION, context.sender,
+                          await _sender_name(store, context), command.text, None,
+                          context.event_id, context.now, item_id=meeting.current_item_id,
+                          assignee=command.assignee or context.sender)
+    return [React()]
+
+
+async def _agenda_record(store: Store, target: Target) -> MeetingRecord | None:
+    return await store.record(target.meeting) if target.meeting is not None else None
+
+
+def _nth_item(record: MeetingRecord | None, number: int, context: Context) -> Entry | str:
+    items = record.agenda if record is not None else []
+    if not 1 <= number <= len(items):
+        count = f"{len(items)} item{'s' if len(items) != 1 else ''}" if items else "no items"
+        return (f"There is no item {number}: the agenda has {count}. "
+                f"`{context.prefix}agenda` lists it.")
+    return items[number - 1]
+
+
 async def handle_agenda(
-    command: AgendaItem | ListAgenda, context: Context, store: Store
+    command: AgendaItem | ListAgenda | AgendaChange, context: Context, store: Store
 ) -> list[Effect]:
     target = await _target(store, context)
     if target is None:
         return _no_meeting(context)
     if isinstance(command, ListAgenda):
-        items = []
-        if target.meeting is not None:
-            items = (await store.record(target.meeting)).of_kind(EntryKind.AGENDA)
+        record = await _agenda_record(store, target)
         return [Reply(render_agenda(
-            items, title=target.meeting.title if target.meeting else target.series.title,
+            record.agenda if record else [],
+            title=target.meeting.title if target.meeting else target.series.title,
             held_at=format_date(target.start.astimezone(target.series.timezone)),
             prefix=context.prefix,
+            slot_minutes=int(target.series.duration.total_seconds() // 60),
+            current_id=target.meeting.current_item_id if target.meeting else None,
         ))]
+    if isinstance(command, AgendaChange):
+        return await _change_agenda(command, target, context, store)
     meeting = await materialize(store, context.rooms, target)
     await store.add_entry(meeting.id, EntryKind.AGENDA, context.sender,
                           await _sender_name(store, context), command.text, command.minutes,
@@ -282,13 +396,123 @@ async def handle_agenda(
     return [React()]
 
 
+async def _change_agenda(
+    command: AgendaChange, target: Target, context: Context, store: Store
+) -> list[Effect]:
+    record = await _agenda_record(store, target)
+    item = _nth_item(record, command.number, context)
+    if isinstance(item, str):
+        return [Reply(item)]
+    assert record is not None
+    owner_or_chair = item.sender == context.sender or context.is_chair
+    prefix = context.prefix
+    if command.verb in ("move", "drop") and not context.is_chair:
+        return [Reply(f"Only chairs can {command.verb} agenda items: {chairs_are(prefix)}.")]
+    if not owner_or_chair:
+        return [Reply(f"Only the item's owner ({escape_markdown(item.sender_name)}) or a chair "
+                      f"can {command.verb} item {command.number}.")]
+    if command.verb == "remove":
+        await store.delete_entry(item.id)
+    elif command.verb == "edit":
+        assert command.text is not None
+        parsed = _agenda(command.text)
+        if not isinstance(parsed, AgendaItem):
+            raise UsageError("the new text must be an item: `agenda edit N [(N min)] text`")
+        await store.update_entry(item.id, parsed.text, parsed.minutes or item.minutes, None)
+    elif command.verb == "drop":
+        await store.set_dropped(item.id, True)
+    else:
+        assert command.to is not None
+        order = [entry.id for entry in record.agenda]
+        order.remove(item.id)
+        order.insert(max(0, min(len(order), command.to - 1)), item.id)
+        await store.reorder_agenda(order)
+    return [React()]
+
+
+async def _open_meeting_record(context: Context, store: Store) -> MeetingRecord | None:
+    meeting = await store.open_meeting_in_room(context.room_id)
+    return await store.record(meeting) if meeting is not None else None
+
+
+async def handle_next(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    record = await _open_meeting_record(context, store)
+    if record is None:
+        return _not_open(context)
+    items, current = record.agenda, record.current_item
+    if current is not None:
+        following = items[items.index(current) + 1:]
+    else:
+        following = [item for item in items if not item.visited]
+    series = context.rooms.series(record.meeting.series_id)
+    assert series is not None
+    if not following:
+        effects = await go_to_item(store, series, record, None, context.now)
+        return [React(), *effects, Reply(
+            f"That was the last agenda item. Add more with `{context.prefix}agenda (10 min) "
+            f"topic`, or close with `{context.prefix}endmeeting`.")]
+    return [React(), *await go_to_item(store, series, record, following[0], context.now)]
+
+
+async def handle_item(command: ItemNumber, context: Context, store: Store) -> list[Effect]:
+    record = await _open_meeting_record(context, store)
+    if record is None:
+        return _not_open(context)
+    assert command.number is not None
+    item = _nth_item(record, command.number, context)
+    if isinstance(item, str):
+        return [Reply(item)]
+    series = context.rooms.series(record.meeting.series_id)
+    assert series is not None
+    return [React(), *await go_to_item(store, series, record, item, context.now)]
+
+
+_KIND_NAMES = {
+    EntryKind.UPDATE: "update", EntryKind.PASS: "pass", EntryKind.CELEBRATION: "celebration",
+    EntryKind.AGENDA: "agenda item", EntryKind.NOTE: "note", EntryKind.ACTION: "action item",
+    EntryKind.DECISION: "decision",
+}
+
+
+async def handle_undo(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    target = await _target(store, context)
+    if target is None or target.meeting is None:
+        return [Reply("There is nothing to undo in this meeting.")]
+    entry = await store.last_entry(target.meeting.id, None if context.is_chair else context.sender)
+    if entry is None:
+        return [Reply("There is nothing of yours to undo in this meeting.")]
+    await store.delete_entry(entry.id)
+    whose = "your" if entry.sender == context.sender else f"{escape_markdown(entry.sender_name)}'s"
+    text = f": “{escape_markdown(entry.text)}”" if entry.text else ""
+    return [React(), Reply(f"Removed {whose} {_KIND_NAMES[entry.kind]}{text}")]
+
+
+async def handle_chair(command: Person, context: Context, store: Store) -> list[Effect]:
+    target = await _target(store, context)
+    if target is None:
+        return _no_meeting(context)
+    meeting = await materialize(store, context.rooms, target)
+    await store.add_meeting_chair(meeting.id, command.user_id)
+    return [React()]
+
+
+async def handle_unchair(command: Person, context: Context, store: Store) -> list[Effect]:
+    target = await _target(store, context)
+    if target is None or target.meeting is None or not await store.remove_meeting_chair(
+            target.meeting.id, command.user_id):
+        return [Reply(f"{escape_markdown(command.user_id)} was not added as a chair of this "
+                      f"meeting with `{context.prefix}chair`; configured chairs and room "
+                      "moderators stay chairs.")]
+    return [React()]
+
+
 async def handle_startmeeting(
     command: StartMeeting, context: Context, store: Store
 ) -> list[Effect]:
     target = await _target(store, context)
-    if target is not None and target.is_open:
+    if target is not None and target.meeting is not None and target.meeting.is_open:
         return [Reply(
-            f"**{escape_markdown(target.meeting.title)}** is already open; "  # type: ignore[union-attr]
+            f"**{escape_markdown(target.meeting.title)}** is already open; "
             f"close it with `{context.prefix}endmeeting` first."
         )]
     if target is not None and target.start - context.now <= EARLY_START_WINDOW:
@@ -302,12 +526,12 @@ async def handle_startmeeting(
     return [React(), *effects]
 
 
-async def handle_endmeeting(_: NoArguments, context: Context, store: Store) -> list[Effect]:
+async def handle_endmeeting(command: NoArguments, context: Context, store: Store) -> list[Effect]:
     meeting = await store.open_meeting_in_room(context.room_id)
     series = context.rooms.series(meeting.series_id) if meeting is not None else None
     if meeting is None or series is None:
         return [Reply("No meeting is open in this room.")]
-    return [React(), *await close_meeting(store, series, meeting, context.now)]
+    return [React(), *await close_meeting(store, context.rooms, series, meeting, context.now)]
 
 
 # --- the registry ---------------------------------------------------------------------------
@@ -315,7 +539,12 @@ async def handle_endmeeting(_: NoArguments, context: Context, store: Store) -> l
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
-    """A command's syntax, help line, parser and handler, kept side by side."""
+    """A command's syntax, help line, parser and handler, kept side by side.
+
+    `entry_kind` names what the command records, for commands whose message can be
+    edited or redacted to change that record; `chair_aware` commands are told
+    whether the sender is a chair, because owners and chairs may do more.
+    """
 
     name: str
     syntax: str
@@ -324,6 +553,9 @@ class CommandSpec:
     handle: Handler
     aliases: tuple[str, ...] = ()
     chair_only: bool = False
+    chair_aware: bool = False
+    entry_kind: EntryKind | None = None
+    editable: bool = False
 
     def usage(self, prefix: str) -> str:
         return f"Usage: `{prefix}{self.syntax}` ({self.summary})"
@@ -334,17 +566,41 @@ REGISTRY: tuple[CommandSpec, ...] = (
     CommandSpec("when", "when", "the next meetings here, in their zone and UTC",
                 _no_arguments, handle_when),
     CommandSpec("iam", "iam Name / Affiliation / @handle",
-                "saves how you appear in roll calls", _set_profile, handle_iam),
+                "saves how you appear in roll calls", _set_profile, handle_iam, editable=True),
     CommandSpec("here", "here [Name / Affiliation / @handle]", "joins the roll call",
-                _here, handle_here),
+                _here, handle_here, editable=True),
     CommandSpec("update", "update text", "adds your quick update (60 seconds)",
-                _text, _entry_handler(EntryKind.UPDATE)),
+                _text, _entry_handler(EntryKind.UPDATE), entry_kind=EntryKind.UPDATE,
+                editable=True),
     CommandSpec("pass", "pass", "passes on your quick update",
-                _no_arguments, _entry_handler(EntryKind.PASS)),
+                _no_arguments, _entry_handler(EntryKind.PASS), entry_kind=EntryKind.PASS,
+                editable=True),
     CommandSpec("celebrate", "celebrate text", "adds a report or celebration",
-                _text, _entry_handler(EntryKind.CELEBRATION), aliases=("report",)),
+                _text, _entry_handler(EntryKind.CELEBRATION), aliases=("report",),
+                entry_kind=EntryKind.CELEBRATION, editable=True),
     CommandSpec("agenda", "agenda [(N min)] text",
-                "adds an agenda item you own; alone, lists the agenda", _agenda, handle_agenda),
+                "adds an agenda item you own; alone, lists the agenda; also "
+                "`agenda remove N`, `agenda edit N text` (owner or chair), "
+                "`agenda move N M`, `agenda drop N` (chairs)",
+                _agenda, handle_agenda, chair_aware=True, entry_kind=EntryKind.AGENDA,
+                editable=True),
+    CommandSpec("next", "next", "moves to the next agenda item", _no_arguments, handle_next,
+                chair_only=True),
+    CommandSpec("item", "item N", "moves to agenda item N", _item_number, handle_item,
+                chair_only=True),
+    CommandSpec("note", "note text", "adds a note under the current agenda item",
+                _text, _entry_handler(EntryKind.NOTE), entry_kind=EntryKind.NOTE, editable=True),
+    CommandSpec("action", "action [@user] text", "adds an action item for someone (or you)",
+                _action, handle_action, entry_kind=EntryKind.ACTION, editable=True),
+    CommandSpec("agreed", "agreed text", "records a decision on the current item",
+                _text, _entry_handler(EntryKind.DECISION), aliases=("decision",),
+                entry_kind=EntryKind.DECISION, editable=True),
+    CommandSpec("undo", "undo", "removes your last entry (a chair's: anyone's)",
+                _no_arguments, handle_undo, chair_aware=True),
+    CommandSpec("chair", "chair @user", "makes someone a chair of this meeting", _person,
+                handle_chair, chair_only=True),
+    CommandSpec("unchair", "unchair @user", "takes back `chair`", _person, handle_unchair,
+                chair_only=True),
     CommandSpec("startmeeting", "startmeeting [title]",
                 "opens the next meeting now, or an extra one", _start_meeting,
                 handle_startmeeting, chair_only=True),

@@ -15,7 +15,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from nio import (
@@ -32,7 +32,15 @@ from nio import (
     WhoamiResponse,
 )
 
-from chatbot.bot import Backoff, Clock, DeliveryError, IncomingMessage
+from chatbot.bot import (
+    Backoff,
+    Clock,
+    DeliveryError,
+    Incoming,
+    IncomingMessage,
+    IncomingReaction,
+    IncomingRedaction,
+)
 from chatbot.config import Config
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.power import RoomAuthority
@@ -51,6 +59,14 @@ _PERMANENT = {"M_FORBIDDEN", "M_NOT_FOUND", "M_BAD_JSON", "M_NOT_JSON", "M_TOO_L
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
 
 
+class Listener(Protocol):
+    """What the sync loop reports to: the bot's core."""
+
+    async def handle(self, event: Incoming) -> None: ...
+
+    async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None: ...
+
+
 class LoginFailed(Exception):
     """The homeserver refused our credentials; the message says what to check."""
 
@@ -66,7 +82,8 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
             "state": {"lazy_load_members": True},
             "timeline": {
                 "limit": timeline_limit,
-                "types": ["m.room.message", "m.room.member", "m.room.power_levels"],
+                "types": ["m.room.message", "m.room.member", "m.room.power_levels",
+                          "m.reaction", "m.room.redaction", "m.room.tombstone"],
                 "lazy_load_members": True,
             },
         },
@@ -125,30 +142,72 @@ def message_content(item: OutboxItem) -> tuple[str, dict[str, Any]]:
         "formatted_body": markdown_to_html(text),
     }
     if item.kind == "reply" and payload.get("in_reply_to"):
-        content["m.relates_to"] = {"m.in_reply_to": {"event_id": payload["in_reply_to"]}}
+        relation: dict[str, Any] = {"m.in_reply_to": {"event_id": payload["in_reply_to"]}}
+        if payload.get("thread_root"):
+            # Answer inside the thread the command came from.
+            relation |= {"rel_type": "m.thread", "event_id": payload["thread_root"],
+                         "is_falling_back": False}
+        content["m.relates_to"] = relation
     return "m.room.message", content
 
 
-def incoming_message(
+def _relation(content: dict[str, Any]) -> dict[str, Any]:
+    relation = content.get("m.relates_to")
+    return relation if isinstance(relation, dict) else {}
+
+
+def incoming_event(
     event: dict[str, Any], room_id: RoomId, own_user_id: str, display_name: Callable[[str], str]
-) -> IncomingMessage | None:
-    """A person's text message as the core sees it; None for anything else."""
-    if event.get("type") != "m.room.message" or event.get("sender") == own_user_id:
+) -> Incoming | None:
+    """A person's message, edit, redaction or reaction as the core sees it; None otherwise."""
+    sender, event_id = event.get("sender"), event.get("event_id")
+    if not isinstance(sender, str) or not isinstance(event_id, str) or sender == own_user_id:
         return None
-    content = event.get("content") or {}
-    relation = content.get("m.relates_to") or {}
-    if content.get("msgtype") != "m.text" or relation.get("rel_type") == "m.replace":
-        return None  # notices come from bots; edits are handled in a later version
-    body = content.get("body")
-    if not isinstance(body, str) or "event_id" not in event or "sender" not in event:
+    content = event.get("content")
+    content = content if isinstance(content, dict) else {}
+    relation = _relation(content)
+    match event.get("type"):
+        case "m.room.message":
+            replaces = None
+            if relation.get("rel_type") == "m.replace":
+                replaces = relation.get("event_id")
+                content = content.get("m.new_content") or {}
+                if not isinstance(content, dict) or not isinstance(replaces, str):
+                    return None
+            body = content.get("body")
+            # Notices come from bots (the bot's own included); only text is a command.
+            if content.get("msgtype") != "m.text" or not isinstance(body, str):
+                return None
+            thread = relation.get("event_id") if relation.get("rel_type") == "m.thread" else None
+            return IncomingMessage(
+                room_id=room_id, event_id=EventId(event_id), sender=UserId(sender),
+                display_name=display_name(sender), body=body,
+                thread_root=EventId(thread) if isinstance(thread, str) else None,
+                replaces=EventId(replaces) if replaces else None,
+            )
+        case "m.room.redaction":
+            # Room version 11 moved `redacts` into the content.
+            redacts = content.get("redacts") or event.get("redacts")
+            if not isinstance(redacts, str):
+                return None
+            return IncomingRedaction(room_id, EventId(event_id), UserId(sender), EventId(redacts))
+        case "m.reaction":
+            target, key = relation.get("event_id"), relation.get("key")
+            if (relation.get("rel_type") != "m.annotation" or not isinstance(target, str)
+                    or not isinstance(key, str)):
+                return None
+            return IncomingReaction(room_id, EventId(event_id), UserId(sender),
+                                    display_name(sender), EventId(target), key)
+    return None
+
+
+def replacement_room(event: dict[str, Any]) -> RoomId | None:
+    """The room a tombstone points to, if the event is one."""
+    if event.get("type") != "m.room.tombstone" or event.get("state_key") != "":
         return None
-    return IncomingMessage(
-        room_id=room_id,
-        event_id=EventId(event["event_id"]),
-        sender=UserId(event["sender"]),
-        display_name=display_name(event["sender"]),
-        body=body,
-    )
+    content = event.get("content")
+    replacement = content.get("replacement_room") if isinstance(content, dict) else None
+    return RoomId(replacement) if isinstance(replacement, str) and replacement else None
 
 
 def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[str, Any]]:
@@ -233,9 +292,19 @@ class MatrixEdge:
                 by_reference[meeting.room] = await self._join(meeting.room)
             room_id = by_reference[meeting.room]
             if room_id is not None:
-                resolved[meeting.id] = room_id
+                resolved[meeting.id] = await self._latest_room(room_id)
         self.room_ids = resolved
         return resolved
+
+    async def _latest_room(self, room_id: RoomId) -> RoomId:
+        """The room's latest upgrade the bot has followed, joined."""
+        latest = await self.store.replacement_room(room_id)
+        if latest != room_id:
+            joined = await self._retrying("joining " + latest, lambda: self.client.join(latest))
+            if not isinstance(joined, JoinResponse):
+                log.warning("cannot join %s (the upgrade of %s) yet: %s", latest, room_id,
+                            joined.message)
+        return latest
 
     async def _join(self, reference: str) -> RoomId | None:
         room_id = reference
@@ -280,8 +349,8 @@ class MatrixEdge:
 
     # --- sync ------------------------------------------------------------------------------
 
-    async def sync_forever(self, handle: Callable[[IncomingMessage], Awaitable[None]]) -> None:
-        """Follow the homeserver until cancelled, handing each new message to `handle`."""
+    async def sync_forever(self, listener: Listener) -> None:
+        """Follow the homeserver until cancelled, handing each new event to `listener`."""
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
         backoff = Backoff()
         filter_ = sync_filter(self.timeline_limit)
@@ -312,7 +381,7 @@ class MatrixEdge:
             if backoff.failures:
                 log.warning("sync works again after %s failed attempts", backoff.failures)
                 backoff.reset()
-            await self._process(response, token, handle)
+            await self._process(response, token, listener)
             token = response.next_batch
             async with self.store.transaction():
                 await self.store.set_meta(SYNC_TOKEN_KEY, token)
@@ -321,8 +390,7 @@ class MatrixEdge:
                 self.ready.set()
 
     async def _process(
-        self, response: SyncResponse, since: str | None,
-        handle: Callable[[IncomingMessage], Awaitable[None]],
+        self, response: SyncResponse, since: str | None, listener: Listener
     ) -> None:
         configured = set(self.room_ids.values())
         for room_id in response.rooms.invite:
@@ -354,9 +422,24 @@ class MatrixEdge:
                 events = missed + events
             room_names = functools.partial(self._display_name, room_id)
             for event in events:
-                message = incoming_message(event, room_id, self.user_id, room_names)
-                if message is not None:
-                    await handle(message)
+                if (successor := replacement_room(event)) is not None:
+                    await self._follow_upgrade(room_id, successor, listener)
+                    continue
+                incoming = incoming_event(event, room_id, self.user_id, room_names)
+                if incoming is not None:
+                    await listener.handle(incoming)
+
+    async def _follow_upgrade(self, old: RoomId, new: RoomId, listener: Listener) -> None:
+        """Move every meeting of an upgraded room to its successor, and join it."""
+        if new in self.room_ids.values():
+            return
+        self.room_ids = {series: new if room == old else room
+                         for series, room in self.room_ids.items()}
+        await listener.follow_upgrade(old, new)
+        joined = await self.client.join(new)
+        if not isinstance(joined, JoinResponse):
+            log.warning("cannot join %s, the upgrade of %s, yet (%s); will join when invited",
+                        new, old, joined.message)
 
     async def _missed_events(
         self, room_id: RoomId, before: str, since: str
@@ -367,7 +450,8 @@ class MatrixEdge:
         while len(missed) < GAP_FILL_LIMIT:
             response = await self.client.room_messages(
                 room_id, start=start, end=since, direction=MessageDirection.back, limit=100,
-                message_filter={"types": ["m.room.message"]},
+                message_filter={"types": ["m.room.message", "m.reaction", "m.room.redaction",
+                                          "m.room.tombstone"]},
             )
             if not isinstance(response, RoomMessagesResponse) or not response.chunk:
                 break
@@ -401,5 +485,7 @@ class MatrixEdge:
             raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
         if isinstance(response, RoomSendResponse):
             return response.event_id
+        if response.status_code == "M_DUPLICATE_ANNOTATION":
+            return ""  # this ✅ is already there: a re-send after an edit, or a retry
         permanent = response.status_code in _PERMANENT
         raise DeliveryError(f"{response.status_code} {response.message}", permanent=permanent)

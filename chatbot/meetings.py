@@ -14,9 +14,12 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
-from chatbot.model import EntryKind, Meeting, RoomId
+from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
+    escape_markdown,
+    format_date,
+    format_time,
     render_closed,
     render_note,
     render_reminder,
@@ -51,10 +54,14 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Post:
-    """A message of its own in a room (announcements, reminders, the note)."""
+    """A message of its own in a room (announcements, reminders, the note).
+
+    `announces` marks a meeting's start announcement, which people can answer with ✋.
+    """
 
     room_id: RoomId
     text: str
+    announces: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +170,7 @@ async def open_meeting(
     return [Post(meeting.room_id, render_start(
         title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
         prefix=rooms.config.command_prefix,
-    ))]
+    ), announces=meeting.id)]
 
 
 async def open_adhoc(
@@ -177,7 +184,7 @@ async def open_adhoc(
     return [Post(room_id, render_start(
         title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
         prefix=rooms.config.command_prefix,
-    ))]
+    ), announces=meeting.id)]
 
 
 async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> PurePosixPath:
@@ -197,19 +204,79 @@ async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) ->
     return render_note(record, series.timezone, links_of(series))
 
 
-async def close_meeting(
-    store: Store, series: MeetingConfig, meeting: Meeting, now: datetime
+async def go_to_item(
+    store: Store, series: MeetingConfig, record: MeetingRecord, item: Entry | None,
+    now: datetime,
 ) -> list[Effect]:
-    """Close an open meeting: post the compiled note and save it."""
+    """Make `item` the one under discussion (None: no item), timing the one it replaces."""
+    meeting = record.meeting
+    current = record.current_item
+    if current is not None:
+        await store.stop_item(current, now)
+    await store.set_current_item(meeting.id, item.id if item is not None else None)
+    if item is None:
+        return []
+    await store.start_item(item.id, now)
+    number = record.agenda.index(item) + 1
+    box = ""
+    if item.minutes is not None:
+        remaining = timedelta(minutes=item.minutes) - timedelta(seconds=item.took_seconds)
+        until = elapsed(now, max(remaining, timedelta(0)))
+        box = f" ({item.minutes} min, until {format_time(until, series.timezone)})"
+    return [Post(meeting.room_id, (
+        f"**Item {number} of {len(record.agenda)}:** {escape_markdown(item.text)}, "
+        f"led by **{escape_markdown(item.sender_name)}**{box}"
+    ))]
+
+
+async def carry_over(
+    store: Store, rooms: Rooms, series: MeetingConfig, record: MeetingRecord, now: datetime
+) -> int:
+    """Put the items the meeting did not reach on the series' next meeting; how many."""
+    unreached = [item for item in record.agenda if not item.visited and not item.dropped]
+    if not unreached:
+        return 0
+    pending = await upcoming(store, series, now, count=1)
+    room_id = rooms.room_of_series.get(series.id)
+    if not pending or room_id is None:
+        log.info("meeting %s: %s unreached items stay here; no next meeting to carry them to",
+                 record.meeting.id, len(unreached))
+        return 0
+    occurrence, _ = pending[0]
+    following = await store.ensure_scheduled(series.id, room_id, series.title, occurrence.start)
+    held = format_date(record.meeting.held_at.astimezone(series.timezone))
+    for item in unreached:
+        await store.add_entry(
+            following.id, EntryKind.AGENDA, item.sender, item.sender_name, item.text,
+            item.minutes, EventId(f"{item.event_id}#carried-to-{following.id}"), now,
+            carried_from=item.carried_from or held,
+        )
+    log.info("meeting %s: carried %s items over to meeting %s", record.meeting.id,
+             len(unreached), following.id)
+    return len(unreached)
+
+
+async def close_meeting(
+    store: Store, rooms: Rooms, series: MeetingConfig, meeting: Meeting, now: datetime
+) -> list[Effect]:
+    """Close an open meeting: time the last item, carry unreached ones over, post the note."""
     if not await store.mark_ended(meeting.id, now):
         return []
+    record = await store.record(meeting)
+    if record.current_item is not None:
+        await store.stop_item(record.current_item, now)
+    carried = await carry_over(store, rooms, series, record, now)
     closed = await store.get_meeting(meeting.id)
     assert closed is not None
     note = await compile_note(store, series, closed)
     path = await note_path(store, series, closed)
     log.info("meeting %s closed in %s; note %s", meeting.id, meeting.room_id, path)
+    closing = render_closed(closed.title, f"notes/{path}")
+    if carried:
+        closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
+                    "carried over to the next meeting.")
     return [
-        Post(meeting.room_id, render_closed(closed.title, f"notes/{path}")),
+        Post(meeting.room_id, closing),
         Post(meeting.room_id, note),
         SaveNote(path, note),
     ]
@@ -222,6 +289,7 @@ class JobKind(enum.StrEnum):
     REMINDER = "reminder"
     START = "start"
     CLOSE = "close"
+    OVERRUN = "overrun"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,10 +303,14 @@ class Job:
     lead: timedelta | None = None
     meeting_id: int | None = None
 
+    item_id: int | None = None
+
     @property
     def id(self) -> str:
         if self.kind is JobKind.CLOSE:
             return f"close:{self.meeting_id}"
+        if self.kind is JobKind.OVERRUN:
+            return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
         lead = "" if self.lead is None else f":{int(self.lead.total_seconds())}"
         assert self.start is not None
         return f"{self.kind}:{self.series_id}:{self.start.isoformat()}{lead}"
@@ -272,6 +344,13 @@ async def plan_jobs(
         if meeting.closes_at is not None:
             jobs.append(Job(JobKind.CLOSE, meeting.closes_at, meeting.series_id,
                             meeting_id=meeting.id))
+        if meeting.current_item_id is not None:
+            item = (await store.record(meeting)).current_item
+            if (item is not None and item.minutes is not None and not item.overrun_noted
+                    and item.item_started_at is not None):
+                box_left = timedelta(minutes=item.minutes, seconds=-item.took_seconds)
+                jobs.append(Job(JobKind.OVERRUN, elapsed(item.item_started_at, box_left),
+                                meeting.series_id, meeting_id=meeting.id, item_id=item.id))
     for series in rooms.config.meetings:
         if series.id not in rooms.room_of_series:
             continue
@@ -302,7 +381,7 @@ async def run_reminder(
         return []
     agenda: Sequence = ()
     if meeting is not None:
-        agenda = (await store.record(meeting)).of_kind(EntryKind.AGENDA)
+        agenda = (await store.record(meeting)).agenda
     room_id = rooms.room_of_series[series.id]
     log.info("reminder %s before %s of %s sent to %s", lead, start, series.id, room_id)
     return [Post(room_id, render_reminder(
@@ -331,6 +410,26 @@ async def run_start(
     return effects + await open_meeting(store, rooms, series, meeting, now)
 
 
+async def run_overrun(
+    store: Store, meeting_id: int, item_id: int, now: datetime
+) -> list[Effect]:
+    """Say once, briefly, that the item under discussion has run past its time box."""
+    meeting = await store.get_meeting(meeting_id)
+    if meeting is None or not meeting.is_open or meeting.current_item_id != item_id:
+        return []
+    record = await store.record(meeting)
+    item = record.current_item
+    if item is None or item.minutes is None or item.item_started_at is None:
+        return []
+    spent = item.took_seconds + (now - item.item_started_at).total_seconds()
+    if spent < item.minutes * 60 or not await store.mark_overrun_noted(item.id):
+        return []
+    return [Post(meeting.room_id, (
+        f"⏱ Item {record.agenda.index(item) + 1}, {escape_markdown(item.text)}, is past "
+        f"its {item.minutes} min time box."
+    ))]
+
+
 async def run_close(
     store: Store, rooms: Rooms, meeting_id: int, now: datetime, *, force: bool = False
 ) -> list[Effect]:
@@ -346,5 +445,5 @@ async def run_close(
                     meeting.id, meeting.series_id)
         await store.mark_ended(meeting.id, now)
         return []
-    return await close_meeting(store, series, meeting, now)
+    return await close_meeting(store, rooms, series, meeting, now)
 

@@ -17,6 +17,9 @@ class EntryKind(enum.StrEnum):
     PASS = "pass"
     CELEBRATION = "celebration"
     AGENDA = "agenda"
+    NOTE = "note"
+    ACTION = "action"
+    DECISION = "decision"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,7 @@ class Meeting:
     started_at: datetime | None
     ended_at: datetime | None
     closes_at: datetime | None
+    current_item_id: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -67,7 +71,7 @@ class Attendee:
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """Something a person contributed to a meeting: an update, a pass, a celebration, an item."""
+    """Something a person contributed to a meeting: an update, an agenda item, a note ..."""
 
     kind: EntryKind
     sender: UserId
@@ -76,6 +80,20 @@ class Entry:
     minutes: int | None
     event_id: EventId
     created_at: datetime
+    id: int = 0
+    item_id: int | None = None
+    assignee: str | None = None
+    position: int | None = None
+    item_started_at: datetime | None = None
+    took_seconds: int = 0
+    overrun_noted: bool = False
+    dropped: bool = False
+    carried_from: str | None = None
+
+    @property
+    def visited(self) -> bool:
+        """An agenda item the meeting has reached."""
+        return self.item_started_at is not None or self.took_seconds > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,3 +106,14 @@ class MeetingRecord:
 
     def of_kind(self, *kinds: EntryKind) -> list[Entry]:
         return [entry for entry in self.entries if entry.kind in kinds]
+
+    @property
+    def agenda(self) -> list[Entry]:
+        """Agenda items in their running order."""
+        items = self.of_kind(EntryKind.AGENDA)
+        return sorted(items, key=lambda item: (item.position or 0, item.id))
+
+    @property
+    def current_item(self) -> Entry | None:
+        wanted = self.meeting.current_item_id
+        return next((item for item in self.agenda if item.id == wanted), None)

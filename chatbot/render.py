@@ -8,13 +8,19 @@ structure nor put HTML into a posted message.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import markdown
 import nh3
+from jinja2 import StrictUndefined, Template
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from chatbot.model import Attendee, Entry, EntryKind, MeetingRecord, Profile
 
@@ -25,6 +31,8 @@ _HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
 _ENTITY = re.compile(r"&(?=#?\w+;)")
 _BLOCK_START = re.compile(r"([#>+\-|])")
 _ORDERED_START = re.compile(r"(\d+)([.)])")
+# A web link in chat text becomes a markdown autolink; trailing punctuation stays text.
+_LINK = re.compile(r"https?://[^\s<>\"'`\\]+[^\s<>\"'`\\.,;:!?)\]}]", re.IGNORECASE)
 # Characters that have no business in a note: C0/C1 controls (except tab), and
 # bidirectional overrides that can make a line read differently than it is.
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -40,10 +48,25 @@ def clean_text(text: str) -> str:
     return _UNPRINTABLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
 
 
+def _escape_inline(text: str) -> str:
+    text = text.translate(_INLINE_ESCAPES)
+    return _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", text))
+
+
 def escape_line(line: str) -> str:
-    """One line of chat text made inert in markdown, wherever it lands on a line."""
-    line = clean_text(line).strip().translate(_INLINE_ESCAPES)
-    line = _HTML_START.sub("&lt;", _ENTITY.sub("&amp;", line))
+    """One line of chat text made inert in markdown, wherever it lands on a line.
+
+    Web links stay clickable: they become `<https://...>` autolinks, which can
+    carry no markdown or HTML of their own.
+    """
+    line = clean_text(line).strip()
+    pieces, last = [], 0
+    for link in _LINK.finditer(line):
+        pieces.append(_escape_inline(line[last:link.start()]))
+        pieces.append(f"<{link.group()}>")
+        last = link.end()
+    pieces.append(_escape_inline(line[last:]))
+    line = "".join(pieces)
     if set(line) == {"="}:
         return "&#61;" + line[1:]  # a line of = would turn the line above into a heading
     if ordered := _ORDERED_START.match(line):
@@ -141,66 +164,155 @@ def code_of_conduct_line(link: str | None) -> str:
             f"the {conduct}.")
 
 
-def _section(title: str, bullets: Iterable[str]) -> list[str]:
-    lines = [f"- {bullet}" for bullet in bullets]
-    return [f"## {title}", "", *(lines or ["-"]), ""]
-
-
 def _agenda_bullet(entry: Entry) -> str:
     estimate = f" ({entry.minutes} min)" if entry.minutes is not None else ""
     return f"**{escape_markdown(entry.sender_name)}**{estimate} {escape_markdown(entry.text)}"
 
 
-def _update_bullet(entry: Entry) -> str:
-    text = "pass" if entry.kind is EntryKind.PASS else escape_markdown(entry.text)
-    return f"**{escape_markdown(entry.sender_name)}:** {text}"
+def _took(item: Entry) -> str:
+    parts = [f"{item.minutes} min"] if item.minutes is not None else []
+    if item.visited:
+        parts.append(f"took {max(1, round(item.took_seconds / 60))} min")
+    return ", ".join(parts)
 
 
-def render_note(record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | None]) -> str:
-    """The meeting note in the layout teams paste into their notes page."""
+@dataclass(frozen=True, slots=True)
+class UpdateView:
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    owner: str
+    timing: str
+    text: str
+    carried_from: str | None
+    details: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionGroup:
+    person: str
+    items: tuple[str, ...]
+
+
+def note_context(
+    record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | None],
+    names: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What a note template sees: every value already escaped markdown.
+
+    `names` maps Matrix ids to how people appear (their roll-call names), for
+    action items assigned with a Matrix id.
+    """
     meeting = record.meeting
     held_at = meeting.held_at.astimezone(zone)
-    lines = [
-        f"# {escape_markdown(meeting.title)}",
-        "",
-        f"- **Date:** {format_date(held_at)}",
-        f"- **Time:** {format_time(held_at, zone)}",
-        *(f"- **{label}:** <{links[key]}>" for key, label in LINK_LABELS if links.get(key)),
-        "",
-        f"#### {code_of_conduct_line(links.get('code_of_conduct'))}",
-        "",
-        *_section("Roll call", (roll_call_line(a.profile) for a in record.attendees)),
-        *_section(
-            "Quick updates",
-            (_update_bullet(e) for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)),
-        ),
-        *_section(
-            "Reports and celebrations",
-            (escape_markdown(e.text) for e in record.of_kind(EntryKind.CELEBRATION)),
-        ),
-        *_section("Agenda items", (_agenda_bullet(e) for e in record.of_kind(EntryKind.AGENDA))),
-    ]
-    return "\n".join(lines).rstrip("\n") + "\n"
+    names = names or {}
+    for entry in record.entries:
+        names.setdefault(entry.sender, entry.sender_name)
+    for attendee in record.attendees:
+        names[attendee.user_id] = attendee.profile.name
+        if attendee.profile.handle:
+            names.setdefault(attendee.profile.handle, attendee.profile.name)
+
+    def details(item: Entry) -> tuple[str, ...]:
+        lines = []
+        for entry in record.entries:
+            if entry.item_id != item.id:
+                continue
+            text = escape_markdown(entry.text, continuation_indent=" " * 8)
+            if entry.kind is EntryKind.NOTE:
+                lines.append(text)
+            elif entry.kind is EntryKind.DECISION:
+                lines.append(f"**Decision:** {text}")
+        return tuple(lines)
+
+    groups: dict[str, list[str]] = {}
+    for action in record.of_kind(EntryKind.ACTION):
+        person = action.assignee or action.sender
+        groups.setdefault(names.get(person, person), []).append(
+            escape_markdown(action.text, continuation_indent=" " * 8))
+    return {
+        "title": escape_markdown(meeting.title),
+        "date": format_date(held_at),
+        "time": format_time(held_at, zone),
+        "links": [(label, links[key]) for key, label in LINK_LABELS if links.get(key)],
+        "code_of_conduct": code_of_conduct_line(links.get("code_of_conduct")),
+        "roll_call": [roll_call_line(a.profile) for a in record.attendees],
+        "updates": [
+            UpdateView(escape_markdown(e.sender_name),
+                       "pass" if e.kind is EntryKind.PASS else escape_markdown(e.text))
+            for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)
+        ],
+        "celebrations": [escape_markdown(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
+        "agenda": [
+            ItemView(escape_markdown(item.sender_name), _took(item), escape_markdown(item.text),
+                     item.carried_from, details(item))
+            for item in record.agenda
+        ],
+        "notes": [escape_markdown(e.text) for e in record.of_kind(EntryKind.NOTE)
+                  if e.item_id is None],
+        "actions": [ActionGroup(escape_markdown(person), tuple(items))
+                    for person, items in groups.items()],
+        "decisions": [escape_markdown(e.text) for e in record.of_kind(EntryKind.DECISION)],
+    }
+
+
+_TEMPLATES = ImmutableSandboxedEnvironment(
+    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+    undefined=StrictUndefined, autoescape=False,
+)
+DEFAULT_TEMPLATE = (resources.files("chatbot") / "templates" / "note.md.j2").read_text("utf-8")
+
+
+@functools.lru_cache(maxsize=32)
+def compile_template(source: str) -> Template:
+    """A sandboxed note template; raises jinja2.TemplateError if it does not compile."""
+    return _TEMPLATES.from_string(source)
+
+
+def render_note(
+    record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | None], *,
+    template: str | None = None, names: dict[str, str] | None = None,
+) -> str:
+    """The meeting note: the standard layout, or the meeting's own template."""
+    context = note_context(record, zone, links, names)
+    text = compile_template(template or DEFAULT_TEMPLATE).render(context)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
 # --- messages in the room ------------------------------------------------------------
 
 
-def render_agenda(items: Sequence[Entry], *, title: str, held_at: str, prefix: str) -> str:
-    """The agenda so far, numbered, with the total of the estimates."""
+def render_agenda(
+    items: Sequence[Entry], *, title: str, held_at: str, prefix: str, slot_minutes: int,
+    current_id: int | None = None,
+) -> str:
+    """The agenda, numbered, with a running total against the meeting's slot."""
+    heading = f"**Agenda for {escape_markdown(title)}, {held_at}** ({slot_minutes} min slot)"
     if not items:
-        return (
-            f"**Agenda for {escape_markdown(title)}, {held_at}:** nothing yet. "
-            f"Add an item with `{prefix}agenda (10 min) topic`."
-        )
-    lines = [f"**Agenda for {escape_markdown(title)}, {held_at}:**", ""]
-    lines += [f"{number}. {_agenda_bullet(item)}" for number, item in enumerate(items, 1)]
-    estimated = sum(item.minutes or 0 for item in items)
+        return f"{heading}: nothing yet. Add an item with `{prefix}agenda (10 min) topic`."
+    lines = [f"{heading}:", ""]
+    running = 0
+    for number, item in enumerate(items, 1):
+        if item.minutes is None:
+            tally = "no estimate"
+        else:
+            running += item.minutes
+            tally = f"{running} of {slot_minutes} min"
+        status = " **(now)**" if item.id == current_id else (
+            f" (done, took {max(1, round(item.took_seconds / 60))} min)" if item.visited else "")
+        carried = f" (carried over from {item.carried_from})" if item.carried_from else ""
+        lines.append(f"{number}. {_agenda_bullet(item)}{carried} · {tally}{status}")
     unestimated = sum(item.minutes is None for item in items)
-    total = f"Total: {estimated} min"
+    total = f"Total: {running} of {slot_minutes} min"
     if unestimated:
         total += f", plus {unestimated} item{'s' if unestimated > 1 else ''} without an estimate"
-    return "\n".join([*lines, "", total + "."])
+    lines += ["", total + "."]
+    if running > slot_minutes:
+        lines.append(f"**{running} min of items for a {slot_minutes} min meeting.**")
+    return "\n".join(lines)
 
 
 def _link_lines(links: dict[str, str | None]) -> list[str]:

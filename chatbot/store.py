@@ -76,6 +76,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started_at TEXT,
             ended_at TEXT,
             closes_at TEXT,
+            current_item_id INTEGER REFERENCES entries (id) ON DELETE SET NULL,
             UNIQUE (series_id, scheduled_start)
         )
         """,
@@ -94,20 +95,61 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             handle TEXT NOT NULL,
             event_id TEXT NOT NULL,
             arrived_at TEXT NOT NULL,
+            typed INTEGER NOT NULL DEFAULT 1,
+            reaction_event_id TEXT,
             PRIMARY KEY (meeting_id, user_id)
+        )
+        """,
+        """
+        CREATE INDEX attendees_by_event ON attendees (event_id)
+        """,
+        """
+        CREATE INDEX attendees_by_reaction ON attendees (reaction_event_id)
+            WHERE reaction_event_id IS NOT NULL
+        """,
+        """
+        CREATE TABLE meeting_chairs (
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+            user_id TEXT NOT NULL,
+            PRIMARY KEY (meeting_id, user_id)
+        )
+        """,
+        """
+        CREATE TABLE announcements (
+            event_id TEXT PRIMARY KEY,
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE
+        )
+        """,
+        """
+        CREATE TABLE room_upgrades (
+            old_room_id TEXT PRIMARY KEY,
+            new_room_id TEXT NOT NULL,
+            upgraded_at TEXT NOT NULL
         )
         """,
         """
         CREATE TABLE entries (
             id INTEGER PRIMARY KEY,
             meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
-            kind TEXT NOT NULL CHECK (kind IN ('update', 'pass', 'celebration', 'agenda')),
+            kind TEXT NOT NULL CHECK (kind IN (
+                'update', 'pass', 'celebration', 'agenda', 'note', 'action', 'decision')),
             sender TEXT NOT NULL,
             sender_name TEXT NOT NULL,
             text TEXT NOT NULL,
             minutes INTEGER,
             event_id TEXT NOT NULL UNIQUE,
-            created_at TEXT NOT NULL
+            created_at TEXT NOT NULL,
+            -- notes and decisions: the agenda item that was current
+            item_id INTEGER REFERENCES entries (id) ON DELETE SET NULL,
+            -- action items: whom it is for (a Matrix id, or the text after @)
+            assignee TEXT,
+            -- agenda items: order, time spent, and where a carried-over item came from
+            position INTEGER,
+            item_started_at TEXT,
+            took_seconds INTEGER NOT NULL DEFAULT 0,
+            overrun_noted INTEGER NOT NULL DEFAULT 0,
+            dropped INTEGER NOT NULL DEFAULT 0,
+            carried_from TEXT
         )
         """,
         """
@@ -175,7 +217,12 @@ class OutboxItem:
 
 
 _MEETING_COLUMNS = (
-    "id, series_id, room_id, title, scheduled_start, started_at, ended_at, closes_at"
+    "id, series_id, room_id, title, scheduled_start, started_at, ended_at, closes_at, "
+    "current_item_id"
+)
+_ENTRY_COLUMNS = (
+    "id, kind, sender, sender_name, text, minutes, event_id, created_at, item_id, assignee, "
+    "position, item_started_at, took_seconds, overrun_noted, dropped, carried_from"
 )
 
 
@@ -189,6 +236,28 @@ def _meeting_from_row(row: aiosqlite.Row) -> Meeting:
         started_at=_instant(row["started_at"]),
         ended_at=_instant(row["ended_at"]),
         closes_at=_instant(row["closes_at"]),
+        current_item_id=row["current_item_id"],
+    )
+
+
+def _entry_from_row(row: aiosqlite.Row) -> Entry:
+    return Entry(
+        kind=EntryKind(row["kind"]),
+        sender=UserId(row["sender"]),
+        sender_name=row["sender_name"],
+        text=row["text"],
+        minutes=row["minutes"],
+        event_id=EventId(row["event_id"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        id=row["id"],
+        item_id=row["item_id"],
+        assignee=row["assignee"],
+        position=row["position"],
+        item_started_at=_instant(row["item_started_at"]),
+        took_seconds=row["took_seconds"],
+        overrun_noted=bool(row["overrun_noted"]),
+        dropped=bool(row["dropped"]),
+        carried_from=row["carried_from"],
     )
 
 
@@ -431,28 +500,159 @@ class Store:
 
     async def add_attendee(
         self, meeting_id: int, user_id: UserId, profile: Profile, event_id: EventId,
-        now: datetime,
+        now: datetime, *, reaction: bool = False,
     ) -> None:
-        """Join the roll call once; answering again only refreshes how the line reads."""
+        """Join the roll call once; answering again only refreshes how the line reads.
+
+        A line from a ✋ reaction remembers the reaction, so that taking it back
+        removes the line, unless the person also typed `!here`.
+        """
+        typed, reaction_event_id = (0, event_id) if reaction else (1, None)
         await self._db.execute(
-            "INSERT INTO attendees "
-            "(meeting_id, user_id, name, affiliation, handle, event_id, arrived_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meeting_id, user_id) DO UPDATE SET "
-            "name = excluded.name, affiliation = excluded.affiliation, handle = excluded.handle",
+            "INSERT INTO attendees (meeting_id, user_id, name, affiliation, handle, event_id, "
+            "arrived_at, typed, reaction_event_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (meeting_id, user_id) DO UPDATE SET "
+            "name = excluded.name, affiliation = excluded.affiliation, handle = excluded.handle, "
+            "typed = max(typed, excluded.typed), "
+            "reaction_event_id = coalesce(excluded.reaction_event_id, reaction_event_id), "
+            "event_id = CASE WHEN excluded.typed = 1 THEN excluded.event_id ELSE event_id END",
             (meeting_id, user_id, profile.name, profile.affiliation, profile.handle, event_id,
-             _stamp(now)),
+             _stamp(now), typed, reaction_event_id),
         )
+
+    async def withdraw_attendance(self, event_id: EventId) -> bool:
+        """Undo the `!here` or ✋ that `event_id` was; the line goes once neither is left."""
+        changed = await self._changes(
+            "UPDATE attendees SET typed = 0 WHERE event_id = ? AND typed = 1", event_id)
+        changed += await self._changes(
+            "UPDATE attendees SET reaction_event_id = NULL WHERE reaction_event_id = ?", event_id)
+        await self._db.execute(
+            "DELETE FROM attendees WHERE typed = 0 AND reaction_event_id IS NULL")
+        return changed > 0
 
     async def add_entry(
         self, meeting_id: int, kind: EntryKind, sender: UserId, sender_name: str, text: str,
-        minutes: int | None, event_id: EventId, now: datetime,
+        minutes: int | None, event_id: EventId, now: datetime, *, item_id: int | None = None,
+        assignee: str | None = None, carried_from: str | None = None,
+    ) -> None:
+        position = None
+        if kind is EntryKind.AGENDA:
+            position = await self._scalar(
+                "SELECT coalesce(max(position), 0) + 1 FROM entries "
+                "WHERE meeting_id = ? AND kind = 'agenda'", meeting_id)
+        await self._db.execute(
+            "INSERT OR IGNORE INTO entries (meeting_id, kind, sender, sender_name, text, minutes, "
+            "event_id, created_at, item_id, assignee, position, carried_from) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (meeting_id, kind.value, sender, sender_name, text, minutes, event_id, _stamp(now),
+             item_id, assignee, position, carried_from),
+        )
+
+    async def entry_by_event(self, event_id: EventId) -> tuple[int, Entry] | None:
+        """The entry a message created, with its meeting's id."""
+        rows = await self._rows(
+            f"SELECT meeting_id, {_ENTRY_COLUMNS} FROM entries WHERE event_id = ?", event_id)
+        return (rows[0]["meeting_id"], _entry_from_row(rows[0])) if rows else None
+
+    async def update_entry(
+        self, entry_id: int, text: str, minutes: int | None, assignee: str | None
     ) -> None:
         await self._db.execute(
-            "INSERT OR IGNORE INTO entries "
-            "(meeting_id, kind, sender, sender_name, text, minutes, event_id, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (meeting_id, kind.value, sender, sender_name, text, minutes, event_id, _stamp(now)),
+            "UPDATE entries SET text = ?, minutes = ?, assignee = ? WHERE id = ?",
+            (text, minutes, assignee, entry_id),
         )
+
+    async def delete_entry(self, entry_id: int) -> None:
+        await self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,))
+
+    async def last_entry(self, meeting_id: int, sender: UserId | None) -> Entry | None:
+        """The latest entry in a meeting, by `sender` or (None) by anyone."""
+        rows = await self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE meeting_id = ? "
+            "AND (? IS NULL OR sender = ?) AND carried_from IS NULL ORDER BY id DESC LIMIT 1",
+            meeting_id, sender, sender,
+        )
+        return _entry_from_row(rows[0]) if rows else None
+
+    # --- the agenda in a meeting ------------------------------------------------------
+
+    async def reorder_agenda(self, ordered_item_ids: list[int]) -> None:
+        for position, item_id in enumerate(ordered_item_ids, start=1):
+            await self._db.execute("UPDATE entries SET position = ? WHERE id = ?",
+                                   (position, item_id))
+
+    async def set_current_item(self, meeting_id: int, item_id: int | None) -> None:
+        await self._db.execute("UPDATE meetings SET current_item_id = ? WHERE id = ?",
+                               (item_id, meeting_id))
+
+    async def start_item(self, item_id: int, now: datetime) -> None:
+        await self._db.execute(
+            "UPDATE entries SET item_started_at = ? WHERE id = ? AND item_started_at IS NULL",
+            (_stamp(now), item_id))
+
+    async def stop_item(self, item: Entry, now: datetime) -> None:
+        """Add the time since the item was (re)started to the time it took."""
+        if item.item_started_at is None:
+            return
+        spent = max(0, round((now - item.item_started_at).total_seconds()))
+        await self._db.execute(
+            "UPDATE entries SET took_seconds = took_seconds + ?, item_started_at = NULL "
+            "WHERE id = ?", (spent, item.id))
+
+    async def mark_overrun_noted(self, item_id: int) -> bool:
+        return await self._changes(
+            "UPDATE entries SET overrun_noted = 1 WHERE id = ? AND overrun_noted = 0",
+            item_id) == 1
+
+    async def set_dropped(self, item_id: int, dropped: bool) -> None:
+        await self._db.execute("UPDATE entries SET dropped = ? WHERE id = ?",
+                               (int(dropped), item_id))
+
+    # --- chairs, announcements, upgraded rooms ------------------------------------------
+
+    async def add_meeting_chair(self, meeting_id: int, user_id: UserId) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO meeting_chairs (meeting_id, user_id) VALUES (?, ?)",
+            (meeting_id, user_id))
+
+    async def remove_meeting_chair(self, meeting_id: int, user_id: UserId) -> bool:
+        return await self._changes(
+            "DELETE FROM meeting_chairs WHERE meeting_id = ? AND user_id = ?",
+            meeting_id, user_id) == 1
+
+    async def is_meeting_chair(self, meeting_id: int, user_id: UserId) -> bool:
+        return await self._scalar(
+            "SELECT 1 FROM meeting_chairs WHERE meeting_id = ? AND user_id = ?",
+            meeting_id, user_id) == 1
+
+    async def meeting_announced_by(self, event_id: str) -> Meeting | None:
+        rows = await self._rows(
+            f"SELECT {', '.join('m.' + c.strip() for c in _MEETING_COLUMNS.split(','))} "
+            "FROM announcements a JOIN meetings m ON m.id = a.meeting_id WHERE a.event_id = ?",
+            event_id)
+        return _meeting_from_row(rows[0]) if rows else None
+
+    async def record_upgrade(self, old_room_id: RoomId, new_room_id: RoomId,
+                             now: datetime) -> bool:
+        """Note that a room was replaced, and move its meetings along; False if known."""
+        if not await self._changes(
+            "INSERT OR IGNORE INTO room_upgrades (old_room_id, new_room_id, upgraded_at) "
+            "VALUES (?, ?, ?)", old_room_id, new_room_id, _stamp(now)):
+            return False
+        await self._db.execute("UPDATE meetings SET room_id = ? WHERE room_id = ?",
+                               (new_room_id, old_room_id))
+        return True
+
+    async def replacement_room(self, room_id: RoomId) -> RoomId:
+        """The room that `room_id` was upgraded into, following every upgrade since."""
+        seen = {room_id}
+        while True:
+            newer = await self._scalar(
+                "SELECT new_room_id FROM room_upgrades WHERE old_room_id = ?", room_id)
+            if newer is None or newer in seen:
+                return room_id
+            room_id = RoomId(newer)
+            seen.add(room_id)
 
     async def record(self, meeting: Meeting) -> MeetingRecord:
         """The meeting with its roll call (in order of arrival) and entries (in order)."""
@@ -462,28 +662,14 @@ class Store:
             meeting.id,
         )
         entry_rows = await self._rows(
-            "SELECT kind, sender, sender_name, text, minutes, event_id, created_at "
-            "FROM entries WHERE meeting_id = ? ORDER BY id",
-            meeting.id,
-        )
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE meeting_id = ? ORDER BY id", meeting.id)
         return MeetingRecord(
             meeting=meeting,
             attendees=tuple(
                 Attendee(UserId(r["user_id"]), Profile(r["name"], r["affiliation"], r["handle"]))
                 for r in attendee_rows
             ),
-            entries=tuple(
-                Entry(
-                    kind=EntryKind(r["kind"]),
-                    sender=UserId(r["sender"]),
-                    sender_name=r["sender_name"],
-                    text=r["text"],
-                    minutes=r["minutes"],
-                    event_id=EventId(r["event_id"]),
-                    created_at=datetime.fromisoformat(r["created_at"]),
-                )
-                for r in entry_rows
-            ),
+            entries=tuple(_entry_from_row(r) for r in entry_rows),
         )
 
     # --- reminders ----------------------------------------------------------------
@@ -543,11 +729,16 @@ class Store:
             for r in rows
         ]
 
-    async def mark_sent(self, item_id: int, event_id: str, now: datetime) -> None:
+    async def mark_sent(self, item: OutboxItem, event_id: str, now: datetime) -> None:
+        """Record delivery; a start announcement is remembered for ✋ reactions to it."""
         await self._db.execute(
             "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
-            (_stamp(now), event_id, item_id),
+            (_stamp(now), event_id, item.id),
         )
+        if (meeting_id := item.payload.get("announces")) is not None:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO announcements (event_id, meeting_id) VALUES (?, ?)",
+                (event_id, meeting_id))
 
     async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:
         """Give up on an item the homeserver refuses for good, so it blocks nothing behind it."""

@@ -355,42 +355,51 @@ def test_format_span(span: timedelta, expected: str) -> None:
 # --- the agenda message ------------------------------------------------------------------------
 
 
-def test_render_agenda_numbers_the_items_and_totals_the_estimates() -> None:
+def test_render_agenda_numbers_the_items_with_a_running_total_against_the_slot() -> None:
     items = [entry(EntryKind.AGENDA, GRACE, "Grace Hopper", "Release planning", 10),
              entry(EntryKind.AGENDA, ADA, "Ada Lovelace", "Parser review", 5)]
     assert render_agenda(items, title="Example Team Meeting", held_at="Thursday 17th June 2021",
-                         prefix="!") == (
-        "**Agenda for Example Team Meeting, Thursday 17th June 2021:**\n"
+                         prefix="!", slot_minutes=60) == (
+        "**Agenda for Example Team Meeting, Thursday 17th June 2021** (60 min slot):\n"
         "\n"
-        "1. **Grace Hopper** (10 min) Release planning\n"
-        "2. **Ada Lovelace** (5 min) Parser review\n"
+        "1. **Grace Hopper** (10 min) Release planning · 10 of 60 min\n"
+        "2. **Ada Lovelace** (5 min) Parser review · 15 of 60 min\n"
         "\n"
-        "Total: 15 min."
+        "Total: 15 of 60 min."
     )
 
 
 @pytest.mark.parametrize(
     ("minutes", "total"),
     [
-        pytest.param([10, None], "Total: 10 min, plus 1 item without an estimate.", id="one"),
-        pytest.param([10, None, None], "Total: 10 min, plus 2 items without an estimate.",
+        pytest.param([10, None], "Total: 10 of 60 min, plus 1 item without an estimate.",
+                     id="one"),
+        pytest.param([10, None, None], "Total: 10 of 60 min, plus 2 items without an estimate.",
                      id="two"),
-        pytest.param([None], "Total: 0 min, plus 1 item without an estimate.", id="none estimated"),
+        pytest.param([None], "Total: 0 of 60 min, plus 1 item without an estimate.",
+                     id="none estimated"),
     ],
 )
-def test_render_agenda_counts_items_without_an_estimate(
+def test_render_agenda_counts_items_without_an_estimate_as_such(
     minutes: list[int | None], total: str
 ) -> None:
     items = [entry(EntryKind.AGENDA, ADA, "Ada", f"topic {n}", m) for n, m in enumerate(minutes)]
-    message = render_agenda(items, title="Team", held_at="today", prefix="!")
+    message = render_agenda(items, title="Team", held_at="today", prefix="!", slot_minutes=60)
     assert message.splitlines()[-1] == total
     last = len(minutes)
-    assert f"\n{last}. **Ada** topic {last - 1}\n" in message  # no estimate, no "(… min)"
+    assert f"\n{last}. **Ada** topic {last - 1} · no estimate\n" in message
+
+
+def test_render_agenda_warns_when_the_estimates_exceed_the_slot() -> None:
+    items = [entry(EntryKind.AGENDA, ADA, "Ada", f"topic {n}", 25) for n in range(3)]
+    message = render_agenda(items, title="Team", held_at="today", prefix="!", slot_minutes=60)
+    assert message.splitlines()[-1] == "**75 min of items for a 60 min meeting.**"
+    assert "3. **Ada** (25 min) topic 2 · 75 of 60 min" in message
 
 
 def test_render_agenda_when_empty_says_how_to_add_with_the_prefix() -> None:
     assert render_agenda([], title="Team *one*", held_at="Thursday 17th June 2021",
-                         prefix="?") == (
-        "**Agenda for Team \\*one\\*, Thursday 17th June 2021:** nothing yet. "
+                         prefix="?", slot_minutes=30) == (
+        "**Agenda for Team \\*one\\*, Thursday 17th June 2021** (30 min slot): nothing yet. "
         "Add an item with `?agenda (10 min) topic`."
     )

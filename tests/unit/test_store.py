@@ -274,13 +274,13 @@ async def test_the_outbox_hands_out_unsent_items_in_order(store: Store) -> None:
 
     first, second, third = pending
     async with store.transaction():
-        await store.mark_sent(first.id, "$sent", at(2))
+        await store.mark_sent(first, "$sent", at(2))
     assert await store.pending_outbox() == [second, third]
     async with store.transaction():
         await store.mark_failed(second.id, "M_FORBIDDEN", at(3))
     assert await store.pending_outbox() == [third]
     async with store.transaction():
-        await store.mark_sent(third.id, "$sent3", at(4))
+        await store.mark_sent(third, "$sent3", at(4))
     assert await store.pending_outbox() == []
 
 
