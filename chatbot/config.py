@@ -6,6 +6,7 @@ line naming the YAML path and what was expected.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -164,6 +165,53 @@ class MeetingConfig(_Frozen):
         return Schedule(self.start, self.timezone, self.rrule, self.duration)
 
 
+_LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})")
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
+
+
+def _listen(value: Any) -> str:
+    expected = "expected HOST:PORT such as 127.0.0.1:8080, localhost:8080 or [::1]:8080"
+    match = _LISTEN.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{expected}, got {value!r}")
+    host = match["host"] if match["ipv6"] is None else match["ipv6"]
+    if not _is_host(host, ipv6=match["ipv6"] is not None):
+        raise ValueError(f"{expected}; {host!r} is not an IP address or host name")
+    if not 1 <= int(match["port"]) <= 65535:
+        raise ValueError(f"expected a port from 1 to 65535, got {match['port']}")
+    return value
+
+
+def _is_host(host: str, *, ipv6: bool) -> bool:
+    # A host of digits and dots can only be an IPv4 address (999.1.1.1 is no name).
+    if ipv6 or re.fullmatch(r"[\d.]+", host):
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return address.version == (6 if ipv6 else 4)
+    return _HOST_NAME.fullmatch(host) is not None
+
+
+class HttpConfig(_Frozen):
+    """The optional web server (calendar feeds): where it listens."""
+
+    listen: Annotated[str, BeforeValidator(_listen)]
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].removeprefix("[").removesuffix("]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def base_url(self) -> str:
+        """`http://HOST:PORT`, as a link to the listening address."""
+        return f"http://{self.listen}"
+
+
 class Config(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -171,6 +219,7 @@ class Config(_Frozen):
     data_dir: Path = Path("./data")
     command_prefix: Annotated[str, Field(min_length=1, max_length=5, pattern=r"^\S+$")] = "!"
     meetings: Annotated[tuple[MeetingConfig, ...], Field(min_length=1)]
+    http: HttpConfig | None = None
 
     @field_validator("meetings")
     @classmethod
