@@ -78,13 +78,36 @@ class Person:
 
     # --- actions -------------------------------------------------------------------
 
-    async def say(self, room_id: str, text: str) -> str:
-        """Send a plain text message; return its event id."""
-        response = await self.client.room_send(
-            room_id, "m.room.message", {"msgtype": "m.text", "body": text})
+    async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
+        """Send any room event; return its event id."""
+        response = await self.client.room_send(room_id, event_type, content)
         if not isinstance(response, RoomSendResponse):
-            raise RuntimeError(f"{self.name} could not send {text!r}: {response}")
+            raise RuntimeError(f"{self.name} could not send {event_type}: {response}")
         return response.event_id
+
+    async def say(self, room_id: str, text: str, *, thread_root: str | None = None) -> str:
+        """Send a plain text message (in a thread, if given); return its event id."""
+        content: dict[str, Any] = {"msgtype": "m.text", "body": text}
+        if thread_root is not None:
+            content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root}
+        return await self.send(room_id, "m.room.message", content)
+
+    async def edit(self, room_id: str, event_id: str, text: str) -> str:
+        """Edit one of this person's messages the way Matrix clients do (m.replace)."""
+        return await self.send(room_id, "m.room.message", {
+            "msgtype": "m.text", "body": f"* {text}",
+            "m.new_content": {"msgtype": "m.text", "body": text},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        })
+
+    async def react(self, room_id: str, event_id: str, key: str) -> str:
+        return await self.send(room_id, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": event_id, "key": key}})
+
+    async def redact(self, room_id: str, event_id: str) -> None:
+        response = await self.client.room_redact(room_id, event_id)
+        if not hasattr(response, "event_id"):
+            raise RuntimeError(f"{self.name} could not redact {event_id}: {response}")
 
     async def create_room(self, *, invite: list[str], alias: str | None = None,
                           power: dict[str, int] | None = None) -> str:

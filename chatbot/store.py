@@ -594,7 +594,8 @@ class Store:
         """Add the time since the item was (re)started to the time it took."""
         if item.item_started_at is None:
             return
-        spent = max(0, round((now - item.item_started_at).total_seconds()))
+        # At least a second, so that an item reached at all never reads as unreached.
+        spent = max(1, round((now - item.item_started_at).total_seconds()))
         await self._db.execute(
             "UPDATE entries SET took_seconds = took_seconds + ?, item_started_at = NULL "
             "WHERE id = ?", (spent, item.id))
