@@ -1,9 +1,10 @@
-"""The `chatbot` command line: run, check, notes, demo."""
+"""The `chatbot` command line: run, check, notes, ics, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 from chatbot import __version__
 from chatbot.bot import utc_now
 from chatbot.config import Config, ConfigError, load_config
+from chatbot.model import Entry
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
 from chatbot.store import StoreError
@@ -45,6 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
     notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
                        help="the meeting held on this date (default: the last one)")
+    ics = with_config("ics", "write an iCalendar file of the meetings: recurrence, time zone, "
+                             "title, links and the next meeting's agenda from the database")
+    ics.add_argument("meeting_id", metavar="MEETING_ID", nargs="?",
+                     help="the meeting's `id` in the config (default: every meeting)")
+    ics.add_argument("-o", "--output", type=Path, metavar="FILE",
+                     help="write to FILE (default: standard output)")
     demo = commands.add_parser(
         "demo", help="play a scripted meeting on a throwaway local homeserver",
         description="Start a throwaway Synapse on 127.0.0.1, run the bot and three people "
@@ -78,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             return check(config, args.config)
         if args.command == "notes":
             return asyncio.run(print_note(config, args.meeting_id, args.date))
+        if args.command == "ics":
+            return asyncio.run(write_calendar(config, args.meeting_id, args.output))
         return asyncio.run(run(config))
     except StoreError as error:
         print(f"chatbot: {error}", file=sys.stderr)
@@ -110,9 +120,7 @@ async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
 
     series = config.meeting(meeting_id)
     if series is None:
-        known = ", ".join(m.id for m in config.meetings)
-        print(f"chatbot: no meeting {meeting_id!r} in the config; known: {known}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _unknown_meeting(config, meeting_id)
     if not database_path(config).exists():
         print(f"chatbot: no database at {database_path(config)} yet; run the bot first",
               file=sys.stderr)
@@ -132,9 +140,58 @@ async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
         await store.close()
 
 
+def _unknown_meeting(config: Config, meeting_id: str) -> int:
+    known = ", ".join(m.id for m in config.meetings)
+    print(f"chatbot: no meeting {meeting_id!r} in the config; known: {known}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+async def write_calendar(config: Config, meeting_id: str | None, output: Path | None) -> int:
+    """The meetings' iCalendar file, with agendas from the database if there is one yet."""
+    from chatbot.agenda_feed import next_agenda
+    from chatbot.app import database_path
+    from chatbot.calendar import build_calendar
+    from chatbot.store import Store
+
+    if meeting_id is None:
+        chosen = list(config.meetings)
+    elif (series := config.meeting(meeting_id)) is not None:
+        chosen = [series]
+    else:
+        return _unknown_meeting(config, meeting_id)
+    now = utc_now()
+    agendas: dict[str, list[Entry]] = {series.id: [] for series in chosen}
+    # Only an existing database is read: exporting must not create one.
+    if database_path(config).exists():
+        store = await Store.open(database_path(config))
+        try:
+            for series in chosen:
+                agendas[series.id] = await next_agenda(store, series, now)
+        finally:
+            await store.close()
+    data = build_calendar([(series, agendas[series.id]) for series in chosen], now=now,
+                          prefix=config.command_prefix)
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return 0
+    # Whole or not at all: the file may be served or synced while it is written.
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(output)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        print(f"chatbot: {output}: cannot be written ({error.strerror})", file=sys.stderr)
+        return 1
+    return 0
+
+
 async def run(config: Config) -> int:
     from chatbot.app import BotApp
     from chatbot.matrix import LoginFailed
+    from chatbot.web import ListenFailed
 
     app = BotApp(config)
     loop = asyncio.get_running_loop()
@@ -142,7 +199,7 @@ async def run(config: Config) -> int:
         loop.add_signal_handler(signum, app.stop.set)
     try:
         await app.run()
-    except LoginFailed as error:
+    except (LoginFailed, ListenFailed) as error:
         print(f"chatbot: {error}", file=sys.stderr)
         return 1
     return 0
