@@ -14,12 +14,14 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from jinja2 import TemplateError, TemplateSyntaxError
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -28,12 +30,16 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from chatbot.recurrence import Schedule, parse_duration, parse_rule
+from chatbot.render import compile_template, note_context, sample_record
 
 _USER_ID = re.compile(r"@[^:\s]+:\S+")
 # Room version 12 ids carry no server name (`!opaque`); aliases always do.
 _ROOM = re.compile(r"#[^:\s]+:\S+|![^:\s]+(?::\S+)?")
 _MEETING_ID = re.compile(r"[a-z0-9][a-z0-9-]*")
 _START_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S")
+
+
+UTC_ZONE = ZoneInfo("UTC")
 
 
 class ConfigError(Exception):
@@ -113,6 +119,10 @@ class MeetingConfig(_Frozen):
     grace: Duration = timedelta(minutes=30)
     chairs: tuple[UserId, ...] = ()
     links: Links = Links()
+    template: Path | None = None
+    # The template's text, read and compiled when the file is loaded, so a later
+    # broken edit of the file cannot break the closing of a meeting.
+    _template_source: str | None = PrivateAttr(default=None)
 
     @field_validator("timezone", mode="before")
     @classmethod
@@ -163,6 +173,11 @@ class MeetingConfig(_Frozen):
     @property
     def schedule(self) -> Schedule:
         return Schedule(self.start, self.timezone, self.rrule, self.duration)
+
+    @property
+    def template_source(self) -> str | None:
+        """The meeting's own note template, or None for the standard note."""
+        return self._template_source
 
 
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})")
@@ -273,7 +288,30 @@ def parse_config(data: Any, *, base_dir: Path = Path(".")) -> Config:
         raise ConfigError(_describe(error.errors()[0])) from None
     if not config.data_dir.is_absolute():
         config = config.model_copy(update={"data_dir": base_dir / config.data_dir})
+    for index, meeting in enumerate(config.meetings):
+        if meeting.template is not None:
+            _load_template(meeting, base_dir, f"meetings[{index}].template")
     return config
+
+
+def _load_template(meeting: MeetingConfig, base_dir: Path, key: str) -> None:
+    """Read and compile a meeting's note template, or say in one line what is wrong."""
+    assert meeting.template is not None
+    path = meeting.template if meeting.template.is_absolute() else base_dir / meeting.template
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{key}: cannot read {path} ({error.strerror or error})") from None
+    try:
+        # Rendering a sample meeting also finds misspelt names, which compile fine.
+        compile_template(source).render(note_context(sample_record(), UTC_ZONE, {}))
+    except TemplateSyntaxError as error:
+        raise ConfigError(f"{key}: {path}, line {error.lineno}: {error.message}") from None
+    except TemplateError as error:
+        raise ConfigError(f"{key}: {path}: {error.message or error}") from None
+    except Exception as error:  # the trial render runs the operator's template code
+        raise ConfigError(f"{key}: {path}: fails on a sample meeting ({error!r})") from None
+    meeting._template_source = source
 
 
 def load_config(path: Path) -> Config:

@@ -201,7 +201,8 @@ async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> Pu
 
 async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
     record = await store.record(meeting)
-    return render_note(record, series.timezone, links_of(series))
+    return render_note(record, series.timezone, links_of(series),
+                       template=series.template_source)
 
 
 async def go_to_item(

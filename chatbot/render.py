@@ -9,6 +9,7 @@ structure nor put HTML into a posted message.
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,17 @@ import nh3
 from jinja2 import StrictUndefined, Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from chatbot.model import Attendee, Entry, EntryKind, MeetingRecord, Profile
+from chatbot.model import (
+    Attendee,
+    Entry,
+    EntryKind,
+    EventId,
+    Meeting,
+    MeetingRecord,
+    Profile,
+    RoomId,
+    UserId,
+)
 
 _INLINE_ESCAPES = str.maketrans(
     {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]"}
@@ -259,6 +270,8 @@ def note_context(
     }
 
 
+log = logging.getLogger(__name__)
+
 _TEMPLATES = ImmutableSandboxedEnvironment(
     trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
     undefined=StrictUndefined, autoescape=False,
@@ -276,10 +289,42 @@ def render_note(
     record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | None], *,
     template: str | None = None, names: dict[str, str] | None = None,
 ) -> str:
-    """The meeting note: the standard layout, or the meeting's own template."""
+    """The meeting note: the standard layout, or the meeting's own template.
+
+    A custom template that fails while rendering is logged and the standard
+    layout used instead: closing a meeting must not fail on a template.
+    """
     context = note_context(record, zone, links, names)
-    text = compile_template(template or DEFAULT_TEMPLATE).render(context)
+    try:
+        text = compile_template(template or DEFAULT_TEMPLATE).render(context)
+    except Exception:  # an operator's template can fail in any way; ours must not
+        if template is None:
+            raise
+        log.exception("the meeting's note template failed; using the standard note")
+        text = compile_template(DEFAULT_TEMPLATE).render(context)
     return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
+
+
+def sample_record() -> MeetingRecord:
+    """A small meeting with one of everything, to try a template on."""
+    held = datetime(2021, 6, 17, 8, tzinfo=UTC)
+    meeting = Meeting(1, "sample", RoomId("!sample"), "Sample", held, held, held, None, 1)
+    ada = UserId("@ada:example.org")
+
+    def entry(number: int, kind: EntryKind, text: str, **extra: Any) -> Entry:
+        return Entry(kind, ada, "Ada", text, None, EventId(f"${number}"), held, id=number,
+                     **extra)
+
+    return MeetingRecord(meeting, (Attendee(ada, Profile("Ada", "Org", "@ada")),), (
+        entry(1, EntryKind.AGENDA, "Item", position=1, took_seconds=60),
+        entry(2, EntryKind.NOTE, "note", item_id=1),
+        entry(3, EntryKind.DECISION, "decision", item_id=1),
+        entry(4, EntryKind.ACTION, "action", assignee=ada),
+        entry(5, EntryKind.UPDATE, "update"),
+        entry(6, EntryKind.PASS, ""),
+        entry(7, EntryKind.CELEBRATION, "celebration"),
+        entry(8, EntryKind.NOTE, "general note"),
+    ))
 
 
 # --- messages in the room ------------------------------------------------------------
