@@ -6,7 +6,7 @@ from datetime import datetime
 
 from chatbot.config import MeetingConfig
 from chatbot.meetings import upcoming
-from chatbot.model import Entry, EntryKind
+from chatbot.model import Entry
 from chatbot.store import Store
 
 
@@ -23,4 +23,4 @@ async def next_agenda(store: Store, series: MeetingConfig, now: datetime) -> lis
         meeting = pending[0][1] if pending else None
     if meeting is None:
         return []
-    return (await store.record(meeting)).of_kind(EntryKind.AGENDA)
+    return (await store.record(meeting)).agenda  # in running order, as the reminders show it

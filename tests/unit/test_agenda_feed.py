@@ -66,6 +66,15 @@ async def test_before_a_meeting_its_agenda_items_in_order_and_nothing_else(store
     assert await texts(store, FIRST - timedelta(days=1)) == ["release", "docs"]
 
 
+async def test_items_a_chair_moved_are_in_the_running_order(store: Store) -> None:
+    await add(store, FIRST, EntryKind.AGENDA, "release")
+    await add(store, FIRST, EntryKind.AGENDA, "docs")
+    first, second = await next_agenda(store, weekly(), FIRST - timedelta(days=1))
+    async with store.transaction():
+        await store.reorder_agenda([second.id, first.id])
+    assert await texts(store, FIRST - timedelta(days=1)) == ["docs", "release"]
+
+
 async def test_during_a_meeting_its_own_agenda_even_after_its_scheduled_end(store: Store) -> None:
     first = await add(store, FIRST, EntryKind.AGENDA, "release")
     await add(store, SECOND, EntryKind.AGENDA, "later")
