@@ -7,12 +7,14 @@ import contextlib
 import logging
 from pathlib import Path
 
+from chatbot.agenda_feed import next_agenda
 from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
 from chatbot.matrix import MatrixEdge
 from chatbot.meetings import Rooms
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
+from chatbot.web import WebServer
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,15 @@ class BotApp:
     async def run(self) -> None:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
         store = await Store.open(database_path(self.config))
+        web = WebServer(self.config, lambda series: next_agenda(store, series, self.clock()),
+                        self.clock)
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit)
         scheduler: JobScheduler | None = None
         tasks: list[asyncio.Task[None]] = []
         bot: MeetingBot | None = None
         try:
+            await web.start()
             await edge.login()
             rooms = Rooms(self.config, await edge.resolve_rooms())
             replan_needed = asyncio.Event()
@@ -74,6 +79,7 @@ class BotApp:
             ready.cancel()
         finally:
             log.info("shutting down")
+            await web.stop()
             if scheduler is not None:
                 scheduler.shutdown()
             for task in tasks:

@@ -101,7 +101,8 @@ def _utc_until(until: date | datetime, series: MeetingConfig) -> datetime:
         if until.tzinfo is not None:
             return until.astimezone(UTC)
         return localize(until, series.timezone).astimezone(UTC)
-    return localize(datetime.combine(until, time()), series.timezone).astimezone(UTC)
+    # A bare date includes that day, as recurrence.parse_rule reads it.
+    return localize(datetime.combine(until, time(23, 59, 59)), series.timezone).astimezone(UTC)
 
 
 def describe(series: MeetingConfig, agenda: Sequence[Entry], *, prefix: str) -> str:

@@ -44,6 +44,7 @@ def format_duration(duration: timedelta) -> str:
 
 
 _UTC_UNTIL = re.compile(r"UNTIL=(\d{8}T\d{6})Z", re.IGNORECASE)
+_DATE_UNTIL = re.compile(r"UNTIL=(\d{8})(?=;|$)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=256)
@@ -51,7 +52,8 @@ def parse_rule(rule: str, first_start: datetime, zone: ZoneInfo | None = None) -
     """Parse an RFC 5545 RRULE (`FREQ=MONTHLY;BYDAY=+3TH`) anchored at a naive local start.
 
     An `UNTIL=...Z` end (UTC, as RFC 5545 asks for zoned meetings) is turned into the
-    meeting's local time, since the rule is evaluated on the local wall clock.
+    meeting's local time, since the rule is evaluated on the local wall clock. A bare
+    date `UNTIL=20221215` includes that day, as people who write it mean.
     """
     text = rule.strip()
     if text.upper().startswith("RRULE:"):
@@ -62,6 +64,7 @@ def parse_rule(rule: str, first_start: datetime, zone: ZoneInfo | None = None) -
         text = _UTC_UNTIL.sub(lambda m: "UNTIL=" + datetime.strptime(m[1], "%Y%m%dT%H%M%S")
                               .replace(tzinfo=UTC).astimezone(zone).strftime("%Y%m%dT%H%M%S"),
                               text)
+    text = _DATE_UNTIL.sub(lambda m: f"UNTIL={m[1]}T235959", text)
     parsed = rrulestr(text, dtstart=first_start)
     if not isinstance(parsed, rrule):  # pragma: no cover - rrulestr returns rrule for one rule
         raise ValueError("expected a single RRULE such as FREQ=WEEKLY;BYDAY=TH")

@@ -3,9 +3,14 @@ as people really use it (edits, redactions, reactions, threads, room upgrades)."
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aiohttp
+import icalendar
+
+from chatbot.config import HttpConfig
 from chatbot.person import Person, body_of, is_reaction, is_reply
 from chatbot.render import format_date, format_time
 
@@ -242,3 +247,22 @@ async def test_a_room_upgrade_is_followed_with_the_meeting_history(world: World)
     await ok(chair, new_room, "!endmeeting")
     note = body_of(await ada.wait_for(bot_says(world, "## Roll call"), after=mark))
     assert "- **Ada:** before the upgrade\n- **Ada:** after the upgrade\n" in note
+
+
+async def test_the_running_bot_serves_its_calendar_with_the_agenda_from_chat(
+    world: World,
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = world.config().model_copy(update={"http": HttpConfig(listen=f"127.0.0.1:{port}")})
+    await world.start_bot(config)
+    await ok(world.ada, world.room_id, "!agenda (10 min) Release; planning")
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://127.0.0.1:{port}/calendar/team.ics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/calendar")
+        calendar = icalendar.Calendar.from_ical(await response.read())
+    (event,) = calendar.walk("VEVENT")
+    assert "1. Ada (10 min) Release; planning" in str(event["DESCRIPTION"])
+    assert str(event["SUMMARY"]) == "Example Team Meeting"

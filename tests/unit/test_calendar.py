@@ -163,9 +163,9 @@ def test_a_single_meeting_has_no_rule() -> None:
         ("FREQ=WEEKLY;UNTIL=20210708T090000", "FREQ=WEEKLY;UNTIL=20210708T080000Z"),
         ("FREQ=WEEKLY;UNTIL=20210708T080000Z", "FREQ=WEEKLY;UNTIL=20210708T080000Z"),
         # A bare date is its local midnight to the bot, so that day is not included.
-        ("FREQ=DAILY;UNTIL=20210620", "FREQ=DAILY;UNTIL=20210619T230000Z"),
+        ("FREQ=DAILY;UNTIL=20210620", "FREQ=DAILY;UNTIL=20210620T225959Z"),
         ("FREQ=MONTHLY;BYDAY=+3TH;UNTIL=20230101",
-         "FREQ=MONTHLY;UNTIL=20230101T000000Z;BYDAY=+3TH"),
+         "FREQ=MONTHLY;UNTIL=20230101T235959Z;BYDAY=+3TH"),
     ],
 )
 def test_the_rule_in_the_file_gives_the_meetings_the_bot_holds(rule: str, expected: str) -> None:

@@ -318,3 +318,10 @@ def test_a_reminder_before_a_meeting_just_after_spring_forward_is_sent() -> None
     now = utc(2026, 3, 29, 0, 45)  # 45 minutes before the meeting, 15 after the 1h lead
     assert decide_reminder(occurrence.start, HOUR, (HOUR,), now,
                            started=False) is ReminderDecision.SEND
+
+
+def test_a_bare_date_until_includes_that_day() -> None:
+    schedule = Schedule(datetime(2026, 3, 5, 9, 0), LONDON, "FREQ=WEEKLY;UNTIL=20260319", HOUR)
+    assert utc_starts(schedule, utc(2026, 1, 1), 10) == [
+        "2026-03-05 09:00", "2026-03-12 09:00", "2026-03-19 09:00",
+    ]
