@@ -86,6 +86,8 @@ async def test_a_full_meeting_with_an_item_carried_over_matches_the_golden_note(
     await ok(ada, room, "!note see https://blog.example.org/draft_1")
     await ok(chair, room, "!agenda drop 3")
     note = await closing_note(world)
+    # Every item was reached but the dropped one, so nothing is carried this time.
+    assert "nothing yet" in body_of(await answer(ada, room, "!agenda"))
 
     meeting = config.meetings[0]
     first, second = meeting.schedule.next_occurrences(datetime.now(UTC), 2)
