@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from datetime import date
@@ -205,5 +206,15 @@ async def run(config: Config) -> int:
     return 0
 
 
+def entry_point() -> int:
+    """`chatbot` itself: main(), quiet when its output is piped into `head` and cut off."""
+    try:
+        return main()
+    except BrokenPipeError:
+        # Python's recipe: point stdout at devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry_point())
