@@ -268,3 +268,15 @@ async def test_the_running_bot_serves_its_calendar_with_the_agenda_from_chat(
     (event,) = calendar.walk("VEVENT")
     assert "1. Ada (10 min) Release; planning" in str(event["DESCRIPTION"])
     assert str(event["SUMMARY"]) == "Example Team Meeting"
+
+
+async def test_a_command_sent_as_a_reply_with_a_quote_fallback_works(world: World) -> None:
+    await world.start_bot(world.config())
+    room, ada, grace = world.room_id, world.ada, world.grace
+    question = await grace.say(room, "Who is around today?")
+    reply = await ada.send(room, "m.room.message", {
+        "msgtype": "m.text",
+        "body": f"> <{grace.user_id}> Who is around today?\n\n!here",
+        "m.relates_to": {"m.in_reply_to": {"event_id": question}},
+    })
+    await ada.wait_for(lambda e: is_reaction(e, reply))
