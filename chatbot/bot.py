@@ -18,9 +18,11 @@ from typing import Protocol
 from chatbot.commands import (
     Context,
     Invocation,
+    NoArguments,
     Unknown,
     UsageError,
     chairs_are,
+    handle_help,
     parse_invocation,
     strip_reply_fallback,
 )
@@ -42,7 +44,7 @@ from chatbot.meetings import (
 )
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
-from chatbot.render import roll_call_profile
+from chatbot.render import escape_markdown, roll_call_profile
 from chatbot.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -171,6 +173,29 @@ class MeetingBot:
             log.exception("failed to handle %s in %s", event.event_id, event.room_id)
             if isinstance(event, IncomingMessage):
                 await self._apologise(event)
+
+    async def handle_direct(self, message: IncomingMessage) -> None:
+        """A direct chat gets help, and nothing else: meetings live in their rooms."""
+        if message.replaces is not None:
+            return
+        try:
+            async with self.store.transaction():
+                now = self.clock()
+                if not await self.store.claim_event(message.event_id, message.room_id, now):
+                    return
+                rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
+                context = Context(self.rooms, message.room_id, message.sender,
+                                  message.display_name, message.event_id, now)
+                (help_reply,) = await handle_help(NoArguments(), context, self.store)
+                assert isinstance(help_reply, Reply)
+                await self._record([Reply(
+                    f"I run team meetings in {escape_markdown(rooms)}; commands work there, "
+                    f"not in direct chats.\n\n{help_reply.text}")],
+                    message.room_id, message.event_id, now)
+            self._outbox_ready.set()
+        except Exception:
+            log.exception("failed to answer %s in direct chat %s", message.event_id,
+                          message.room_id)
 
     async def _context(self, message: IncomingMessage, invocation: Invocation | Unknown,
                        event_id: EventId) -> Context:

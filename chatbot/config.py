@@ -235,6 +235,7 @@ class Config(_Frozen):
     command_prefix: Annotated[str, Field(min_length=1, max_length=5, pattern=r"^\S+$")] = "!"
     meetings: Annotated[tuple[MeetingConfig, ...], Field(min_length=1)]
     http: HttpConfig | None = None
+    allowed_inviters: tuple[UserId, ...] = ()
 
     @field_validator("meetings")
     @classmethod

@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,6 +64,8 @@ class Listener(Protocol):
     """What the sync loop reports to: the bot's core."""
 
     async def handle(self, event: Incoming) -> None: ...
+
+    async def handle_direct(self, message: IncomingMessage) -> None: ...
 
     async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None: ...
 
@@ -201,6 +204,18 @@ def incoming_event(
     return None
 
 
+def invitation(invite_state: list[Any], own_user_id: str) -> tuple[str | None, bool]:
+    """Who invited the bot, and whether they flagged it a direct chat."""
+    for event in invite_state:
+        source = getattr(event, "source", event)
+        if (isinstance(source, dict) and source.get("type") == "m.room.member"
+                and source.get("state_key") == own_user_id):
+            # nio keeps an invite member event's content as an attribute, not in `source`.
+            content = getattr(event, "content", None) or source.get("content") or {}
+            return source.get("sender"), content.get("is_direct") is True
+    return None, False
+
+
 def replacement_room(event: dict[str, Any]) -> RoomId | None:
     """The room a tombstone points to, if the event is one."""
     if event.get("type") != "m.room.tombstone" or event.get("state_key") != "":
@@ -245,6 +260,7 @@ class MatrixEdge:
             ),
         )
         self.room_ids: dict[str, RoomId] = {}
+        self.direct_rooms: set[RoomId] = set()
         self.ready = asyncio.Event()
         self._authority: dict[RoomId, RoomAuthority] = {}
 
@@ -352,6 +368,7 @@ class MatrixEdge:
     async def sync_forever(self, listener: Listener) -> None:
         """Follow the homeserver until cancelled, handing each new event to `listener`."""
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
+        self.direct_rooms = await self.store.direct_rooms()
         backoff = Backoff()
         filter_ = sync_filter(self.timeline_limit)
         while True:
@@ -393,16 +410,12 @@ class MatrixEdge:
         self, response: SyncResponse, since: str | None, listener: Listener
     ) -> None:
         configured = set(self.room_ids.values())
-        for room_id in response.rooms.invite:
-            if room_id in configured:
-                log.info("invited to configured room %s; joining", room_id)
-                await self.client.join(room_id)
-            else:
-                log.info("ignoring an invite to %s, which is not configured", room_id)
         now = self.clock()
+        for room_id, invite in response.rooms.invite.items():
+            await self._answer_invite(RoomId(room_id), invite.invite_state, configured, now)
         for room_id, info in response.rooms.join.items():
             room_id = RoomId(room_id)
-            if room_id not in configured:
+            if room_id not in configured and room_id not in self.direct_rooms:
                 continue
             events = [event.source for event in info.timeline.events]
             state = [getattr(event, "source", {}) for event in info.state]
@@ -426,8 +439,37 @@ class MatrixEdge:
                     await self._follow_upgrade(room_id, successor, listener)
                     continue
                 incoming = incoming_event(event, room_id, self.user_id, room_names)
-                if incoming is not None:
+                if incoming is None:
+                    continue
+                if room_id in configured:
                     await listener.handle(incoming)
+                elif isinstance(incoming, IncomingMessage):
+                    await listener.handle_direct(incoming)
+
+    async def _answer_invite(
+        self, room_id: RoomId, invite_state: list[Any], configured: set[RoomId], now: datetime
+    ) -> None:
+        """Join configured rooms, direct chats, and rooms an allowed inviter asks for."""
+        inviter, direct = invitation(invite_state, self.user_id)
+        if room_id in configured:
+            reason = "a configured room"
+        elif direct:
+            reason = f"a direct chat with {inviter}"
+        elif inviter in self.config.allowed_inviters:
+            reason = f"invited by {inviter}, an allowed inviter"
+        else:
+            log.info("not joining %s: not configured, and %s is not an allowed inviter",
+                     room_id, inviter)
+            return
+        joined = await self.client.join(room_id)
+        if not isinstance(joined, JoinResponse):
+            log.warning("could not join %s (%s): %s", room_id, reason, joined.message)
+            return
+        log.info("joined %s: %s", room_id, reason)
+        if direct and room_id not in configured:
+            self.direct_rooms.add(room_id)
+            async with self.store.transaction():
+                await self.store.add_direct_room(room_id, now)
 
     async def _follow_upgrade(self, old: RoomId, new: RoomId, listener: Listener) -> None:
         """Move every meeting of an upgraded room to its successor, and join it."""

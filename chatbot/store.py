@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -118,6 +120,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TABLE announcements (
             event_id TEXT PRIMARY KEY,
             meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE
+        )
+        """,
+        """
+        CREATE TABLE direct_rooms (
+            room_id TEXT PRIMARY KEY,
+            joined_at TEXT NOT NULL
         )
         """,
         """
@@ -361,6 +369,15 @@ class Store:
             _stamp(now),
         )
         return inserted == 1
+
+    async def add_direct_room(self, room_id: RoomId, now: datetime) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO direct_rooms (room_id, joined_at) VALUES (?, ?)",
+            (room_id, _stamp(now)))
+
+    async def direct_rooms(self) -> set[RoomId]:
+        return {RoomId(row["room_id"]) for row in await self._rows(
+            "SELECT room_id FROM direct_rooms")}
 
     async def is_known_room(self, room_id: RoomId) -> bool:
         return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
@@ -747,3 +764,24 @@ class Store:
             "UPDATE outbox SET sent_at = ?, failure = ? WHERE id = ?",
             (_stamp(now), failure, item_id),
         )
+
+
+def backup_database(source: Path, target: Path) -> int:
+    """Copy a live database consistently (SQLite's online backup); returns its schema version.
+
+    The source is opened read-only and never migrated; the copy is written beside the
+    target and renamed into place, so a half-written backup never replaces a good one.
+    """
+    if not source.exists():
+        raise StoreError(f"no database at {source}; run the bot first")
+    partial = target.with_name(target.name + ".partial")
+    partial.unlink(missing_ok=True)
+    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as origin, \
+            sqlite3.connect(partial) as copy:
+        origin.backup(copy)
+        version = int(copy.execute("PRAGMA user_version").fetchone()[0])
+        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+    origin.close()
+    copy.close()
+    os.replace(partial, target)
+    return version
