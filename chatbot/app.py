@@ -10,8 +10,10 @@ from pathlib import Path
 from chatbot.agenda_feed import next_agenda
 from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
+from chatbot.logs import RedactSecrets
 from chatbot.matrix import MatrixEdge
 from chatbot.meetings import Rooms
+from chatbot.metrics import Metrics
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
 from chatbot.web import WebServer
@@ -33,10 +35,13 @@ def notes_dir(config: Config) -> Path:
 class BotApp:
     """One running bot. `run()` until `stop` is set; `ready` is set once it is listening."""
 
-    def __init__(self, config: Config, *, clock: Clock = utc_now, timeline_limit: int = 50) -> None:
+    def __init__(self, config: Config, *, clock: Clock = utc_now, timeline_limit: int = 50,
+                 redaction: RedactSecrets | None = None) -> None:
         self.config = config
         self.clock = clock
         self.timeline_limit = timeline_limit
+        self.redaction = redaction
+        self.metrics = Metrics(clock)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
 
@@ -44,7 +49,7 @@ class BotApp:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
         store = await Store.open(database_path(self.config))
         web = WebServer(self.config, lambda series: next_agenda(store, series, self.clock()),
-                        self.clock)
+                        self.clock, self.metrics)
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit)
         scheduler: JobScheduler | None = None
@@ -53,6 +58,8 @@ class BotApp:
         try:
             await web.start()
             await edge.login()
+            if self.redaction is not None:
+                self.redaction.add(edge.client.access_token)  # the saved login's, too
             rooms = Rooms(self.config, await edge.resolve_rooms())
             replan_needed = asyncio.Event()
             bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,

@@ -15,6 +15,8 @@ from pathlib import Path
 from chatbot import __version__
 from chatbot.bot import utc_now
 from chatbot.config import Config, ConfigError, load_config
+from chatbot.logs import LOG_FORMATS, RedactSecrets
+from chatbot.logs import configure as configure_logging
 from chatbot.model import Entry
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
@@ -33,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"chatbot {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                        help="text lines for people (default), or one JSON object per line "
+                             "for log collectors")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -66,13 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # nio and the HTTP stack narrate every request; keep them to warnings.
-    for noisy in ("nio", "aiohttp", "aiosqlite", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    redaction = configure_logging(verbose=args.verbose, log_format=args.log_format)
     if args.command == "demo":
         from chatbot.demo import run_demo
 
@@ -82,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"chatbot: {error}", file=sys.stderr)
         return EXIT_CONFIG
+    # The code never logs these; the filter catches a library quoting them back.
+    redaction.add(config.matrix.password)
+    redaction.add(config.matrix.access_token)
     try:
         if args.command == "check":
             return check(config, args.config)
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(print_note(config, args.meeting_id, args.date))
         if args.command == "ics":
             return asyncio.run(write_calendar(config, args.meeting_id, args.output))
-        return asyncio.run(run(config))
+        return asyncio.run(run(config, redaction))
     except StoreError as error:
         print(f"chatbot: {error}", file=sys.stderr)
         return 1
@@ -189,12 +191,12 @@ async def write_calendar(config: Config, meeting_id: str | None, output: Path | 
     return 0
 
 
-async def run(config: Config) -> int:
+async def run(config: Config, redaction: RedactSecrets | None = None) -> int:
     from chatbot.app import BotApp
     from chatbot.matrix import LoginFailed
     from chatbot.web import ListenFailed
 
-    app = BotApp(config)
+    app = BotApp(config, redaction=redaction)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, app.stop.set)
