@@ -116,9 +116,13 @@ class Transport(Protocol):
 
 
 class Backoff:
-    """Capped exponential delays: 1 s, 2 s, 4 s … up to `cap`, reset on success."""
+    """Capped exponential delays: 1 s, 2 s, 4 s … up to `cap`, reset on success.
 
-    def __init__(self, first: float = 1.0, cap: float = 60.0) -> None:
+    The cap is low on purpose: a retry is one cheap request, while a long cap
+    would leave a meeting room unanswered for that long after an outage ends.
+    """
+
+    def __init__(self, first: float = 1.0, cap: float = 15.0) -> None:
         self.first, self.cap, self.failures = first, cap, 0
 
     def next_delay(self) -> float:

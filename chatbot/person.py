@@ -7,9 +7,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse, SyncResponse
 
 Event = dict[str, Any]
+# A homeserver returns only the last few events of a busy room per sync unless asked
+# for more; a person who must see every ✅ of a burst asks for plenty.
+SEE_EVERYTHING = {"room": {"timeline": {"limit": 1000}}}
 
 
 class Person:
@@ -29,16 +33,19 @@ class Person:
 
     async def start(self) -> None:
         """Catch up once (history is not collected), then follow new events."""
-        first = await self.client.sync(timeout=0)
+        first = await self.client.sync(timeout=0, sync_filter=SEE_EVERYTHING)
         if not isinstance(first, SyncResponse):
             raise RuntimeError(f"{self.name} cannot sync: {first}")
         self._task = asyncio.create_task(self._follow(), name=f"sync {self.name}")
 
     async def _follow(self) -> None:
         while True:
-            response = await self.client.sync(timeout=10_000)
+            try:
+                response = await self.client.sync(timeout=10_000, sync_filter=SEE_EVERYTHING)
+            except (aiohttp.ClientError, TimeoutError):
+                response = None  # the homeserver is down: keep trying, like a real client
             if not isinstance(response, SyncResponse):
-                await asyncio.sleep(0.5)  # an error answer: do not hammer the server
+                await asyncio.sleep(0.5)  # do not hammer a server that is failing
                 continue
             fresh = []
             for room_id, info in response.rooms.join.items():
