@@ -32,6 +32,7 @@ from chatbot.meetings import (
 from chatbot.model import Entry, EntryKind, EventId, MeetingRecord, Profile, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
 from chatbot.render import (
+    clean_text,
     escape_markdown,
     format_date,
     render_agenda,
@@ -150,10 +151,15 @@ def _limited(text: str, what: str) -> str:
     return text
 
 
+def _says_something(text: str) -> bool:
+    """Text with something visible left once control characters are dropped."""
+    return bool(clean_text(text).strip())
+
+
 def parse_profile(args: str) -> Profile:
     """`Name / Affiliation / @handle`; affiliation and handle may be left out."""
     text = " ".join(args.split())
-    if not text:
+    if not _says_something(text):
         raise UsageError("say how you want to appear")
     parts = [part.strip() for part in text.split("/", 2)] + ["", ""]
     name, affiliation, handle = parts[:3]
@@ -173,12 +179,15 @@ def _here(args: str) -> Here:
 
 def _text(args: str) -> Text:
     text = args.strip()
-    if not text:
+    if not _says_something(text):
         raise UsageError("the text is missing")
     return Text(_limited(text, "text"))
 
 
 _USER_ID = re.compile(r"@[^\s:]+:\S+")
+
+
+MAX_ID = 255  # bytes in a Matrix user id, at most
 
 
 def _action(args: str) -> Action:
@@ -189,7 +198,9 @@ def _action(args: str) -> Action:
         text = text.strip()
         # A pill's trailing colon ("@ada:example.org:") is punctuation, not part of the id.
         assignee = assignee.rstrip(":,") if _USER_ID.fullmatch(assignee.rstrip(":,")) else assignee
-    if not text:
+        if len(assignee.encode()) > MAX_ID:
+            raise UsageError(f"that name is {len(assignee)} characters; the limit is {MAX_ID}")
+    if not _says_something(text):
         raise UsageError("say what the action is")
     return Action(assignee, _limited(text, "action"))
 
@@ -202,6 +213,8 @@ def _agenda(args: str) -> AgendaItem | ListAgenda | AgendaChange:
     text = args.strip()
     if not text:
         return ListAgenda()
+    if not _says_something(text):
+        raise UsageError("the topic is missing")
     if change := _AGENDA_CHANGE.fullmatch(text):
         verb, number, rest = change[1].lower(), int(change[2]), change[3].strip()
         if verb == "move":
@@ -222,7 +235,7 @@ def _agenda(args: str) -> AgendaItem | ListAgenda | AgendaChange:
         if not 0 < minutes <= MAX_AGENDA_MINUTES:
             raise UsageError(f"the estimate must be between 1 and {MAX_AGENDA_MINUTES} minutes")
         text = text[estimate.end():]
-        if not text.strip():
+        if not _says_something(text):
             raise UsageError("the topic is missing")
     return AgendaItem(_limited(text.strip(), "agenda item"), minutes)
 
@@ -235,7 +248,7 @@ def _item_number(args: str) -> ItemNumber:
 
 def _person(args: str) -> Person:
     user = args.strip().rstrip(":,")
-    if not _USER_ID.fullmatch(user):
+    if not _USER_ID.fullmatch(user) or len(user.encode()) > MAX_ID:
         raise UsageError("name the person by their Matrix id, like @ada:example.org")
     return Person(UserId(user))
 

@@ -38,12 +38,16 @@ from chatbot.model import (
 _INLINE_ESCAPES = str.maketrans(
     {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]"}
 )
-_HTML_START = re.compile(r"<(?=[A-Za-z/!?])")
+_HTML_START = re.compile(r"<")
 _ENTITY = re.compile(r"&(?=#?\w+;)")
-_BLOCK_START = re.compile(r"([#>+\-|])")
+_BLOCK_START = re.compile(r"([#>+\-])")
 _ORDERED_START = re.compile(r"(\d+)([.)])")
 # A web link in chat text becomes a markdown autolink; trailing punctuation stays text.
-_LINK = re.compile(r"https?://[^\s<>\"'`\\]+[^\s<>\"'`\\.,;:!?)\]}]", re.IGNORECASE)
+# `[` and `]` are left out, or a link could carry a markdown link of its own that shows
+# one address and goes to another.
+_LINK = re.compile(r"https?://[^\s<>\"'`\\\[\]]+[^\s<>\"'`\\\[\].,;:!?)}]", re.IGNORECASE)
+_AUTOLINK = re.compile(r"<https?://[^<>\s]*>", re.IGNORECASE)
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Characters that have no business in a note: C0/C1 controls (except tab), and
 # bidirectional overrides that can make a line read differently than it is.
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -55,8 +59,12 @@ _HTML_TAGS = {
 
 
 def clean_text(text: str) -> str:
-    """Drop control and direction-override characters; keep everything readable."""
-    return _UNPRINTABLE.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    """Drop control and direction-override characters; keep everything readable.
+
+    A lone surrogate (JSON can carry one) cannot be encoded, so it becomes U+FFFD.
+    """
+    text = _SURROGATE.sub("\ufffd", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _UNPRINTABLE.sub("", text)
 
 
 def _escape_inline(text: str) -> str:
@@ -80,6 +88,8 @@ def escape_line(line: str) -> str:
     line = "".join(pieces)
     if set(line) == {"="}:
         return "&#61;" + line[1:]  # a line of = would turn the line above into a heading
+    if line.startswith("|"):
+        return "&#124;" + line[1:]  # `\|` is no escape without the tables extension
     if ordered := _ORDERED_START.match(line):
         return f"{ordered[1]}\\{ordered[2]}{line[ordered.end():]}"
     return _BLOCK_START.sub(r"\\\1", line, count=1) if _BLOCK_START.match(line) else line
@@ -97,6 +107,8 @@ def escape_markdown(text: str, *, continuation_indent: str = "    ") -> str:
 
 def markdown_to_html(text: str) -> str:
     """The posted message's HTML body: markdown rendered, then allow-list sanitized."""
+    # Markdown decodes entities inside an autolink; keep `&lt;` in a link as typed.
+    text = _AUTOLINK.sub(lambda link: link.group().replace("&", "&amp;"), text)
     html = markdown.markdown(text, output_format="html")
     return nh3.clean(
         html,
@@ -104,7 +116,15 @@ def markdown_to_html(text: str) -> str:
         attributes={"a": {"href"}},
         url_schemes={"http", "https", "mailto"},
         link_rel="noopener noreferrer",
+        attribute_filter=_absolute_links_only,
     )
+
+
+def _absolute_links_only(tag: str, attribute: str, value: str) -> str | None:
+    """Relative links pass nh3's scheme check; a note has no page to be relative to."""
+    if attribute == "href" and not value.lower().startswith(("http://", "https://", "mailto:")):
+        return None
+    return value
 
 
 # --- dates and times -------------------------------------------------------------
@@ -175,9 +195,15 @@ def code_of_conduct_line(link: str | None) -> str:
             f"the {conduct}.")
 
 
+def _said(text: str, **options: str) -> str:
+    """Escaped chat text, or a label where nothing visible is left (an empty bullet
+    under another bullet would turn that one into a heading)."""
+    return escape_markdown(text, **options) or "(no text)"
+
+
 def _agenda_bullet(entry: Entry) -> str:
     estimate = f" ({entry.minutes} min)" if entry.minutes is not None else ""
-    return f"**{escape_markdown(entry.sender_name)}**{estimate} {escape_markdown(entry.text)}"
+    return f"**{escape_markdown(entry.sender_name)}**{estimate} {_said(entry.text)}"
 
 
 def _took(item: Entry) -> str:
@@ -232,7 +258,7 @@ def note_context(
         for entry in record.entries:
             if entry.item_id != item.id:
                 continue
-            text = escape_markdown(entry.text, continuation_indent=" " * 8)
+            text = _said(entry.text, continuation_indent=" " * 8)
             if entry.kind is EntryKind.NOTE:
                 lines.append(text)
             elif entry.kind is EntryKind.DECISION:
@@ -243,9 +269,10 @@ def note_context(
     for action in record.of_kind(EntryKind.ACTION):
         person = action.assignee or action.sender
         groups.setdefault(names.get(person, person), []).append(
-            escape_markdown(action.text, continuation_indent=" " * 8))
+            _said(action.text, continuation_indent=" " * 8))
     return {
-        "title": escape_markdown(meeting.title),
+        # A title from a YAML block string may have line breaks; a heading has one line.
+        "title": escape_markdown(" ".join(meeting.title.split())),
         "date": format_date(held_at),
         "time": format_time(held_at, zone),
         "links": [(label, links[key]) for key, label in LINK_LABELS if links.get(key)],
@@ -253,20 +280,19 @@ def note_context(
         "roll_call": [roll_call_line(a.profile) for a in record.attendees],
         "updates": [
             UpdateView(escape_markdown(e.sender_name),
-                       "pass" if e.kind is EntryKind.PASS else escape_markdown(e.text))
+                       "pass" if e.kind is EntryKind.PASS else _said(e.text))
             for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)
         ],
-        "celebrations": [escape_markdown(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
+        "celebrations": [_said(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
         "agenda": [
-            ItemView(escape_markdown(item.sender_name), _took(item), escape_markdown(item.text),
+            ItemView(escape_markdown(item.sender_name), _took(item), _said(item.text),
                      item.carried_from, details(item))
             for item in record.agenda
         ],
-        "notes": [escape_markdown(e.text) for e in record.of_kind(EntryKind.NOTE)
-                  if e.item_id is None],
+        "notes": [_said(e.text) for e in record.of_kind(EntryKind.NOTE) if e.item_id is None],
         "actions": [ActionGroup(escape_markdown(person), tuple(items))
                     for person, items in groups.items()],
-        "decisions": [escape_markdown(e.text) for e in record.of_kind(EntryKind.DECISION)],
+        "decisions": [_said(e.text) for e in record.of_kind(EntryKind.DECISION)],
     }
 
 

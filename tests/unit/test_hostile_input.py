@@ -289,12 +289,9 @@ def test_three_thousand_agenda_items_make_a_note_quickly() -> None:
     assert note.rstrip("\n").split("\n")[-1].startswith("- **Person 3** (15 min) topic 3000 ")
 
 
-# --- known bugs ----------------------------------------------------------------------------------
+# --- once bugs, now fixed ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="a web link with [text](target) in it becomes a markdown "
-                   "link inside the autolink: chat text can show one address and go to another; "
-                   "fix: leave `[` and `]` out of render._LINK")
 def test_a_link_cannot_be_made_to_show_one_address_and_go_to_another() -> None:
     text = "see https://example.org/[paypal.com](https://phish.example/login)"
     shape = check_html(markdown_to_html(escape_markdown(text)))
@@ -302,32 +299,21 @@ def test_a_link_cannot_be_made_to_show_one_address_and_go_to_another() -> None:
     assert text in shape.visible
 
 
-@pytest.mark.xfail(strict=True, reason="`<0@0>` is a markdown mailto autolink: `<` is escaped "
-                   "only before a letter; fix: escape every `<` in render._escape_inline")
 def test_angle_brackets_around_an_address_are_shown_not_linked() -> None:
     shape = check_html(markdown_to_html(escape_markdown("write to <0-ada@example.org>")))
     assert "a" not in shape.tags and "<0-ada@example.org>" in shape.visible
 
 
-@pytest.mark.xfail(strict=True, reason="an entity inside a web link is decoded by markdown: the "
-                   "link shows and goes to `<` where `&lt;` was typed; fix: in markdown_to_html, "
-                   "write `&` as `&amp;` inside `<https://...>` before converting")
 def test_an_entity_in_a_link_is_shown_as_typed() -> None:
     shape = check_html(markdown_to_html(escape_markdown("https://example.org/?q=a&lt;b")))
     assert "https://example.org/?q=a&lt;b" in shape.visible
 
 
-@pytest.mark.xfail(strict=True, reason="a leading `|` is escaped as `\\|`, which Python-Markdown "
-                   "without the tables extension shows with its backslash; fix: write a leading "
-                   "`|` as `&#124;` in render.escape_line")
 def test_a_line_starting_with_a_pipe_shows_no_backslash() -> None:
     shape = check_html(markdown_to_html(escape_markdown("| a | b |")))
     assert shape.visible == "| a | b |"
 
 
-@pytest.mark.xfail(strict=True, reason="text that is only control or direction characters "
-                   "passes the parser's emptiness check and records an empty entry; fix: "
-                   "check `clean_text(args).strip()` in commands._text, parse_profile and _agenda")
 @pytest.mark.parametrize("body", [
     pytest.param("!update \x00", id="update"),
     pytest.param("!celebrate \u202e", id="celebrate"),
@@ -341,37 +327,24 @@ def test_text_that_is_only_control_characters_is_refused(body: str) -> None:
         parsed(body)
 
 
-@pytest.mark.xfail(strict=True, reason="an empty bullet (`- `) after another bullet makes "
-                   "Python-Markdown read the one above as a setext heading; fix: refuse empty "
-                   "text in the parser (above) and drop or label empty entries in note_context")
 def test_an_empty_entry_after_another_does_not_make_a_heading() -> None:
     note_and_html(Parts(celebrations=(("Ada", "v2 is out"), ("Ada", "\x00"))))
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError, reason="a lone surrogate (JSON "
-                   "allows `\\ud800`) reaches nh3, which cannot encode it; fix: replace "
-                   "[\\ud800-\\udfff] with U+FFFD in render.clean_text")
 def test_a_lone_surrogate_does_not_break_the_note() -> None:
     note_and_html(placed("half a pair: \ud800", "update"))
 
 
-@pytest.mark.xfail(strict=True, reason="a multi-line title keeps its line breaks in the `# `"
-                   " line, so its second line becomes an indented code block; fix: join the "
-                   "title's lines with spaces in note_context (config allows a YAML block string)")
 def test_a_multi_line_title_stays_one_heading() -> None:
     _, shape = note_and_html(Parts(title="Team\n## Injected"))
     assert "pre" not in shape.tags
 
 
-@pytest.mark.xfail(strict=True, reason="only the action's text is limited, not the assignee; "
-                   "fix: apply _limited to args.strip() in commands._action")
 def test_a_64_kib_assignee_is_refused_with_the_limit() -> None:
-    with pytest.raises(UsageError, match=str(MAX_TEXT)):
+    with pytest.raises(UsageError, match="the limit is 255"):
         parsed("!action @" + "a" * KIB_64 + ":example.org do it")
 
 
-@pytest.mark.xfail(strict=True, reason="a Matrix id is at most 255 bytes, but chair/unchair "
-                   "take any length; fix: refuse ids over 255 bytes in commands._person")
 def test_a_64_kib_matrix_id_is_refused() -> None:
     with pytest.raises(UsageError):
         parsed("!chair @" + "a" * KIB_64 + ":example.org")
