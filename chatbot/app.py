@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 from chatbot.agenda_feed import next_agenda
 from chatbot.bot import Clock, MeetingBot, utc_now
@@ -14,11 +16,13 @@ from chatbot.logs import RedactSecrets
 from chatbot.matrix import MatrixEdge
 from chatbot.meetings import Rooms
 from chatbot.metrics import Metrics
+from chatbot.model import RoomId
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
 from chatbot.web import WebServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DATABASE_FILE = "chatbot.db"
 SHUTDOWN_DRAIN_SECONDS = 3.0
@@ -51,19 +55,20 @@ class BotApp:
         web = WebServer(self.config, lambda series: next_agenda(store, series, self.clock()),
                         self.clock, self.metrics)
         edge = MatrixEdge(self.config, store, clock=self.clock,
-                          timeline_limit=self.timeline_limit)
+                          timeline_limit=self.timeline_limit, metrics=self.metrics)
         scheduler: JobScheduler | None = None
         tasks: list[asyncio.Task[None]] = []
         bot: MeetingBot | None = None
         try:
             await web.start()
-            await edge.login()
-            if self.redaction is not None:
-                self.redaction.add(edge.client.access_token)  # the saved login's, too
-            rooms = Rooms(self.config, await edge.resolve_rooms())
+            # Logging in waits out an unreachable homeserver; a stop must still end it.
+            room_ids = await self._unless_stopped(self._connect(edge))
+            if room_ids is None:
+                return
+            rooms = Rooms(self.config, room_ids)
             replan_needed = asyncio.Event()
             bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,
-                             on_schedule_change=replan_needed.set)
+                             on_schedule_change=replan_needed.set, metrics=self.metrics)
             scheduler = JobScheduler(bot.run_job)
             scheduler.start()
             scheduler.replace_all(await bot.plan())
@@ -103,6 +108,25 @@ class BotApp:
             await store.close()
             log.info("stopped")
 
+    async def _connect(self, edge: MatrixEdge) -> dict[str, RoomId]:
+        await edge.login()
+        if self.redaction is not None:
+            self.redaction.add(edge.client.access_token)  # the saved login's, too
+        return await edge.resolve_rooms()
+
+    async def _unless_stopped(self, work: Coroutine[Any, Any, T]) -> T | None:
+        """The result of `work`, or None if `stop` is set first (the work is cancelled)."""
+        task = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stop.wait())
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            return None
+        return task.result()
+
     async def _replan(
         self, bot: MeetingBot, scheduler: JobScheduler, needed: asyncio.Event
     ) -> None:
@@ -112,6 +136,7 @@ class BotApp:
             try:
                 scheduler.replace_all(await bot.plan())
             except Exception:
+                self.metrics.error("plan")
                 log.exception("planning the schedule failed; keeping the previous plan")
 
     async def _drain(self, bot: MeetingBot) -> None:

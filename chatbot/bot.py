@@ -42,8 +42,10 @@ from chatbot.meetings import (
     run_reminder,
     run_start,
 )
+from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
+from chatbot.recurrence import ReminderDecision
 from chatbot.render import escape_markdown, roll_call_profile
 from chatbot.store import OutboxItem, Store
 
@@ -148,6 +150,7 @@ class MeetingBot:
         self, rooms: Rooms, store: Store, notes_dir: Path, transport: Transport,
         *, clock: Clock = utc_now,
         on_schedule_change: Callable[[], None] = lambda: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.rooms = rooms
         self.store = store
@@ -155,6 +158,7 @@ class MeetingBot:
         self.transport = transport
         self.clock = clock
         self.on_schedule_change = on_schedule_change
+        self.metrics = metrics or Metrics(clock)
         self._outbox_ready = asyncio.Event()
 
     # --- what happens in the room --------------------------------------------------
@@ -174,7 +178,9 @@ class MeetingBot:
                 case IncomingReaction():
                     await self._handle_reaction(event)
         except Exception:
-            log.exception("failed to handle %s in %s", event.event_id, event.room_id)
+            self.metrics.error("message")
+            log.exception("failed to handle %s in %s", event.event_id, event.room_id,
+                          extra={"room_id": event.room_id, "event_id": event.event_id})
             if isinstance(event, IncomingMessage):
                 await self._apologise(event)
 
@@ -224,8 +230,10 @@ class MeetingBot:
             await self._record(effects, message.room_id, message.event_id, context.now,
                                thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
+        self.metrics.command_handled(name)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
-                 message.room_id)
+                 message.room_id, extra={"room_id": message.room_id,
+                                         "event_id": message.event_id})
         self._after(effects)
 
     async def _handle_edit(self, edit: IncomingMessage) -> None:
@@ -267,7 +275,8 @@ class MeetingBot:
                 await self.store.withdraw_attendance(original)
             await self._record(effects, edit.room_id, original, context.now,
                                thread_root=edit.thread_root)
-        log.info("applied edit %s of %s in %s", edit.event_id, original, edit.room_id)
+        log.info("applied edit %s of %s in %s", edit.event_id, original, edit.room_id,
+                 extra={"room_id": edit.room_id, "event_id": edit.event_id})
         self._after(effects)
 
     async def _handle_redaction(self, redaction: IncomingRedaction) -> None:
@@ -403,6 +412,8 @@ class MeetingBot:
         return now
 
     async def plan(self) -> list[Job]:
+        """The jobs the schedule needs now; also refreshes the open-meetings gauge."""
+        self.metrics.set_meetings_open(len(await self.store.open_meetings()))
         return await plan_jobs(self.store, self.rooms, self.clock(), await self.owed_since())
 
     async def run_job(self, job: Job) -> None:
@@ -420,13 +431,17 @@ class MeetingBot:
                     if job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:
-                        effects = await run_reminder(self.store, self.rooms, series, job.start,
-                                                     job.lead, now)
+                        decision, effects = await run_reminder(
+                            self.store, self.rooms, series, job.start, job.lead, now)
+                        if decision is not None:
+                            self.metrics.reminder(
+                                "sent" if decision is ReminderDecision.SEND else "missed")
                 room_id = self.rooms.room_of_series.get(job.series_id)
                 if room_id is not None:
                     await self._record(effects, room_id, None, now)
             self._outbox_ready.set()
         except Exception:
+            self.metrics.error("job")
             log.exception("scheduled job %s failed", job.id)
         finally:
             self.on_schedule_change()
@@ -450,6 +465,7 @@ class MeetingBot:
                     event_id = await self.transport.deliver(item)
                 except DeliveryError as error:
                     if error.permanent:
+                        self.metrics.error("delivery")
                         log.error("giving up on outbox item %s for %s: %s", item.id,
                                   item.room_id, error)
                         async with self.store.transaction():

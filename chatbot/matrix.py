@@ -43,6 +43,7 @@ from chatbot.bot import (
     IncomingRedaction,
 )
 from chatbot.config import Config
+from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.power import RoomAuthority
 from chatbot.render import markdown_to_html
@@ -239,12 +240,14 @@ class MatrixEdge:
     """One logged-in nio client serving the bot: sync in, outbox out."""
 
     def __init__(
-        self, config: Config, store: Store, *, clock: Clock, timeline_limit: int = 50
+        self, config: Config, store: Store, *, clock: Clock, timeline_limit: int = 50,
+        metrics: Metrics | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.timeline_limit = timeline_limit
+        self.metrics = metrics or Metrics(clock)
         self.client = AsyncClient(
             config.matrix.homeserver,
             config.matrix.user_id,
@@ -378,6 +381,7 @@ class MatrixEdge:
                     since=token, sync_filter=filter_,
                 )
             except _NETWORK_ERRORS as error:
+                self.metrics.sync_failed(self.clock())
                 delay = backoff.next_delay()
                 if backoff.failures == 1:
                     log.warning("sync failed: homeserver unreachable (%s); retrying with "
@@ -389,6 +393,7 @@ class MatrixEdge:
                     raise LoginFailed(f"the homeserver no longer accepts our login "
                                       f"({response.message}); delete "
                                       f"{self.config.data_dir / SESSION_FILE} to log in again")
+                self.metrics.sync_failed(self.clock())
                 delay = backoff.next_delay()
                 if backoff.failures == 1:
                     log.warning("sync failed (%s %s); retrying", response.status_code,
@@ -402,6 +407,7 @@ class MatrixEdge:
             token = response.next_batch
             async with self.store.transaction():
                 await self.store.set_meta(SYNC_TOKEN_KEY, token)
+            self.metrics.sync_succeeded(self.clock())
             if not self.ready.is_set():
                 log.info("listening in %s rooms", len(set(self.room_ids.values())))
                 self.ready.set()

@@ -166,7 +166,8 @@ async def open_meeting(
     title = title or meeting.title
     if not await store.mark_started(meeting.id, now, closes_at, title):
         return []
-    log.info("meeting %s opened in %s (closes at %s)", meeting.id, meeting.room_id, closes_at)
+    log.info("meeting %s opened in %s (closes at %s)", meeting.id, meeting.room_id, closes_at,
+             extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     return [Post(meeting.room_id, render_start(
         title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
         prefix=rooms.config.command_prefix,
@@ -271,7 +272,8 @@ async def close_meeting(
     assert closed is not None
     note = await compile_note(store, series, closed)
     path = await note_path(store, series, closed)
-    log.info("meeting %s closed in %s; note %s", meeting.id, meeting.room_id, path)
+    log.info("meeting %s closed in %s; note %s", meeting.id, meeting.room_id, path,
+             extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     closing = render_closed(closed.title, f"notes/{path}")
     if carried:
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
@@ -366,26 +368,30 @@ async def plan_jobs(
 async def run_reminder(
     store: Store, rooms: Rooms, series: MeetingConfig, start: datetime, lead: timedelta,
     now: datetime,
-) -> list[Effect]:
-    """Send the reminder if it is still worth sending; record its fate either way, once."""
+) -> tuple[ReminderDecision | None, list[Effect]]:
+    """Send the reminder if it is still worth sending; record its fate either way, once.
+
+    Returns the decision made now (None if it was made before, or is not due yet).
+    """
     meeting = await store.find_scheduled(series.id, start)
     started = meeting is not None and meeting.started_at is not None
     decision = decide_reminder(start, lead, series.reminders, now, started=started)
     if decision is ReminderDecision.NOT_YET:
-        return []
+        return None, []
     lead_seconds = int(lead.total_seconds())
     if not await store.record_reminder(series.id, start, lead_seconds, decision.value, now):
-        return []
+        return None, []
     if decision is not ReminderDecision.SEND:
         log.info("reminder %s before %s of %s not sent: %s", lead, start, series.id,
                  decision.value)
-        return []
+        return decision, []
     agenda: Sequence = ()
     if meeting is not None:
         agenda = (await store.record(meeting)).agenda
     room_id = rooms.room_of_series[series.id]
-    log.info("reminder %s before %s of %s sent to %s", lead, start, series.id, room_id)
-    return [Post(room_id, render_reminder(
+    log.info("reminder %s before %s of %s sent to %s", lead, start, series.id, room_id,
+             extra={"room_id": room_id})
+    return decision, [Post(room_id, render_reminder(
         title=series.title, start=start, zone=series.timezone, now=now,
         links=links_of(series), agenda=agenda, prefix=rooms.config.command_prefix,
     ))]

@@ -251,7 +251,7 @@ async def test_a_room_upgrade_is_followed_with_the_meeting_history(world: World)
     assert "- **Ada:** before the upgrade\n- **Ada:** after the upgrade\n" in note
 
 
-async def test_the_running_bot_serves_its_calendar_with_the_agenda_from_chat(
+async def test_the_running_bot_serves_its_calendar_health_and_metrics(
     world: World,
 ) -> None:
     with socket.socket() as probe:
@@ -268,6 +268,13 @@ async def test_the_running_bot_serves_its_calendar_with_the_agenda_from_chat(
     (event,) = calendar.walk("VEVENT")
     assert "1. Ada (10 min) Release; planning" in str(event["DESCRIPTION"])
     assert str(event["SUMMARY"]) == "Example Team Meeting"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/healthz") as response:
+            assert response.status == 200 and await response.text() == "ok\n"
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            metrics = await response.text()
+    assert 'chatbot_commands_total{command="agenda"} 1.0' in metrics
+    assert "chatbot_meetings_open 0.0" in metrics
 
 
 async def test_a_command_sent_as_a_reply_with_a_quote_fallback_works(world: World) -> None:
