@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="the meeting's `id` in the config (default: every meeting)")
     ics.add_argument("-o", "--output", type=Path, metavar="FILE",
                      help="write to FILE (default: standard output)")
+    backup = with_config("backup", "copy the database consistently while the bot runs "
+                                   "(SQLite's online backup)")
+    backup.add_argument("file", type=Path, metavar="FILE",
+                        help="where to write the copy (replaced atomically if it exists)")
     demo = commands.add_parser(
         "demo", help="play a scripted meeting on a throwaway local homeserver",
         description="Start a throwaway Synapse on 127.0.0.1, run the bot and three people "
@@ -91,10 +95,23 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(print_note(config, args.meeting_id, args.date))
         if args.command == "ics":
             return asyncio.run(write_calendar(config, args.meeting_id, args.output))
+        if args.command == "backup":
+            return backup(config, args.file)
         return asyncio.run(run(config, redaction))
     except StoreError as error:
         print(f"chatbot: {error}", file=sys.stderr)
         return 1
+
+
+def backup(config: Config, target: Path) -> int:
+    from chatbot.app import database_path
+    from chatbot.store import backup_database
+
+    version = backup_database(database_path(config), target)
+    size = target.stat().st_size
+    print(f"{target}: {size:,} bytes, schema version {version}, "
+          f"copied from {database_path(config)}")
+    return 0
 
 
 def check(config: Config, path: Path) -> int:

@@ -775,13 +775,19 @@ def backup_database(source: Path, target: Path) -> int:
     if not source.exists():
         raise StoreError(f"no database at {source}; run the bot first")
     partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as origin, \
-            sqlite3.connect(partial) as copy:
-        origin.backup(copy)
-        version = int(copy.execute("PRAGMA user_version").fetchone()[0])
-        copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
-    origin.close()
-    copy.close()
-    os.replace(partial, target)
+    try:
+        partial.unlink(missing_ok=True)
+        origin = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        copy = sqlite3.connect(partial)
+        try:
+            origin.backup(copy)
+            version = int(copy.execute("PRAGMA user_version").fetchone()[0])
+            copy.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
+        finally:
+            copy.close()
+            origin.close()
+        os.replace(partial, target)
+    except (sqlite3.Error, OSError) as error:
+        partial.unlink(missing_ok=True)
+        raise StoreError(f"cannot back up {source} to {target}: {error}") from None
     return version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,15 @@ async def test_run_then_sigterm_exits_cleanly_and_notes_prints_the_meeting(world
             await person.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id),
                                   timeout=60)
         await world.ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"))
+        # A backup while the bot runs is a consistent copy with everything recorded.
+        backup = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "chatbot.cli", "backup", "-c", str(config_file),
+            str(world.tmp / "backup.db"), stdout=subprocess.PIPE)
+        out, _ = await asyncio.wait_for(backup.communicate(), 30)
+        assert backup.returncode == 0 and "schema version" in out.decode()
+        with sqlite3.connect(world.tmp / "backup.db") as copy:
+            texts = [row[0] for row in copy.execute("SELECT text FROM entries")]
+        assert texts == ["from a real process"]
     finally:
         process.send_signal(signal.SIGTERM)
         _, rest = await asyncio.wait_for(process.communicate(), 10)

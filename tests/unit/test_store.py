@@ -290,3 +290,25 @@ async def test_meta_values_are_upserted(store: Store) -> None:
         await store.set_meta("first_start", "2026-06-19")
     assert await store.get_meta("first_start") == "2026-06-19"
     assert await store.get_meta("missing") is None
+
+
+async def test_an_online_backup_is_a_consistent_copy_even_mid_transaction(tmp_path: Path) -> None:
+    from chatbot.store import backup_database
+
+    path = tmp_path / "bot.db"
+    store = await Store.open(path)
+    async with store.transaction():
+        await store.set_meta("committed", "yes")
+    async with store.transaction():
+        await store.set_meta("in flight", "not yet")
+        version = backup_database(path, tmp_path / "copy.db")  # taken while this is open
+    await store.close()
+    copy = await Store.open(tmp_path / "copy.db")
+    assert version == len(MIGRATIONS)
+    assert await copy.get_meta("committed") == "yes"
+    assert await copy.get_meta("in flight") is None
+    await copy.close()
+    with pytest.raises(StoreError, match="no database"):
+        backup_database(tmp_path / "missing.db", tmp_path / "x.db")
+    with pytest.raises(StoreError, match="cannot back up"):
+        backup_database(path, tmp_path / "no such folder" / "x.db")
