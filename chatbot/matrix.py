@@ -248,6 +248,9 @@ class MatrixEdge:
         self.clock = clock
         self.timeline_limit = timeline_limit
         self.metrics = metrics or Metrics(clock)
+        # nio logs every response it validates at DEBUG, the login's access token
+        # included; no level of our logging may show a credential.
+        logging.getLogger("nio.responses").setLevel(logging.INFO)
         self.client = AsyncClient(
             config.matrix.homeserver,
             config.matrix.user_id,
