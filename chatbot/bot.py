@@ -329,7 +329,9 @@ class MeetingBot:
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
         prefix = context.prefix
         if isinstance(invocation, Unknown):
-            return [Reply(f"Unknown command `{prefix}{invocation.name}`. "
+            # Inline code cannot escape a backtick, so the name loses any it has.
+            name = invocation.name.replace("`", "")
+            return [Reply(f"Unknown command `{prefix}{name}`. "
                           f"Did you mean `{prefix}{invocation.suggestion}`? "
                           f"`{prefix}help` lists them all.")]
         spec = invocation.spec

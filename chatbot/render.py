@@ -253,11 +253,14 @@ def note_context(
         if attendee.profile.handle:
             names.setdefault(attendee.profile.handle, attendee.profile.name)
 
+    under_item: dict[int, list[Entry]] = {}
+    for entry in record.entries:
+        if entry.item_id is not None:
+            under_item.setdefault(entry.item_id, []).append(entry)
+
     def details(item: Entry) -> tuple[str, ...]:
         lines = []
-        for entry in record.entries:
-            if entry.item_id != item.id:
-                continue
+        for entry in under_item.get(item.id, []):
             text = _said(entry.text, continuation_indent=" " * 8)
             if entry.kind is EntryKind.NOTE:
                 lines.append(text)

@@ -312,3 +312,21 @@ async def test_an_online_backup_is_a_consistent_copy_even_mid_transaction(tmp_pa
         backup_database(tmp_path / "missing.db", tmp_path / "x.db")
     with pytest.raises(StoreError, match="cannot back up"):
         backup_database(path, tmp_path / "no such folder" / "x.db")
+
+
+@pytest.mark.parametrize("version", range(len(MIGRATIONS)))
+async def test_a_database_from_every_earlier_schema_version_migrates(
+    tmp_path: Path, version: int
+) -> None:
+    path = tmp_path / f"v{version}.db"
+    with sqlite3.connect(path) as old:
+        for statements in MIGRATIONS[:version]:
+            for statement in statements:
+                old.execute(statement)
+        old.execute(f"PRAGMA user_version = {version}")
+    store = await Store.open(path)
+    async with store.transaction():
+        await store.set_meta("works", "yes")
+    assert await store.get_meta("works") == "yes"
+    await store.close()
+    assert pragma(path, "user_version") == len(MIGRATIONS)
