@@ -110,3 +110,12 @@ async def test_logs_in_with_an_access_token_instead_of_a_password(world: World) 
     assert reaction["sender"] == token_user.user_id
     saved = json.loads((config.data_dir / "session.json").read_text())
     assert saved["device_id"] == token_user.device_id
+
+
+async def test_an_oversized_update_is_refused_with_the_limit(world: World) -> None:
+    await world.start_bot(world.config())
+    long = await world.ada.say(world.room_id, "!update " + "word " * 3000)
+    reply = await world.ada.wait_for(
+        lambda e: (e.get("content") or {}).get("m.relates_to", {}).get("m.in_reply_to", {})
+        .get("event_id") == long)
+    assert "that text is 14999 characters; the limit is 4000" in body_of(reply)
