@@ -185,8 +185,9 @@ LINK_LABELS = (
 
 
 def roll_call_line(profile: Profile) -> str:
-    return " / ".join(escape_markdown(part) for part in (profile.name, profile.affiliation,
-                                                           profile.handle) if part.strip())
+    parts = (escape_markdown(part) for part in (profile.name, profile.affiliation,
+                                                profile.handle))
+    return " / ".join(part for part in parts if part) or "(no name)"
 
 
 def code_of_conduct_line(link: str | None) -> str:

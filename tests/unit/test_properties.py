@@ -192,3 +192,12 @@ def test_the_agenda_message_numbers_every_item_and_posts_safe_html(
     assert shape.tags["ol"] == (1 if rows else 0)
     assert shape.tags["ul"] == shape.tags["pre"] == shape.tags["blockquote"] == 0
     assert not any(tag.startswith("h") and tag != "hr" for tag in shape.tags)
+
+
+def test_the_case_hypothesis_found_people_with_empty_profiles() -> None:
+    """Two roll-call lines with nothing visible once escaped: no empty bullets."""
+    parts = Parts(attendees=(Profile("", "", ""), Profile("\x00", "", "")))
+    note = render_note(record(parts), LONDON, LINKS)
+    check_note(note, parts)
+    check_note_html(markdown_to_html(note), parts)
+    assert "- (no name)\n- (no name)\n" in note
