@@ -191,7 +191,8 @@ class MeetingBot:
         try:
             async with self.store.transaction():
                 now = self.clock()
-                if not await self.store.claim_event(message.event_id, message.room_id, now):
+                if not await self.store.claim_event(message.event_id, message.room_id, now,
+                                                    message.sender):
                     return
                 rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
                 context = Context(self.rooms, message.room_id, message.sender,
@@ -223,7 +224,8 @@ class MeetingBot:
             return
         context = await self._context(message, invocation, message.event_id)
         async with self.store.transaction():
-            if not await self.store.claim_event(message.event_id, message.room_id, context.now):
+            if not await self.store.claim_event(message.event_id, message.room_id, context.now,
+                                                message.sender):
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
             effects = await self._dispatch(invocation, context)
@@ -246,11 +248,14 @@ class MeetingBot:
                     and invocation.spec.editable else None)
         context = await self._context(edit, editable or Unknown("", None), original)
         async with self.store.transaction():
-            if not await self.store.claim_event(edit.event_id, edit.room_id, context.now):
+            if not await self.store.claim_event(edit.event_id, edit.room_id, context.now,
+                                                edit.sender):
+                return
+            if await self.store.sender_of(original) != edit.sender:
+                # Only the author's edits of a command the bot handled count (the Matrix
+                # rule for m.replace); a crafted edit can point at anyone's message.
                 return
             product = await self.store.entry_by_event(original)
-            if product is not None and product[1].sender != edit.sender:
-                return  # only the author's own edits count (the Matrix rule for m.replace)
             entry = product[1] if product is not None else None
             effects: list[Effect] = []
             if editable is not None:
@@ -282,7 +287,8 @@ class MeetingBot:
     async def _handle_redaction(self, redaction: IncomingRedaction) -> None:
         now = self.clock()
         async with self.store.transaction():
-            if not await self.store.claim_event(redaction.event_id, redaction.room_id, now):
+            if not await self.store.claim_event(redaction.event_id, redaction.room_id, now,
+                                                redaction.sender):
                 return
             product = await self.store.entry_by_event(redaction.redacts)
             if product is not None:
@@ -297,7 +303,8 @@ class MeetingBot:
             return
         now = self.clock()
         async with self.store.transaction():
-            if not await self.store.claim_event(reaction.event_id, reaction.room_id, now):
+            if not await self.store.claim_event(reaction.event_id, reaction.room_id, now,
+                                                reaction.sender):
                 return
             meeting = await self.store.meeting_announced_by(reaction.target)
             if meeting is None or not meeting.is_open:
@@ -356,7 +363,8 @@ class MeetingBot:
         try:
             async with self.store.transaction():
                 now = self.clock()
-                await self.store.claim_event(message.event_id, message.room_id, now)
+                await self.store.claim_event(message.event_id, message.room_id, now,
+                                             message.sender)
                 await self._record(
                     [Reply("Sorry, something went wrong with that command. It is logged; "
                            "please tell whoever runs this bot.")],

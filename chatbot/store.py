@@ -50,7 +50,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE TABLE processed_events (
             event_id TEXT PRIMARY KEY,
             room_id TEXT NOT NULL,
-            processed_at TEXT NOT NULL
+            processed_at TEXT NOT NULL,
+            sender TEXT
         )
         """,
         """
@@ -359,16 +360,25 @@ class Store:
 
     # --- events and rooms -------------------------------------------------------
 
-    async def claim_event(self, event_id: EventId, room_id: RoomId, now: datetime) -> bool:
+    async def claim_event(
+        self, event_id: EventId, room_id: RoomId, now: datetime, sender: UserId | None = None
+    ) -> bool:
         """Mark an event as handled; False if it already was (a replay)."""
         inserted = await self._changes(
-            "INSERT OR IGNORE INTO processed_events (event_id, room_id, processed_at) "
-            "VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO processed_events (event_id, room_id, processed_at, sender) "
+            "VALUES (?, ?, ?, ?)",
             event_id,
             room_id,
             _stamp(now),
+            sender,
         )
         return inserted == 1
+
+    async def sender_of(self, event_id: EventId) -> UserId | None:
+        """Who sent an event the bot handled; None for one it never handled."""
+        sender = await self._scalar(
+            "SELECT sender FROM processed_events WHERE event_id = ?", event_id)
+        return UserId(sender) if sender is not None else None
 
     async def add_direct_room(self, room_id: RoomId, now: datetime) -> None:
         await self._db.execute(

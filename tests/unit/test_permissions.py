@@ -121,3 +121,21 @@ def test_the_bots_own_messages_never_reach_the_core() -> None:
              "content": {"msgtype": "m.text", "body": "!endmeeting"}}
     assert incoming_event(event, ROOM, BOT, lambda user: user) is None
     assert incoming_event({**event, "sender": CHAIR}, ROOM, BOT, lambda user: user) is not None
+
+
+async def test_an_edit_by_someone_else_changes_nothing(tmp_path: Path) -> None:
+    bot = await make_bot(tmp_path)
+    here = EventId("$member-here")
+    await bot.handle(IncomingMessage(ROOM, here, MEMBER, "member", "!here"))
+    # A crafted m.replace from another user pointing at the member's `!here`.
+    await bot.handle(IncomingMessage(ROOM, EventId("$forged"), REMOTE, "eve", "just chatting",
+                                     replaces=here))
+    await bot.handle(IncomingMessage(ROOM, EventId("$forged-2"), REMOTE, "eve",
+                                     "!update hijacked", replaces=here))
+    meeting = await bot.store.open_meeting_in_room(ROOM) or (
+        await bot.store.find_scheduled("team", NOW + timedelta(hours=1)))
+    assert meeting is not None
+    record = await bot.store.record(meeting)
+    assert [a.user_id for a in record.attendees] == [MEMBER]
+    assert record.entries == ()
+    await bot.store.close()
