@@ -1,0 +1,1 @@
+"""Side-by-side performance benchmark of chatbot against a minimal matrix-nio bot."""

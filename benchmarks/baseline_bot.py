@@ -1,0 +1,76 @@
+"""The baseline: a minimal matrix-nio bot that reacts ✅ to each text message, and nothing else.
+
+It is the floor chatbot is measured against: one long-poll sync loop, one reaction per
+message, no parsing, no database. Run as its own process, as chatbot is:
+
+    python -m benchmarks.baseline_bot HOMESERVER USER_ID ACCESS_TOKEN
+
+It prints `listening` on standard error once its first sync is done; history from
+before that is ignored, as chatbot ignores it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+from nio import AsyncClient, AsyncClientConfig, SyncResponse
+
+# A busy room exceeds a small timeline limit between syncs; this bot fills no gaps,
+# so it asks for plenty.
+SYNC_FILTER: dict[str, Any] = {
+    "presence": {"not_types": ["*"]},
+    "account_data": {"not_types": ["*"]},
+    "room": {
+        "account_data": {"not_types": ["*"]},
+        "ephemeral": {"not_types": ["*"]},
+        "state": {"lazy_load_members": True},
+        "timeline": {"limit": 1000, "types": ["m.room.message"], "lazy_load_members": True},
+    },
+}
+
+
+async def run(homeserver: str, user_id: str, access_token: str) -> None:
+    client = AsyncClient(homeserver, user_id, config=AsyncClientConfig(
+        max_limit_exceeded=None, max_timeouts=None, request_timeout=60))
+    client.access_token = access_token
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        first = await client.sync(timeout=0, sync_filter=SYNC_FILTER)
+        assert isinstance(first, SyncResponse), first
+        token = first.next_batch
+        print("listening", file=sys.stderr, flush=True)
+        while not stop.is_set():
+            sync = asyncio.ensure_future(
+                client.sync(timeout=30_000, since=token, sync_filter=SYNC_FILTER))
+            stopped = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({sync, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not sync.done():
+                sync.cancel()
+                break
+            stopped.cancel()
+            response = sync.result()
+            if not isinstance(response, SyncResponse):
+                await asyncio.sleep(0.5)
+                continue
+            for room_id, info in response.rooms.join.items():
+                for event in info.timeline.events:
+                    source = event.source
+                    content = source.get("content") or {}
+                    if (source.get("type") == "m.room.message" and source.get("sender") != user_id
+                            and content.get("msgtype") == "m.text"):
+                        await client.room_send(room_id, "m.reaction", {"m.relates_to": {
+                            "rel_type": "m.annotation", "event_id": source["event_id"],
+                            "key": "✅"}})
+            token = response.next_batch
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(run(*sys.argv[1:4]))
