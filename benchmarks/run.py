@@ -184,7 +184,8 @@ class World:
     crowd: list[Person]
     chatbot_user: RegisteredUser
     baseline_user: RegisteredUser
-    rooms: list[str]  # rooms[0] is chatbot's command room, rooms[1] the baseline's
+    rooms: list[str]  # rooms[0] is chatbot's command room, rooms[1] the baseline's; both
+    # bots share the others
     acks: Acks
 
     @property
@@ -211,14 +212,18 @@ async def build_world(hs: LocalHomeserver, workdir: Path, counts: Counts) -> Wor
     crowd = [Person(hs.nio_client(user), f"person{n}") for n, user in enumerate(crowd_users)]
     bots = [chatbot_user.user_id, baseline_user.user_id]
 
-    progress(f"creating {counts.rooms} rooms, both bots invited")
+    # Each bot has a command room of its own (so neither hears the other's traffic) and
+    # shares the rest: both are in `counts.rooms` rooms.
+    progress(f"creating {counts.rooms + 1} rooms")
+    crowd_ids = [p.user_id for p in crowd]
     rooms = await bounded_gather(
-        [lambda n=n: owner.create_room(invite=bots + ([p.user_id for p in crowd] if n < 2 else []))
-         for n in range(counts.rooms)], limit=8)
-    progress("the bots join every room; the crowd joins the two command rooms")
+        [lambda n=n: owner.create_room(invite=[bots[n], *crowd_ids] if n < 2 else bots)
+         for n in range(counts.rooms + 1)], limit=8)
+    progress("the bots join their rooms; the crowd joins the two command rooms")
     joiners = [Person(hs.nio_client(chatbot_user), "chatbot"),
                Person(hs.nio_client(baseline_user), "baseline")]
-    await bounded_gather([lambda j=j, r=r: j.join(r) for j in joiners for r in rooms])
+    await bounded_gather([lambda j=j, r=r: j.join(r) for n, j in enumerate(joiners)
+                          for r in [rooms[n], *rooms[2:]]])
     await bounded_gather([lambda p=p, r=r: p.join(r) for p in crowd for r in rooms[:2]])
     for joiner in joiners:
         await joiner.close()
