@@ -165,6 +165,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE INDEX entries_by_meeting ON entries (meeting_id, id)
         """,
         """
+        CREATE INDEX agenda_by_meeting ON entries (meeting_id, position)
+            WHERE kind = 'agenda'
+        """,
+        """
+        CREATE INDEX entries_by_sender ON entries (sender, meeting_id)
+        """,
+        """
         CREATE TABLE reminders (
             series_id TEXT NOT NULL,
             scheduled_start TEXT NOT NULL,
@@ -549,13 +556,19 @@ class Store:
 
     async def withdraw_attendance(self, event_id: EventId) -> bool:
         """Undo the `!here` or ✋ that `event_id` was; the line goes once neither is left."""
-        changed = await self._changes(
-            "UPDATE attendees SET typed = 0 WHERE event_id = ? AND typed = 1", event_id)
-        changed += await self._changes(
-            "UPDATE attendees SET reaction_event_id = NULL WHERE reaction_event_id = ?", event_id)
-        await self._db.execute(
-            "DELETE FROM attendees WHERE typed = 0 AND reaction_event_id IS NULL")
-        return changed > 0
+        touched = await self._rows(
+            "UPDATE attendees SET typed = 0 WHERE event_id = ? AND typed = 1 "
+            "RETURNING meeting_id, user_id", event_id)
+        touched += await self._rows(
+            "UPDATE attendees SET reaction_event_id = NULL WHERE reaction_event_id = ? "
+            "RETURNING meeting_id, user_id", event_id)
+        # Only the lines just changed can have lost their last reason to stay.
+        for row in touched:
+            await self._db.execute(
+                "DELETE FROM attendees WHERE meeting_id = ? AND user_id = ? "
+                "AND typed = 0 AND reaction_event_id IS NULL",
+                (row["meeting_id"], row["user_id"]))
+        return bool(touched)
 
     async def add_entry(
         self, meeting_id: int, kind: EntryKind, sender: UserId, sender_name: str, text: str,
