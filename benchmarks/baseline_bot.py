@@ -1,7 +1,9 @@
 """The baseline: a minimal matrix-nio bot that reacts ✅ to each text message, and nothing else.
 
 It is the floor chatbot is measured against: one long-poll sync loop, one reaction per
-message, no parsing, no database. Run as its own process, as chatbot is:
+message, no parsing, no database. Like chatbot it asks for the last 50 events per room
+and pages back through what a limited sync left out, so that it loses nothing either.
+Run as its own process, as chatbot is:
 
     python -m benchmarks.baseline_bot HOMESERVER USER_ID ACCESS_TOKEN
 
@@ -16,10 +18,14 @@ import signal
 import sys
 from typing import Any
 
-from nio import AsyncClient, AsyncClientConfig, SyncResponse
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    MessageDirection,
+    RoomMessagesResponse,
+    SyncResponse,
+)
 
-# A busy room exceeds a small timeline limit between syncs; this bot fills no gaps,
-# so it asks for plenty.
 SYNC_FILTER: dict[str, Any] = {
     "presence": {"not_types": ["*"]},
     "account_data": {"not_types": ["*"]},
@@ -27,9 +33,27 @@ SYNC_FILTER: dict[str, Any] = {
         "account_data": {"not_types": ["*"]},
         "ephemeral": {"not_types": ["*"]},
         "state": {"lazy_load_members": True},
-        "timeline": {"limit": 1000, "types": ["m.room.message"], "lazy_load_members": True},
+        "timeline": {"limit": 50, "types": ["m.room.message"], "lazy_load_members": True},
     },
 }
+
+
+async def missed(client: AsyncClient, room_id: str, before: str,
+                 since: str) -> list[dict[str, Any]]:
+    """Messages a limited sync left out (a burst outgrows any timeline limit), oldest first."""
+    found: list[dict[str, Any]] = []
+    start = before
+    for _ in range(100):
+        response = await client.room_messages(
+            room_id, start=start, end=since, direction=MessageDirection.back, limit=100,
+            message_filter={"types": ["m.room.message"]})
+        if not isinstance(response, RoomMessagesResponse) or not response.chunk:
+            break
+        found.extend(event.source for event in response.chunk)
+        if not response.end or response.end == start:
+            break
+        start = response.end
+    return list(reversed(found))
 
 
 async def run(homeserver: str, user_id: str, access_token: str) -> None:
@@ -59,8 +83,11 @@ async def run(homeserver: str, user_id: str, access_token: str) -> None:
                 await asyncio.sleep(0.5)
                 continue
             for room_id, info in response.rooms.join.items():
-                for event in info.timeline.events:
-                    source = event.source
+                events = [event.source for event in info.timeline.events]
+                if info.timeline.limited and info.timeline.prev_batch:
+                    events = await missed(client, room_id, info.timeline.prev_batch,
+                                          token) + events
+                for source in events:
                     content = source.get("content") or {}
                     if (source.get("type") == "m.room.message" and source.get("sender") != user_id
                             and content.get("msgtype") == "m.text"):
