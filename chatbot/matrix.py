@@ -22,6 +22,7 @@ import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    JoinedRoomsResponse,
     JoinResponse,
     LoginResponse,
     MessageDirection,
@@ -92,6 +93,14 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
             },
         },
     }
+
+
+def first_sync_filter() -> dict[str, Any]:
+    """The very first sync only learns which rooms the bot is in (all else predates it):
+    one timeline event and its sender per room, however many rooms there are."""
+    first = sync_filter(1)
+    first["room"]["state"] = {"types": ["m.room.member"], "lazy_load_members": True}
+    return first
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,26 +318,29 @@ class MatrixEdge:
         """Room ids for each meeting's `room`, joining it (or waiting for an invite)."""
         resolved: dict[str, RoomId] = {}
         by_reference: dict[str, RoomId | None] = {}
+        # One request instead of a join per room: a restart finds them all joined.
+        joined = await self._retrying("listing joined rooms", self.client.joined_rooms)
+        already = set(joined.rooms) if isinstance(joined, JoinedRoomsResponse) else set()
         for meeting in self.config.meetings:
             if meeting.room not in by_reference:
-                by_reference[meeting.room] = await self._join(meeting.room)
+                by_reference[meeting.room] = await self._join(meeting.room, already)
             room_id = by_reference[meeting.room]
             if room_id is not None:
-                resolved[meeting.id] = await self._latest_room(room_id)
+                resolved[meeting.id] = await self._latest_room(room_id, already)
         self.room_ids = resolved
         return resolved
 
-    async def _latest_room(self, room_id: RoomId) -> RoomId:
+    async def _latest_room(self, room_id: RoomId, already: set[str]) -> RoomId:
         """The room's latest upgrade the bot has followed, joined."""
         latest = await self.store.replacement_room(room_id)
-        if latest != room_id:
+        if latest != room_id and latest not in already:
             joined = await self._retrying("joining " + latest, lambda: self.client.join(latest))
             if not isinstance(joined, JoinResponse):
                 log.warning("cannot join %s (the upgrade of %s) yet: %s", latest, room_id,
                             joined.message)
         return latest
 
-    async def _join(self, reference: str) -> RoomId | None:
+    async def _join(self, reference: str, already: set[str]) -> RoomId | None:
         room_id = reference
         if reference.startswith("#"):
             alias = await self._retrying("resolving " + reference,
@@ -338,6 +350,8 @@ class MatrixEdge:
                           reference, alias.message)
                 return None
             room_id = alias.room_id
+        if room_id in already:
+            return RoomId(room_id)
         joined = await self._retrying("joining " + reference, lambda: self.client.join(room_id))
         if not isinstance(joined, JoinResponse):
             log.warning("cannot join %s yet (%s); will join when invited", reference,
@@ -377,11 +391,12 @@ class MatrixEdge:
         self.direct_rooms = await self.store.direct_rooms()
         backoff = Backoff()
         filter_ = sync_filter(self.timeline_limit)
+        first_filter = first_sync_filter()
         while True:
             try:
                 response = await self.client.sync(
                     timeout=0 if token is None or not self.ready.is_set() else LONG_POLL_MS,
-                    since=token, sync_filter=filter_,
+                    since=token, sync_filter=first_filter if token is None else filter_,
                 )
             except _NETWORK_ERRORS as error:
                 self.metrics.sync_failed(self.clock())
@@ -422,6 +437,14 @@ class MatrixEdge:
         now = self.clock()
         for room_id, invite in response.rooms.invite.items():
             await self._answer_invite(RoomId(room_id), invite.invite_state, configured, now)
+        if since is None:
+            # The first sync: everything in it predates the bot.
+            first_seen = [RoomId(room_id) for room_id in response.rooms.join
+                          if room_id in configured or room_id in self.direct_rooms]
+            async with self.store.transaction():
+                for room_id in first_seen:
+                    await self.store.add_known_room(room_id, now)
+            return
         for room_id, info in response.rooms.join.items():
             room_id = RoomId(room_id)
             if room_id not in configured and room_id not in self.direct_rooms:
@@ -430,11 +453,6 @@ class MatrixEdge:
             state = [getattr(event, "source", {}) for event in info.state]
             if any(e.get("type") == "m.room.power_levels" for e in events + state):
                 self._authority.pop(room_id, None)  # re-read on the next chair command
-            if since is None:
-                # The first sync: everything in it predates the bot.
-                async with self.store.transaction():
-                    await self.store.add_known_room(room_id, now)
-                continue
             if not await self.store.is_known_room(room_id):
                 events = after_own_join(events, self.user_id)
                 async with self.store.transaction():
