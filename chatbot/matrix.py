@@ -31,6 +31,7 @@ from nio import (
     RoomResolveAliasResponse,
     RoomSendResponse,
     SyncResponse,
+    UploadFilterResponse,
     WhoamiResponse,
 )
 
@@ -390,7 +391,7 @@ class MatrixEdge:
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
         self.direct_rooms = await self.store.direct_rooms()
         backoff = Backoff()
-        filter_ = sync_filter(self.timeline_limit)
+        filter_ = await self._stored_filter(sync_filter(self.timeline_limit))
         first_filter = first_sync_filter()
         while True:
             try:
@@ -429,6 +430,20 @@ class MatrixEdge:
             if not self.ready.is_set():
                 log.info("listening in %s rooms", len(set(self.room_ids.values())))
                 self.ready.set()
+
+    async def _stored_filter(self, definition: dict[str, Any]) -> str | dict[str, Any]:
+        """The filter's id on the homeserver, else the definition itself.
+
+        A stored filter is parsed and validated once; one sent inline is parsed and
+        validated again on every sync, which is CPU the homeserver spends per message.
+        """
+        try:
+            response = await self.client.upload_filter(
+                presence=definition["presence"], account_data=definition["account_data"],
+                room=definition["room"])
+        except _NETWORK_ERRORS:
+            return definition
+        return response.filter_id if isinstance(response, UploadFilterResponse) else definition
 
     async def _process(
         self, response: SyncResponse, since: str | None, listener: Listener
