@@ -123,7 +123,7 @@ class AgendaChange:
 
 @dataclass(frozen=True, slots=True)
 class ItemNumber:
-    number: int | None
+    number: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,7 +471,6 @@ async def handle_item(command: ItemNumber, context: Context, store: Store) -> li
     record = await _open_meeting_record(context, store)
     if record is None:
         return _not_open(context)
-    assert command.number is not None
     item = _nth_item(record, command.number, context)
     if isinstance(item, str):
         return [Reply(item)]

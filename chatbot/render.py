@@ -207,10 +207,15 @@ def _agenda_bullet(entry: Entry) -> str:
     return f"**{escape_markdown(entry.sender_name)}**{estimate} {_said(entry.text)}"
 
 
+def minutes_taken(item: Entry) -> int:
+    """Whole minutes an agenda item took; one at least, once the meeting reached it."""
+    return max(1, round(item.took_seconds / 60))
+
+
 def _took(item: Entry) -> str:
     parts = [f"{item.minutes} min"] if item.minutes is not None else []
     if item.visited:
-        parts.append(f"took {max(1, round(item.took_seconds / 60))} min")
+        parts.append(f"took {minutes_taken(item)} min")
     return ", ".join(parts)
 
 
@@ -377,7 +382,7 @@ def render_agenda(
             running += item.minutes
             tally = f"{running} of {slot_minutes} min"
         status = " **(now)**" if item.id == current_id else (
-            f" (done, took {max(1, round(item.took_seconds / 60))} min)" if item.visited else "")
+            f" (done, took {minutes_taken(item)} min)" if item.visited else "")
         carried = f" (carried over from {item.carried_from})" if item.carried_from else ""
         lines.append(f"{number}. {_agenda_bullet(item)}{carried} · {tally}{status}")
     unestimated = sum(item.minutes is None for item in items)
