@@ -135,6 +135,31 @@ class Backoff:
         self.failures = 0
 
 
+# Enough concurrent sends to hide one request's round trip behind others, few enough
+# that a burst does not trip the homeserver's rate limits all at once.
+MAX_SENDS_IN_FLIGHT = 4
+
+
+def delivery_lanes(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
+    """Split queued items into lanes that may be sent side by side.
+
+    Each room's messages form one lane, kept in queue order (a note posted in parts,
+    a reminder then the start). Each reaction is a lane of its own: a ✅ belongs to
+    its command's event, not to a place in the room's timeline.
+    """
+    lanes: list[list[OutboxItem]] = []
+    messages_of: dict[RoomId, list[OutboxItem]] = {}
+    for item in items:
+        if item.kind == "react":
+            lanes.append([item])
+        elif item.room_id in messages_of:
+            messages_of[item.room_id].append(item)
+        else:
+            messages_of[item.room_id] = lane = [item]
+            lanes.append(lane)
+    return lanes
+
+
 def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, str | None]:
     """What an edited command changes in the entry it recorded: text, estimate, assignee."""
     text = getattr(command, "text", entry.text)
@@ -459,8 +484,14 @@ class MeetingBot:
     # --- the outbox ----------------------------------------------------------------------
 
     async def deliver_forever(self) -> None:
-        """Send queued items in order, waiting out outages with a capped backoff."""
+        """Send queued items, waiting out outages with a capped backoff.
+
+        Messages to a room go one at a time, in order; reactions are independent of
+        each other and of messages, so they go alongside, a few at once. A burst of
+        commands is then acknowledged as fast as the homeserver takes reactions.
+        """
         backoff = Backoff()
+        in_flight = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         while True:
             items = await self.store.pending_outbox()
             if not items:
@@ -470,28 +501,38 @@ class MeetingBot:
                     continue
                 await self._outbox_ready.wait()
                 continue
-            for item in items:
-                try:
+            outcomes = await asyncio.gather(*(
+                self._deliver_in_order(lane, in_flight) for lane in delivery_lanes(items)))
+            failures = [error for error in outcomes if error is not None]
+            if failures:
+                delay = backoff.next_delay()
+                if backoff.failures == 1:
+                    log.warning("sending to %s failed (%s); retrying with backoff up to %ss",
+                                failures[0][0], failures[0][1], backoff.cap)
+                await asyncio.sleep(delay)
+            elif backoff.failures:
+                log.warning("sending works again after %s failed attempts", backoff.failures)
+                backoff.reset()
+
+    async def _deliver_in_order(
+        self, lane: Sequence[OutboxItem], in_flight: asyncio.Semaphore,
+    ) -> tuple[RoomId, DeliveryError] | None:
+        """Send a lane's items one after another; stop at the first that may succeed later."""
+        for item in lane:
+            try:
+                async with in_flight:
                     event_id = await self.transport.deliver(item)
-                except DeliveryError as error:
-                    if error.permanent:
-                        self.metrics.error("delivery")
-                        log.error("giving up on outbox item %s for %s: %s", item.id,
-                                  item.room_id, error)
-                        async with self.store.transaction():
-                            await self.store.mark_failed(item.id, str(error), self.clock())
-                        continue
-                    delay = backoff.next_delay()
-                    if backoff.failures == 1:
-                        log.warning("sending to %s failed (%s); retrying with backoff up to %ss",
-                                    item.room_id, error, backoff.cap)
-                    await asyncio.sleep(delay)
-                    break
-                if backoff.failures:
-                    log.warning("sending works again after %s failed attempts", backoff.failures)
-                    backoff.reset()
+            except DeliveryError as error:
+                if not error.permanent:
+                    return item.room_id, error
+                self.metrics.error("delivery")
+                log.error("giving up on outbox item %s for %s: %s", item.id, item.room_id, error)
                 async with self.store.transaction():
-                    await self.store.mark_sent(item, event_id, self.clock())
+                    await self.store.mark_failed(item.id, str(error), self.clock())
+                continue
+            async with self.store.transaction():
+                await self.store.mark_sent(item, event_id, self.clock())
+        return None
 
     async def outbox_empty(self) -> bool:
         return not await self.store.pending_outbox(limit=1)
