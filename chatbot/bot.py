@@ -233,6 +233,22 @@ class MeetingBot:
             log.exception("failed to answer %s in direct chat %s", message.event_id,
                           message.room_id)
 
+    async def cannot_read(self, room_id: RoomId, sender: UserId, display_name: str,
+                          event_ids: Sequence[EventId]) -> None:
+        """Say once that messages from `sender` could not be decrypted, so none is lost
+        silently: the sender can send it again. Marks them answered in the same commit."""
+        if not event_ids or not self.rooms.is_configured(room_id):
+            return
+        count = "a message" if len(event_ids) == 1 else f"{len(event_ids)} messages"
+        async with self.store.transaction():
+            now = self.clock()
+            await self._record([Reply(
+                f"I could not read {count} from {escape_markdown(display_name)}: the "
+                "encryption key never reached me. If it was a command, please send it again.")],
+                room_id, event_ids[-1], now)
+            await self.store.mark_undecrypted_answered(event_ids, now)
+        self._outbox_ready.set()
+
     async def _context(self, message: IncomingMessage, invocation: Invocation | Unknown,
                        event_id: EventId) -> Context:
         is_chair = False

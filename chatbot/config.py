@@ -10,7 +10,7 @@ import ipaddress
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -227,6 +227,17 @@ class HttpConfig(_Frozen):
         return f"http://{self.listen}"
 
 
+class EncryptionConfig(_Frozen):
+    """End-to-end encryption: on by default; which devices of other people to trust."""
+
+    enabled: bool = True
+    # tofu: trust each device the first time it is seen, and warn when someone the bot
+    # already knows adds a device or a device's keys change. all: trust every device.
+    trust: Literal["tofu", "all"] = "tofu"
+    # How long to wait for the key of a message the bot cannot read before saying so.
+    key_wait: PositiveDuration = timedelta(minutes=2)
+
+
 class Config(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -236,6 +247,7 @@ class Config(_Frozen):
     meetings: Annotated[tuple[MeetingConfig, ...], Field(min_length=1)]
     http: HttpConfig | None = None
     allowed_inviters: tuple[UserId, ...] = ()
+    encryption: EncryptionConfig = EncryptionConfig()
 
     @field_validator("meetings")
     @classmethod

@@ -563,25 +563,42 @@ class LocalHomeserver:
         )
 
     def nio_client(
-        self, user: RegisteredUser, *, config: AsyncClientConfig | None = None
+        self,
+        user: RegisteredUser,
+        *,
+        config: AsyncClientConfig | None = None,
+        store_path: Path | None = None,
     ) -> AsyncClient:
         """Return a ``nio.AsyncClient`` already logged in with ``user``'s token.
 
         The default config makes requests fail instead of hang: nio otherwise
         retries 429s and timeouts forever. The caller must ``await
-        client.close()``. No store is loaded, so end-to-end encryption is
-        inactive on this client even if nio's e2e extra is installed.
+        client.close()``. With ``store_path`` (a folder) the client keeps its
+        encryption keys there and reads and writes in encrypted rooms; without
+        it, end-to-end encryption is inactive on this client.
         """
         if config is None:
             config = AsyncClientConfig(
-                max_limit_exceeded=0, max_timeouts=2, request_timeout=30
+                max_limit_exceeded=0,
+                max_timeouts=2,
+                request_timeout=30,
+                encryption_enabled=store_path is not None,
+                store_sync_tokens=False,
             )
+        if store_path is not None:
+            store_path.mkdir(parents=True, exist_ok=True)
         client = AsyncClient(
-            self.url, user.user_id, device_id=user.device_id, config=config
+            self.url,
+            user.user_id,
+            device_id=user.device_id,
+            config=config,
+            store_path=str(store_path) if store_path is not None else "",
         )
         client.access_token = user.access_token
         client.user_id = user.user_id
         client.device_id = user.device_id
+        if store_path is not None:
+            client.load_store()
         return client
 
 

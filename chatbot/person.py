@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -26,6 +27,7 @@ class Person:
         self.on_event: Callable[[Event], None] | None = None
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
+        self._sent_to_devices = 0
 
     @property
     def user_id(self) -> str:
@@ -36,7 +38,21 @@ class Person:
         first = await self.client.sync(timeout=0, sync_filter=SEE_EVERYTHING)
         if not isinstance(first, SyncResponse):
             raise RuntimeError(f"{self.name} cannot sync: {first}")
+        await self._crypto_upkeep()
         self._task = asyncio.create_task(self._follow(), name=f"sync {self.name}")
+
+    async def _crypto_upkeep(self) -> None:
+        """What an encrypting client does after each sync (nio's sync_forever does it too)."""
+        client = self.client
+        if client.olm is None:
+            return
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+        await client.send_to_device_messages()
 
     async def _follow(self) -> None:
         while True:
@@ -47,10 +63,16 @@ class Person:
             if not isinstance(response, SyncResponse):
                 await asyncio.sleep(0.5)  # do not hammer a server that is failing
                 continue
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await self._crypto_upkeep()
+            async with self._changed:
+                self._changed.notify_all()  # for `wait_until`: state other than events
             fresh = []
             for room_id, info in response.rooms.join.items():
                 for event in info.timeline.events:
-                    fresh.append({**event.source, "room_id": room_id})
+                    # `decrypted` tells a test the event travelled encrypted.
+                    fresh.append({**event.source, "room_id": room_id,
+                                  "decrypted": getattr(event, "decrypted", False)})
             for room_id in response.rooms.invite:
                 fresh.append({"type": "invite", "room_id": room_id})
             if fresh:
@@ -83,11 +105,22 @@ class Person:
 
         return await asyncio.wait_for(find(), timeout)
 
+    async def wait_until(self, check: Callable[[], bool], timeout: float = 20.0) -> None:
+        """Return once `check()` holds after one of this person's syncs; TimeoutError if not."""
+
+        async def until() -> None:
+            async with self._changed:
+                while not check():
+                    await self._changed.wait()
+
+        await asyncio.wait_for(until(), timeout)
+
     # --- actions -------------------------------------------------------------------
 
     async def send(self, room_id: str, event_type: str, content: dict[str, Any]) -> str:
         """Send any room event; return its event id."""
-        response = await self.client.room_send(room_id, event_type, content)
+        response = await self.client.room_send(room_id, event_type, content,
+                                               ignore_unverified_devices=True)
         if not isinstance(response, RoomSendResponse):
             raise RuntimeError(f"{self.name} could not send {event_type}: {response}")
         return response.event_id
@@ -98,6 +131,48 @@ class Person:
         if thread_root is not None:
             content["m.relates_to"] = {"rel_type": "m.thread", "event_id": thread_root}
         return await self.send(room_id, "m.room.message", content)
+
+    async def say_with_late_key(
+        self, room_id: str, text: str, *, late_for: str,
+    ) -> tuple[str, Callable[[], Awaitable[None]]]:
+        """Say `text` in an encrypted room, holding back its room key from `late_for`'s
+        devices; the returned callable delivers it, as a slow to-device path would."""
+        client = self.client
+        assert client.olm is not None, "an encrypting client is needed"
+        if not client.rooms[room_id].members_synced:
+            await client.joined_members(room_id)
+        if client.should_query_keys:
+            await client.keys_query()
+        if missing := client.get_missing_sessions(room_id):
+            await client.keys_claim(missing)
+        held: dict[str, Any] = {}
+        members = list(client.rooms[room_id].users)
+        for shared_with, to_device in client.olm.share_group_session_parallel(
+                room_id, members, ignore_unverified_devices=True):
+            if late := to_device["messages"].pop(late_for, None):
+                held[late_for] = late
+            if to_device["messages"]:
+                await self._to_device(to_device)
+            client.olm.outbound_group_sessions[room_id].users_shared_with.update(shared_with)
+        client.olm.outbound_group_sessions[room_id].shared = True
+        event_id = await self.say(room_id, text)
+
+        async def deliver_key() -> None:
+            await self._to_device({"messages": held})
+
+        return event_id, deliver_key
+
+    async def _to_device(self, messages: dict[str, Any]) -> None:
+        """Send Olm-encrypted to-device messages as they are (nio only sends its own)."""
+        self._sent_to_devices += 1
+        txn = f"held-{self._sent_to_devices}-{secrets.token_hex(4)}"
+        url = f"{self.client.homeserver}/_matrix/client/v3/sendToDevice/m.room.encrypted/{txn}"
+        async with aiohttp.ClientSession() as session, session.put(
+                url, json=messages,
+                headers={"Authorization": f"Bearer {self.client.access_token}"}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"{self.name} could not send to devices: "
+                                   f"{await response.text()}")
 
     async def edit(self, room_id: str, event_id: str, text: str) -> str:
         """Edit one of this person's messages the way Matrix clients do (m.replace)."""
@@ -117,10 +192,13 @@ class Person:
             raise RuntimeError(f"{self.name} could not redact {event_id}: {response}")
 
     async def create_room(self, *, invite: list[str], alias: str | None = None,
-                          power: dict[str, int] | None = None) -> str:
+                          power: dict[str, int] | None = None, encrypted: bool = False) -> str:
+        encryption = [{"type": "m.room.encryption", "state_key": "",
+                       "content": {"algorithm": "m.megolm.v1.aes-sha2"}}]
         response = await self.client.room_create(
             alias=alias, invite=invite, name=alias,
-            power_level_override={"users": power} if power else None)
+            power_level_override={"users": power} if power else None,
+            initial_state=encryption if encrypted else ())
         if not isinstance(response, RoomCreateResponse):
             raise RuntimeError(f"{self.name} could not create a room: {response}")
         return response.room_id

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -197,6 +197,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL
         """,
     ),
+    (  # 2: encrypted messages waiting for their key
+        """
+        CREATE TABLE undecrypted (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            session_id TEXT NOT NULL,
+            source TEXT NOT NULL,
+            received_at TEXT NOT NULL,
+            answered_at TEXT
+        )
+        """,
+        """
+        CREATE INDEX undecrypted_unanswered ON undecrypted (received_at)
+            WHERE answered_at IS NULL
+        """,
+    ),
 )
 
 
@@ -230,6 +247,19 @@ class OutboxItem:
     @property
     def txn_id(self) -> str:
         return f"chatbot.{int(self.created_at.timestamp() * 1000)}.{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Undecrypted:
+    """An encrypted message whose key has not arrived; `source` is the event as received."""
+
+    event_id: EventId
+    room_id: RoomId
+    sender: UserId
+    session_id: str
+    source: dict[str, Any]
+    received_at: datetime
+    answered: bool = False
 
 
 _MEETING_COLUMNS = (
@@ -404,6 +434,40 @@ class Store:
             "INSERT OR IGNORE INTO known_rooms (room_id, joined_at) VALUES (?, ?)",
             (room_id, _stamp(now)),
         )
+
+    # --- encrypted messages waiting for their key ------------------------------------
+
+    async def add_undecrypted(self, message: Undecrypted) -> bool:
+        """Keep a message the bot cannot read yet; False if it was already kept."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO undecrypted "
+            "(event_id, room_id, sender, session_id, source, received_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            message.event_id, message.room_id, message.sender, message.session_id,
+            json.dumps(message.source), _stamp(message.received_at),
+        ) == 1
+
+    async def undecrypted(self) -> list[Undecrypted]:
+        """Every kept message, oldest first: few, since each waits only for its key."""
+        rows = await self._rows(
+            "SELECT event_id, room_id, sender, session_id, source, received_at, answered_at "
+            "FROM undecrypted ORDER BY received_at, event_id")
+        return [Undecrypted(
+            event_id=EventId(r["event_id"]), room_id=RoomId(r["room_id"]),
+            sender=UserId(r["sender"]), session_id=r["session_id"],
+            source=json.loads(r["source"]),
+            received_at=datetime.fromisoformat(r["received_at"]),
+            answered=r["answered_at"] is not None,
+        ) for r in rows]
+
+    async def mark_undecrypted_answered(self, event_ids: Sequence[EventId],
+                                        now: datetime) -> None:
+        await self._db.executemany(
+            "UPDATE undecrypted SET answered_at = ? WHERE event_id = ?",
+            [(_stamp(now), event_id) for event_id in event_ids])
+
+    async def forget_undecrypted(self, event_id: EventId) -> None:
+        await self._db.execute("DELETE FROM undecrypted WHERE event_id = ?", (event_id,))
 
     # --- profiles ---------------------------------------------------------------
 

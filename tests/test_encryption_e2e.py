@@ -1,0 +1,239 @@
+"""Meetings in end-to-end encrypted rooms, with people on encrypting clients (real Synapse)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from chatbot.config import Config, EncryptionConfig
+from chatbot.homeserver import LocalHomeserver
+from chatbot.person import Event, Person, body_of, is_reaction, is_reply
+
+from .conftest import BOT_PASSWORD, World, unique
+
+
+async def encrypting_person(hs: LocalHomeserver, tmp: Path, name: str, display: str) -> Person:
+    user = await hs.register_user(unique(name), displayname=display)
+    return Person(hs.nio_client(user, store_path=tmp / "people" / name), display)
+
+
+@pytest.fixture
+async def crypto_world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
+    """Like `world`, but the room is encrypted and every person's client encrypts."""
+    bot_user = await homeserver.register_user(unique("bot"), BOT_PASSWORD,
+                                              displayname="Meeting Bot")
+    chair = await encrypting_person(homeserver, tmp_path, "chair", "Sam Chair")
+    ada = await encrypting_person(homeserver, tmp_path, "ada", "Ada")
+    grace = await encrypting_person(homeserver, tmp_path, "grace", "Grace")
+    room_id = await chair.create_room(invite=[bot_user.user_id, ada.user_id, grace.user_id],
+                                      encrypted=True)
+    for person in (ada, grace):
+        await person.join(room_id)
+    for person in (chair, ada, grace):
+        await person.start()
+    world = World(homeserver, tmp_path, bot_user, chair, ada, grace, room_id)
+    try:
+        yield world
+    finally:
+        for bot in world.bots:
+            with contextlib.suppress(Exception):
+                await bot.stop()
+        for person in (chair, ada, grace):
+            await person.close()
+
+
+async def command(person: Person, room_id: str, text: str, timeout: float = 20) -> Event:
+    """Send a command, wait for the bot's ✅ on it, and return that reaction."""
+    event_id = await person.say(room_id, text)
+    return await person.wait_for(lambda e: is_reaction(e, event_id), timeout)
+
+
+async def test_a_whole_meeting_in_an_encrypted_room(crypto_world: World) -> None:
+    world = crypto_world
+    await world.start_bot(world.config())
+    room = world.room_id
+    ada, grace, chair = world.ada, world.grace, world.chair
+
+    first = await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
+    assert first["decrypted"], "the ✅ was sent in the clear"
+    await command(grace, room, "!agenda (10 min) Release planning")
+    mark = len(chair.events)
+    await command(chair, room, "!startmeeting")
+    start = await chair.wait_for(lambda e: "is starting now" in body_of(e), after=mark)
+    assert start["decrypted"]
+
+    await command(ada, room, "!here")
+    await command(grace, room, "!here Grace Hopper / US Navy / @grace")
+    await command(ada, room, "!update shipped the new parser")
+    await command(grace, room, "!pass")
+    await command(ada, room, "!note the parser is twice as fast")
+
+    refused = await grace.say(room, "!endmeeting")
+    reply = await grace.wait_for(lambda e: is_reply(e, refused))
+    assert "Only chairs" in body_of(reply) and reply["decrypted"]
+
+    mark = len(ada.events)
+    await command(chair, room, "!endmeeting")
+    note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"), after=mark)
+    assert note["decrypted"]
+    text = body_of(note)
+    assert ("## Roll call\n\n- Ada Lovelace / Analytical Engines / @ada\n"
+            "- Grace Hopper / US Navy / @grace\n") in text
+    assert "- **Ada Lovelace:** shipped the new parser\n- **Grace Hopper:** pass\n" in text
+    assert "## Agenda items\n\n- **Grace Hopper** (10 min) Release planning\n" in text
+    assert "<h2>Roll call</h2>" in note["content"]["formatted_body"]
+    # Nothing the bot sent in this room travelled in the clear.
+    bot_events = [e for e in ada.events if e.get("sender") == world.bot_user.user_id
+                  and e.get("room_id") == room and e.get("type") != "m.room.member"]
+    assert bot_events and all(e["decrypted"] for e in bot_events)
+
+
+class LogWatcher(logging.Handler):
+    """Collects the bot's log lines (it runs in this process) and wakes whoever waits."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+        self._changed = asyncio.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(self, text: str, timeout: float = 20) -> str:
+        async def find() -> str:
+            async with self._changed:
+                while not (found := [line for line in self.lines if text in line]):
+                    await self._changed.wait()
+                return found[0]
+
+        return await asyncio.wait_for(find(), timeout)
+
+
+@pytest.fixture
+def bot_log() -> Iterator[LogWatcher]:
+    watcher = LogWatcher()
+    logger = logging.getLogger("chatbot")
+    level = logger.level
+    logger.addHandler(watcher)
+    logger.setLevel(logging.INFO)
+    try:
+        yield watcher
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(level)
+
+
+def with_key_wait(config: Config, seconds: float) -> Config:
+    return config.model_copy(update={"encryption": EncryptionConfig(
+        key_wait=timedelta(seconds=seconds))})
+
+
+def bot_device(world: World) -> str:
+    """The bot's device, from its saved login."""
+    return str(json.loads((world.tmp / "data" / "session.json").read_text())["device_id"])
+
+
+def knows_device(person: Person, user_id: str, device_id: str) -> Callable[[], bool]:
+    return lambda: device_id in person.client.device_store[user_id]
+
+
+async def test_a_restart_keeps_the_device_and_reads_what_came_meanwhile(
+        crypto_world: World) -> None:
+    world = crypto_world
+    room, ada = world.room_id, world.ada
+    bot = await world.start_bot(world.config())
+    await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
+    device = bot_device(world)
+    await bot.stop()
+
+    while_down = await ada.say(room, "!agenda (5 min) Keys that survive restarts")
+    bot = await world.start_bot(world.config())
+    assert bot_device(world) == device, "a restart made a new device"
+    reaction = await ada.wait_for(lambda e: is_reaction(e, while_down), 30)
+    assert reaction["decrypted"]
+    listed = await ada.say(room, "!agenda")
+    reply = await ada.wait_for(lambda e: is_reply(e, listed))
+    assert "Keys that survive restarts" in body_of(reply) and reply["decrypted"]
+
+
+async def test_a_lost_store_means_a_new_device_that_says_what_it_cannot_read(
+        crypto_world: World, bot_log: LogWatcher) -> None:
+    world = crypto_world
+    room, ada = world.room_id, world.ada
+    config = with_key_wait(world.config(), 2)
+    bot = await world.start_bot(config)
+    await command(ada, room, "!here", 30)
+    old_device = bot_device(world)
+    await bot.stop()
+
+    # Sent to the old device only; then the bot's keys are lost.
+    unreadable = await ada.say(room, "!update written for a device that is gone")
+    shutil.rmtree(world.tmp / "data" / "crypto")
+    bot = await world.start_bot(config)
+    new_device = bot_device(world)
+    assert new_device != old_device
+    await bot_log.wait_for("logging in as a new device")
+    await bot_log.wait_for(f"cannot decrypt {unreadable}")
+
+    answer = await ada.wait_for(lambda e: is_reply(e, unreadable), 30)
+    assert "could not read a message from Ada" in body_of(answer)
+    assert answer["decrypted"]
+
+    # Once Ada's client has seen the new device, her commands work again.
+    await ada.wait_until(knows_device(ada, world.bot_user.user_id, new_device))
+    await command(ada, room, "!update sent after the new device appeared")
+    answers = [e for e in ada.events if is_reply(e, unreadable)]
+    assert len(answers) == 1, "the unreadable message was answered more than once"
+
+
+async def test_a_late_key_still_gets_the_command_handled(
+        crypto_world: World, bot_log: LogWatcher) -> None:
+    world = crypto_world
+    room, ada = world.room_id, world.ada
+    await world.start_bot(world.config())
+    await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
+    await ada.wait_until(knows_device(ada, world.bot_user.user_id,
+                                      bot_device(world)))
+
+    late, deliver_key = await ada.say_with_late_key(
+        room, "!agenda (5 min) Keys that arrive late", late_for=world.bot_user.user_id)
+    await bot_log.wait_for(f"cannot decrypt {late}")
+    await deliver_key()
+    reaction = await ada.wait_for(lambda e: is_reaction(e, late), 30)
+    assert reaction["decrypted"]
+    await bot_log.wait_for(f"the key for {late}")
+    listed = await ada.say(room, "!agenda")
+    reply = await ada.wait_for(lambda e: is_reply(e, listed))
+    assert "Keys that arrive late" in body_of(reply)
+    assert not [e for e in ada.events if is_reply(e, late)], "answered as unreadable"
+
+
+async def test_a_key_that_never_comes_is_answered_once_and_a_late_one_still_counts(
+        crypto_world: World, bot_log: LogWatcher) -> None:
+    world = crypto_world
+    room, grace = world.room_id, world.grace
+    await world.start_bot(with_key_wait(world.config(), 1))
+    await command(grace, room, "!here", 30)
+    await grace.wait_until(knows_device(grace, world.bot_user.user_id,
+                                        bot_device(world)))
+
+    late, deliver_key = await grace.say_with_late_key(
+        room, "!celebrate keys can be late", late_for=world.bot_user.user_id)
+    answer = await grace.wait_for(lambda e: is_reply(e, late), 30)
+    assert "could not read a message from Grace" in body_of(answer)
+    await deliver_key()
+    await grace.wait_for(lambda e: is_reaction(e, late), 30)
+    assert len([e for e in grace.events if is_reply(e, late)]) == 1
