@@ -11,17 +11,22 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from chatbot.config import Config, EncryptionConfig
-from chatbot.homeserver import LocalHomeserver
+from chatbot.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.person import Event, Person, body_of, is_reaction, is_reply
 
-from .conftest import BOT_PASSWORD, World, unique
+from .conftest import BOT_PASSWORD, World, minute_from_now, unique
+
+# Each person's password, to log in again as a second device.
+PASSWORDS: dict[str, str] = {}
 
 
 async def encrypting_person(hs: LocalHomeserver, tmp: Path, name: str, display: str) -> Person:
     user = await hs.register_user(unique(name), displayname=display)
+    PASSWORDS[user.user_id] = user.password
     return Person(hs.nio_client(user, store_path=tmp / "people" / name), display)
 
 
@@ -150,23 +155,30 @@ def knows_device(person: Person, user_id: str, device_id: str) -> Callable[[], b
     return lambda: device_id in person.client.device_store[user_id]
 
 
-async def test_a_restart_keeps_the_device_and_reads_what_came_meanwhile(
+async def test_a_restart_mid_meeting_keeps_the_device_and_reads_what_came_meanwhile(
         crypto_world: World) -> None:
     world = crypto_world
-    room, ada = world.room_id, world.ada
+    room, ada, chair = world.room_id, world.ada, world.chair
     bot = await world.start_bot(world.config())
-    await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
+    await command(chair, room, "!startmeeting", 30)
+    await command(ada, room, "!here Ada Lovelace / Analytical Engines / @ada")
     device = bot_device(world)
     await bot.stop()
 
-    while_down = await ada.say(room, "!agenda (5 min) Keys that survive restarts")
-    bot = await world.start_bot(world.config())
+    while_down = await ada.say(room, "!update keys that survive restarts")
+    await world.start_bot(world.config())
     assert bot_device(world) == device, "a restart made a new device"
     reaction = await ada.wait_for(lambda e: is_reaction(e, while_down), 30)
     assert reaction["decrypted"]
-    listed = await ada.say(room, "!agenda")
-    reply = await ada.wait_for(lambda e: is_reply(e, listed))
-    assert "Keys that survive restarts" in body_of(reply) and reply["decrypted"]
+    await command(chair, room, "!note decided after the restart")
+    mark = len(ada.events)
+    await command(chair, room, "!endmeeting")
+    note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"), after=mark)
+    assert note["decrypted"]
+    text = body_of(note)
+    assert "- Ada Lovelace / Analytical Engines / @ada\n" in text
+    assert "- **Ada Lovelace:** keys that survive restarts\n" in text
+    assert "- decided after the restart\n" in text
 
 
 async def test_a_lost_store_means_a_new_device_that_says_what_it_cannot_read(
@@ -237,3 +249,56 @@ async def test_a_key_that_never_comes_is_answered_once_and_a_late_one_still_coun
     await deliver_key()
     await grace.wait_for(lambda e: is_reaction(e, late), 30)
     assert len([e for e in grace.events if is_reply(e, late)]) == 1
+
+
+async def second_device(world: World, person: Person, name: str) -> Person:
+    """The same account as `person`, logged in again: a new device with keys of its own."""
+    password = PASSWORDS[person.user_id]
+    async with aiohttp.ClientSession() as session, session.post(
+            f"{world.hs.url}/_matrix/client/v3/login", json={
+                "type": "m.login.password", "password": password,
+                "identifier": {"type": "m.id.user", "user": person.user_id}}) as response:
+        login = await response.json()
+    user = RegisteredUser(login["user_id"], login["access_token"], login["device_id"], password)
+    return Person(world.hs.nio_client(user, store_path=world.tmp / "people" / name), name)
+
+
+@pytest.mark.parametrize("trust", ["tofu", "all"])
+async def test_trust_policy_on_a_new_device_of_someone_known(
+        crypto_world: World, bot_log: LogWatcher, trust: str) -> None:
+    world = crypto_world
+    room, ada = world.room_id, world.ada
+    config = world.config().model_copy(update={"encryption": EncryptionConfig(trust=trust)})
+    await world.start_bot(config)
+    await command(ada, room, "!here", 30)
+
+    laptop = await second_device(world, ada, "ada-laptop")
+    await laptop.start()
+    try:
+        await laptop.wait_until(knows_device(laptop, world.bot_user.user_id, bot_device(world)))
+        reaction = await command(laptop, room, "!update from my laptop")
+        assert reaction["decrypted"]
+        added = [line for line in bot_log.lines if "added device" in line]
+        if trust == "tofu":
+            assert added and laptop.client.device_id in added[0] and ada.user_id in added[0]
+        else:
+            assert not added
+    finally:
+        await laptop.close()
+
+
+async def test_scheduled_messages_in_an_encrypted_room_are_encrypted(crypto_world: World) -> None:
+    world = crypto_world
+    start = minute_from_now(seconds=6)
+    config = world.config(start=start.strftime("%Y-%m-%d %H:%M:%S"), rrule=None,
+                          duration="2s", grace="1s", reminders=["3s"])
+    await world.start_bot(config)
+    grace = world.grace
+
+    def from_bot(text: str) -> Callable[[Event], bool]:
+        return lambda e: e.get("sender") == world.bot_user.user_id and text in body_of(e)
+
+    reminder = await grace.wait_for(from_bot("**Reminder:**"))
+    opened = await grace.wait_for(from_bot("is starting now"))
+    note = await grace.wait_for(from_bot("# Example Team Meeting"))
+    assert reminder["decrypted"] and opened["decrypted"] and note["decrypted"]
