@@ -237,16 +237,18 @@ class MeetingBot:
                           event_ids: Sequence[EventId]) -> None:
         """Say once that messages from `sender` could not be decrypted, so none is lost
         silently: the sender can send it again. Marks them answered in the same commit."""
-        if not event_ids or not self.rooms.is_configured(room_id):
+        if not event_ids:
             return
         count = "a message" if len(event_ids) == 1 else f"{len(event_ids)} messages"
         async with self.store.transaction():
             now = self.clock()
+            await self.store.mark_undecrypted_answered(event_ids, now)
+            if not self.rooms.is_configured(room_id):
+                return  # a direct chat: commands do nothing there, so nothing was lost
             await self._record([Reply(
                 f"I could not read {count} from {escape_markdown(display_name)}: the "
                 "encryption key never reached me. If it was a command, please send it again.")],
                 room_id, event_ids[-1], now)
-            await self.store.mark_undecrypted_answered(event_ids, now)
         self._outbox_ready.set()
 
     async def _context(self, message: IncomingMessage, invocation: Invocation | Unknown,

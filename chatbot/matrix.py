@@ -637,6 +637,8 @@ class MatrixEdge:
             await self.client.send_to_device_messages()
         except _NETWORK_ERRORS as error:
             log.debug("encryption upkeep postponed: %s", error)
+        except Exception:  # nio's crypto state is not worth the sync loop: retry next time
+            log.exception("encryption upkeep failed; trying again after the next sync")
 
     async def _query_keys(self) -> None:
         response = await self.client.keys_query()
@@ -650,8 +652,8 @@ class MatrixEdge:
         tofu = self.config.encryption.trust == "tofu"
         for user_id, devices in response.device_keys.items():
             for device_id, keys in devices.items():
-                known = olm.device_store[user_id].get(device_id) if user_id in \
-                    olm.device_store.users else None
+                known = (olm.device_store[user_id].get(device_id)
+                         if user_id in olm.device_store.users else None)
                 offered = (keys.get("keys") or {}).get(f"ed25519:{device_id}")
                 if known is not None and offered and known.ed25519 != offered:
                     # nio keeps the key it saw first; say why this device's messages fail.
