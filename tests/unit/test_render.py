@@ -22,6 +22,7 @@ from chatbot.model import (
     UserId,
 )
 from chatbot.render import (
+    escape_markdown,
     format_clock,
     format_date,
     format_span,
@@ -31,6 +32,7 @@ from chatbot.render import (
     render_note,
     time_zone_link,
 )
+from tests.unit.note_shape import check_html
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 LONDON = ZoneInfo("Europe/London")
@@ -260,7 +262,34 @@ def test_markdown_to_html_keeps_safe_links_and_drops_unsafe_ones() -> None:
     html = markdown_to_html("[ok](https://example.org) [bad](javascript:alert(1)) "
                             "<a href=\"javascript:x\" onclick=\"y\">raw</a>")
     assert '<a href="https://example.org" rel="noopener noreferrer">ok</a>' in html
-    assert "javascript:" not in html and "onclick" not in html
+    shape = check_html(html)
+    assert [value for _, name, value in shape.attributes if name == "href"] == [
+        "https://example.org"]
+    # Raw HTML is no markup at all: it shows as typed.
+    assert shape.tags["a"] == 2 and '<a href="javascript:x" onclick="y">raw</a>' in shape.visible
+
+
+@pytest.mark.parametrize("markdown", [
+    pytest.param("<b>bold</b> and <i>italic</i>", id="inline tags"),
+    pytest.param("<div>\n<script>alert(1)</script>\n</div>", id="html block"),
+    pytest.param("<img src=x onerror=alert(1)>", id="img onerror"),
+    pytest.param("before <!-- hidden --> after", id="comment"),
+])
+def test_raw_html_in_markdown_shows_as_typed(markdown: str) -> None:
+    shape = check_html(markdown_to_html(markdown))
+    assert set(shape.tags) == {"p"} and shape.visible == markdown
+
+
+def test_entities_in_markdown_are_characters() -> None:
+    # An operator's template may write `&lt;` or `&#61;`; raw HTML is gone, entities stay.
+    assert markdown_to_html("1 &lt; 2 &amp; 3 &#61; 3, AT&T") == (
+        "<p>1 &lt; 2 &amp; 3 = 3, AT&amp;T</p>")
+
+
+def test_an_entity_without_its_semicolon_shows_as_typed() -> None:
+    # python-markdown's raw HTML step once turned `&#60` into a `<`.
+    shape = check_html(markdown_to_html(escape_markdown("x &#60 y &lt z")))
+    assert shape.visible == "x &#60 y &lt z"
 
 
 # --- dates and times --------------------------------------------------------------------------

@@ -1,0 +1,249 @@
+"""What makes a big note quick to render changes nothing in it.
+
+The markdown is what the plain escaper writes, byte for byte; the HTML is
+python-markdown's, byte for byte, with or without the shortcut that turns inert
+text (escaped chat text, most of a note) into elements directly; a converter kept
+from one message to the next, or used from several threads, gives what a new one
+gives; and the sandbox's quick check lets a template reach the note's values and
+nothing else on them.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import markdown
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from jinja2.exceptions import SecurityError
+from markdown.util import Registry
+
+from chatbot import render
+from chatbot.model import Profile
+from chatbot.render import (
+    compile_template,
+    escape_markdown,
+    markdown_to_html,
+    new_converter,
+    note_context,
+    render_note,
+    sample_record,
+)
+from tests.unit.note_shape import Act, Item, Parts, record
+from tests.unit.test_properties import FRAGMENTS, NOTES, QUICK, hostile, meetings
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+LONDON = ZoneInfo("Europe/London")
+SHORTCUT, PLAIN = new_converter(), new_converter(shortcut=False)
+
+
+def html(text: str, *, shortcut: bool = True) -> str:
+    return (SHORTCUT if shortcut else PLAIN).reset().convert(text)
+
+
+def python_markdown(text: str) -> str:
+    return markdown.markdown(text, output_format="html")
+
+
+# --- the HTML: python-markdown's, shortcut or not --------------------------------------
+
+# What an operator's template may use, and what the shortcut must leave to python-markdown.
+TEMPLATE_MARKDOWN = [
+    "# Title\n\n## Section\n\n###### Small",
+    "Title\n=====\n\nSub\n---",
+    "- one\n- two\n    - nested **bold**\n    - nested\n\n1. first\n2. second",
+    "**bold** *italic* _italic_ __bold__ ***both*** **bold *and italic***",
+    "**a**b **a **b ** a** **a** **b** *a* **a**  \nb",
+    "[text](https://example.org) [rel](/relative) [title](https://example.org \"t\")",
+    "<https://example.org/?a=1&amp;b=2> <mailto:ada@example.org> <ada@example.org>",
+    "`code` ``co`de`` \\`not code\\` \\\\`code after a backslash`",
+    "> quoted **bold**\n> more\n\n---\n\n***\n\nafter",
+    "line one  \nline two\\\nline three",
+    "    indented code **not bold**\n\n```\nfenced\n```",
+    "&lt; &amp; &#61; &#x3D; AT&T &copy",
+    "![image](https://example.org/i.png) [ref][r] [r]\n\n[r]: https://example.org",
+    "- **Ada:** worked on <https://example.org/1> and \\*more\\* things\n"
+    "- **Grace** (5 min) about \\`code\\`  \n    second line\n"
+    "    - **Decision:** \\# not a heading",
+    "**<https://example.org>** and **a\\*\\*b** and **a**\\*",
+]
+
+
+@pytest.mark.parametrize("text", TEMPLATE_MARKDOWN)
+def test_template_markdown_is_python_markdowns(text: str) -> None:
+    assert html(text) == html(text, shortcut=False) == python_markdown(text)
+
+
+@pytest.mark.parametrize("path", sorted(GOLDEN.glob("*.md")), ids=lambda path: path.stem)
+def test_the_golden_notes_html_is_python_markdowns(path: Path) -> None:
+    note = path.read_text(encoding="utf-8")
+    assert html(note) == html(note, shortcut=False) == python_markdown(note)
+
+
+def test_raw_html_is_the_only_difference_from_python_markdown() -> None:
+    text = "<b>bold</b>\n\n<div>\nblock\n</div>"
+    assert html(text) == html(text, shortcut=False) == (
+        "<p>&lt;b&gt;bold&lt;/b&gt;</p>\n<p>&lt;div&gt;\nblock\n&lt;/div&gt;</p>")
+    assert python_markdown(text) == "<p><b>bold</b></p>\n<div>\nblock\n</div>"
+
+
+markdownish = st.lists(st.sampled_from([
+    *FRAGMENTS, "a", "b c", "  \n", "\n    ", "\\*", "\\`", "\\_", "\\\\", "\\#", "\\[",
+    "**a**", "**", "<https://example.org/x_y*z*>", "<https://a.example/?q=1&amp;r>", "&lt;",
+]), max_size=20).map("".join)
+
+
+@QUICK
+@given(text=markdownish)
+def test_any_markdown_gives_the_same_html_with_the_shortcut(text: str) -> None:
+    assert html(text) == html(text, shortcut=False)
+
+
+@QUICK
+@given(name=hostile, text=hostile)
+def test_escaped_chat_text_gives_the_same_html_with_the_shortcut(name: str, text: str) -> None:
+    lines = (f"# {escape_markdown(name)}\n\n- **{escape_markdown(name)}:** "
+             f"{escape_markdown(text)}\n    - **Decision:** "
+             f"{escape_markdown(text, continuation_indent=' ' * 8)}\n- {escape_markdown(text)}")
+    assert html(lines) == html(lines, shortcut=False)
+
+
+@NOTES
+@given(parts=meetings)
+def test_any_note_gives_the_same_html_with_the_shortcut(parts: Parts) -> None:
+    note = render_note(record(parts), LONDON, {"code_of_conduct": "https://example.org/c"})
+    assert html(note) == html(note, shortcut=False)
+
+
+def busy_meeting() -> Parts:
+    """A meeting like the benchmark's, with some of everything chat text brings."""
+    people = [f"Person {n}" for n in range(30)]
+    texts = [
+        "worked on https://example.org/{n}?a=1&b=2 and *more* things, number {n}",
+        "agenda item {n} about `code` and [brackets] and snake_case",
+        "# not a heading {n}\n- not a list\n1. not ordered\nthree lines",
+        "#{n} > quote + plus - minus | pipe === and a\\backslash!",
+    ]
+    said = [texts[n % len(texts)].format(n=n) for n in range(60)]
+    return Parts(
+        title="Big *meeting*",
+        attendees=tuple(Profile(name, f"Org {n}", f"@p{n}") for n, name in enumerate(people)),
+        updates=tuple((people[n % 30], text) for n, text in enumerate(said)),
+        celebrations=(("Ada", "v2 is out!"),),
+        items=tuple(Item(people[n], said[n], 5, notes=(said[n + 1],), decisions=(said[n + 2],))
+                    for n in range(10)),
+        notes=(said[3],), decisions=(said[4],),
+        actions=(Act("Ada", None, said[5]), Act("Grace", "@ada", said[6])),
+    )
+
+
+def test_the_shortcut_takes_all_the_text_of_a_busy_note() -> None:
+    # With none of python-markdown's inline patterns left, only the shortcut can give
+    # the same HTML: so no text of the note was left to the slow way.
+    note = render_note(record(busy_meeting()), LONDON, {"notes": "https://notes.example.org"})
+    bare = new_converter()
+    bare.treeprocessors["inline"].inlinePatterns = Registry()
+    assert bare.convert(note) == html(note, shortcut=False)
+    assert re.search(r"<li><strong>Person 3:</strong> #3 &gt; quote", html(note))
+
+
+# --- one converter, kept -------------------------------------------------------------------
+
+
+def test_a_converter_used_before_gives_what_a_new_one_gives() -> None:
+    second = "&lt; **a** [x](https://example.org) [r] <b>\n\n[r]: https://example.org"
+    markdown_to_html(render_note(record(busy_meeting()), LONDON, {}))
+    with ThreadPoolExecutor(1) as pool:  # a new thread makes a new converter
+        fresh = pool.submit(markdown_to_html, second).result()
+    assert markdown_to_html(second) == fresh
+
+
+def test_threads_each_get_their_own_converter() -> None:
+    notes = [render_note(record(busy_meeting()), LONDON, {}),
+             render_note(sample_record(), LONDON, {}), "**a** `b` <https://example.org>"]
+    expected = [markdown_to_html(note) for note in notes]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(markdown_to_html, notes * 20))
+    assert results == expected * 20
+
+
+def test_a_conversion_that_fails_leaves_the_next_one_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fail(text: str) -> str:
+        raise RecursionError("half-way")
+
+    monkeypatch.setattr(render._converter(), "convert", fail)
+    with pytest.raises(RecursionError):
+        markdown_to_html("**a**")
+    assert markdown_to_html("**a**") == "<p><strong>a</strong></p>"
+
+
+# --- the markdown ----------------------------------------------------------------------------
+
+_ENTITY = re.compile(r"&(?=#?\w+;)")
+_LINK = re.compile(r"https?://[^\s<>\"'`\\\[\]]+[^\s<>\"'`\\\[\].,;:!?)}]", re.IGNORECASE)
+
+
+def plain_escape_line(line: str) -> str:
+    """escape_line as it was written before its quick paths."""
+    def escape_inline(text: str) -> str:
+        text = text.translate(str.maketrans(
+            {"\\": "\\\\", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]"}))
+        return re.sub("<", "&lt;", _ENTITY.sub("&amp;", text))
+
+    text = re.sub("[\ud800-\udfff]", "\ufffd", line.replace("\r\n", "\n").replace("\r", "\n"))
+    line = re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", "", text).strip()
+    pieces, last = [], 0
+    for link in _LINK.finditer(line):
+        pieces += [escape_inline(line[last:link.start()]), f"<{link.group()}>"]
+        last = link.end()
+    line = "".join([*pieces, escape_inline(line[last:])])
+    if set(line) == {"="}:
+        return "&#61;" + line[1:]
+    if line.startswith("|"):
+        return "&#124;" + line[1:]
+    if ordered := re.match(r"(\d+)([.)])", line):
+        return f"{ordered[1]}\\{ordered[2]}{line[ordered.end():]}"
+    return re.sub(r"^([#>+\-])", r"\\\1", line)
+
+
+def plain_escape_markdown(text: str, continuation_indent: str) -> str:
+    """escape_markdown as it was written before its quick paths."""
+    text = re.sub("[\ud800-\udfff]", "\ufffd", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = re.sub("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", "", text)
+    lines = [plain_escape_line(line) for line in text.split("\n")]
+    return ("  \n" + continuation_indent).join(line for line in lines if line)
+
+
+@QUICK
+@given(text=hostile, indent=st.sampled_from(["    ", " " * 8]))
+def test_escape_markdown_writes_what_the_plain_escaper_writes(text: str, indent: str) -> None:
+    assert escape_markdown(text, continuation_indent=indent) == plain_escape_markdown(text, indent)
+    assert render.escape_line(text) == plain_escape_line(text)
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+
+
+def test_a_template_reads_the_values_of_the_note() -> None:
+    context = note_context(sample_record(), ZoneInfo("UTC"), {})
+    template = compile_template("{% for u in updates %}{{ u.name }}: {{ u.text }}{% endfor %} "
+                                "{{ agenda[0].owner }} {{ agenda[0].details | join(', ') }} "
+                                "{{ actions[0].person }} {{ actions[0].items[0] }}")
+    assert template.render(context) == (
+        "Ada: updateAda: pass Ada note, **Decision:** decision Ada action")
+
+
+@pytest.mark.parametrize("expression", [
+    "updates[0].__class__", "updates[0].__slots__", "agenda[0].__init__",
+    "actions[0].__reduce__", "updates[0].name.__class__", "updates.__class__",
+])
+def test_a_template_reaches_nothing_else(expression: str) -> None:
+    context = note_context(sample_record(), ZoneInfo("UTC"), {})
+    with pytest.raises(SecurityError):
+        compile_template(f"{{{{ {expression} }}}}").render(context)
