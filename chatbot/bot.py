@@ -46,7 +46,7 @@ from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
 from chatbot.recurrence import ReminderDecision
-from chatbot.render import escape_markdown, roll_call_profile
+from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.store import OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -431,12 +431,18 @@ class MeetingBot:
                     await self.store.enqueue(room_id, "react", {"event_id": event_id, "key": key},
                                              now)
                 case Reply(text):
-                    await self.store.enqueue(room_id, "reply", {
-                        "text": text, "in_reply_to": event_id, "thread_root": thread_root,
-                    }, now)
+                    for number, part in enumerate(message_parts(text)):
+                        await self.store.enqueue(room_id, "reply", {
+                            "text": part.text, "html": part.html, "thread_root": thread_root,
+                            "in_reply_to": event_id if number == 0 else None,
+                        }, now)
                 case Post(post_room, text, announces):
-                    await self.store.enqueue(post_room, "post",
-                                             {"text": text, "announces": announces}, now)
+                    # A big meeting's note is posted in parts; the first is the announcement.
+                    for number, part in enumerate(message_parts(text)):
+                        await self.store.enqueue(post_room, "post", {
+                            "text": part.text, "html": part.html,
+                            "announces": announces if number == 0 else None,
+                        }, now)
                 case SaveNote(relative_path, text):
                     self._write_note(relative_path.as_posix(), text)
 

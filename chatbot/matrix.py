@@ -173,14 +173,18 @@ def message_content(item: OutboxItem) -> tuple[str, dict[str, Any]]:
         "msgtype": "m.notice" if item.kind == "reply" else "m.text",
         "body": text,
         "format": "org.matrix.custom.html",
-        "formatted_body": markdown_to_html(text),
+        # Rendered when queued (to size the message); older rows have only the text.
+        "formatted_body": payload.get("html") or markdown_to_html(text),
     }
+    relation: dict[str, Any] = {}
     if item.kind == "reply" and payload.get("in_reply_to"):
-        relation: dict[str, Any] = {"m.in_reply_to": {"event_id": payload["in_reply_to"]}}
-        if payload.get("thread_root"):
-            # Answer inside the thread the command came from.
-            relation |= {"rel_type": "m.thread", "event_id": payload["thread_root"],
-                         "is_falling_back": False}
+        relation["m.in_reply_to"] = {"event_id": payload["in_reply_to"]}
+    if item.kind == "reply" and payload.get("thread_root"):
+        # Answer inside the thread the command came from, every part of a long answer.
+        relation |= {"rel_type": "m.thread", "event_id": payload["thread_root"],
+                     "is_falling_back": not payload.get("in_reply_to")}
+        relation.setdefault("m.in_reply_to", {"event_id": payload["thread_root"]})
+    if relation:
         content["m.relates_to"] = relation
     return "m.room.message", content
 

@@ -9,6 +9,7 @@ text can neither change the note's structure nor put HTML into a posted message.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 import threading
@@ -253,6 +254,80 @@ class _InlineProcessor(InlineProcessor):
         else:
             head = "".join(pieces) or None
         return head, nodes
+
+
+# Synapse refuses an event over 65,536 bytes of JSON, signatures included, and an
+# encrypted event carries its content base64-encoded, a third larger: a message's
+# body and HTML together stay under this many bytes, which leaves room for both.
+MAX_MESSAGE_BYTES = 40_000
+# A continuation line ("*(continued, part 2 of 3)*") is added after the split.
+_PART_LABEL_ROOM = 100
+# Where a message may be cut: before a line that starts a top-level block (a heading, a
+# list item, any unindented line after a blank one). Indented lines belong to the item
+# above, so an item and its sub-bullets always travel together.
+_BLOCK_STARTS = re.compile(r"^(?=#|[-*+] |\d+[.)] )|(?<=\n\n)(?=\S)", re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class MessagePart:
+    text: str
+    html: str
+
+
+def message_size(text: str, html: str) -> int:
+    """Bytes of a message's body and HTML as the homeserver counts them (UTF-8 JSON)."""
+    return len(json.dumps({"body": text, "formatted_body": html},
+                          ensure_ascii=False).encode("utf-8"))
+
+
+def message_parts(text: str, limit: int = MAX_MESSAGE_BYTES) -> list[MessagePart]:
+    """The markdown as messages small enough to post, with their HTML: usually one.
+
+    A longer text (the note of a big meeting) is cut between top-level blocks, never
+    inside one, and each part after the first says which part it is. A single block
+    larger than `limit` is sent whole; the homeserver may refuse it, which is logged.
+    """
+    if len(text) <= limit:  # else the body alone is too big: no need to try
+        html = markdown_to_html(text)
+        if message_size(text, html) <= limit:
+            return [MessagePart(text, html)]
+    cuts = [match.start() for match in _BLOCK_STARTS.finditer(text) if match.start() > 0]
+    blocks = [text[start:end] for start, end in zip([0, *cuts], [*cuts, len(text)],
+                                                     strict=True)]
+    packed = _pack(blocks, limit - _PART_LABEL_ROOM)
+    parts = packed[:1]
+    for number, part in enumerate(packed[1:], start=2):
+        label = f"*(continued, part {number} of {len(packed)})*"
+        # The label is a paragraph of its own, so its HTML simply goes first.
+        parts.append(MessagePart(f"{label}\n\n{part.text}",
+                                 f"{markdown_to_html(label)}\n{part.html}"))
+    return parts
+
+
+def _pack(blocks: list[str], limit: int) -> list[MessagePart]:
+    """Consecutive blocks joined into parts of at most `limit` bytes, few and full.
+
+    Each part is filled by characters at the bytes-per-character of the part before
+    (the HTML's share varies: links and bold cost more), then measured; one that is
+    over is tried again with the measured rate, so a part costs about one conversion.
+    """
+    parts: list[MessagePart] = []
+    rate = 3.0  # bytes of body and HTML per character of markdown, until measured
+    start = 0
+    while start < len(blocks):
+        end, characters = start + 1, len(blocks[start])
+        while end < len(blocks) and (characters + len(blocks[end])) * rate <= limit:
+            characters += len(blocks[end])
+            end += 1
+        joined = "".join(blocks[start:end]).strip("\n") + "\n"
+        html = markdown_to_html(joined)
+        size = message_size(joined, html)
+        if size > limit and end - start > 1:
+            rate = size / characters * 1.02  # a little under, so the retry fits
+            continue
+        parts.append(MessagePart(joined, html))
+        rate, start = size / characters, end
+    return parts
 
 
 def _absolute_links_only(tag: str, attribute: str, value: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from chatbot.person import body_of, is_reaction, is_reply
 
 from .conftest import World
@@ -52,3 +54,30 @@ async def test_a_whole_meeting(world: World) -> None:
     assert "<h2>Roll call</h2>" in html and "<h2>not" not in html
     saved = list((world.tmp / "data" / "notes" / "team").glob("*.md"))
     assert len(saved) == 1 and saved[0].read_text() == text
+
+
+async def test_a_note_too_big_for_one_event_is_posted_in_parts(world: World) -> None:
+    """Synapse refuses events over 64 KiB; a big meeting's note must still reach the room."""
+    await world.start_bot(world.config())
+    room, ada, grace, chair = world.room_id, world.ada, world.grace, world.chair
+    await command(chair, room, "!startmeeting")
+    said = []
+    for n in range(24):
+        person = ada if n % 2 else grace
+        text = f"update {n}: " + " ".join(f"word{n}x{k}" for k in range(160))
+        said.append(text)
+        await command(person, room, f"!update {text}")
+    mark = len(ada.events)
+    await command(chair, room, "!endmeeting")
+    last = await ada.wait_for(lambda e: re.match(r"\*\(continued, part (\d+) of \1\)\*",
+                                                 body_of(e)) is not None, after=mark, timeout=30)
+    count = int(re.match(r"\*\(continued, part (\d+)", body_of(last))[1])
+    parts = [e for e in ada.events[mark:] if e.get("sender") == world.bot_user.user_id
+             and (body_of(e).startswith("# Example Team Meeting")
+                  or body_of(e).startswith("*(continued, part"))]
+    assert len(parts) == count >= 2
+    assert body_of(parts[0]).startswith("# Example Team Meeting")
+    for number, part in enumerate(parts[1:], start=2):
+        assert body_of(part).startswith(f"*(continued, part {number} of {count})*")
+    posted = "".join(body_of(part) for part in parts)
+    assert all(posted.count(text) == 1 for text in said), "every update posted exactly once"
