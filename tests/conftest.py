@@ -103,25 +103,35 @@ class World:
         return bot
 
 
-async def make_person(hs: LocalHomeserver, name: str, display: str) -> Person:
+async def make_person(hs: LocalHomeserver, name: str, display: str,
+                      keys: Path | None = None) -> Person:
+    """A new user on a real client; with `keys` (a folder) the client encrypts."""
     user = await hs.register_user(unique(name), displayname=display)
-    person = Person(hs.nio_client(user), display)
-    return person
+    PASSWORDS[user.user_id] = user.password
+    return Person(hs.nio_client(user, store_path=keys / name if keys else None), display)
 
 
-@pytest.fixture
-async def world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
-    bot_user = await homeserver.register_user(unique("bot"), BOT_PASSWORD,
-                                              displayname="Meeting Bot")
-    chair = await make_person(homeserver, "chair", "Sam Chair")
-    ada = await make_person(homeserver, "ada", "Ada")
-    grace = await make_person(homeserver, "grace", "Grace")
-    room_id = await chair.create_room(invite=[bot_user.user_id, ada.user_id, grace.user_id])
+# Each person's password, for a test that logs in as them again (a second device).
+PASSWORDS: dict[str, str] = {}
+
+
+@contextlib.asynccontextmanager
+async def make_world(hs: LocalHomeserver, tmp_path: Path, *,
+                     encrypted: bool = False) -> AsyncIterator[World]:
+    """A chair's room with two members and the bot invited; people on encrypting clients
+    in an encrypted room when `encrypted`."""
+    bot_user = await hs.register_user(unique("bot"), BOT_PASSWORD, displayname="Meeting Bot")
+    keys = tmp_path / "people" if encrypted else None
+    chair = await make_person(hs, "chair", "Sam Chair", keys)
+    ada = await make_person(hs, "ada", "Ada", keys)
+    grace = await make_person(hs, "grace", "Grace", keys)
+    room_id = await chair.create_room(invite=[bot_user.user_id, ada.user_id, grace.user_id],
+                                      encrypted=encrypted)
     for person in (ada, grace):
         await person.join(room_id)
     for person in (chair, ada, grace):
         await person.start()
-    world = World(homeserver, tmp_path, bot_user, chair, ada, grace, room_id)
+    world = World(hs, tmp_path, bot_user, chair, ada, grace, room_id)
     try:
         yield world
     finally:
@@ -130,3 +140,9 @@ async def world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[Wo
                 await bot.stop()
         for person in (chair, ada, grace):
             await person.close()
+
+
+@pytest.fixture
+async def world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
+    async with make_world(homeserver, tmp_path) as made:
+        yield made

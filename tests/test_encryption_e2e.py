@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import shutil
@@ -18,41 +17,14 @@ from chatbot.config import Config, EncryptionConfig
 from chatbot.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.person import Event, Person, body_of, is_reaction, is_reply
 
-from .conftest import BOT_PASSWORD, World, minute_from_now, unique
-
-# Each person's password, to log in again as a second device.
-PASSWORDS: dict[str, str] = {}
-
-
-async def encrypting_person(hs: LocalHomeserver, tmp: Path, name: str, display: str) -> Person:
-    user = await hs.register_user(unique(name), displayname=display)
-    PASSWORDS[user.user_id] = user.password
-    return Person(hs.nio_client(user, store_path=tmp / "people" / name), display)
+from .conftest import PASSWORDS, World, make_world, minute_from_now
 
 
 @pytest.fixture
 async def crypto_world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
     """Like `world`, but the room is encrypted and every person's client encrypts."""
-    bot_user = await homeserver.register_user(unique("bot"), BOT_PASSWORD,
-                                              displayname="Meeting Bot")
-    chair = await encrypting_person(homeserver, tmp_path, "chair", "Sam Chair")
-    ada = await encrypting_person(homeserver, tmp_path, "ada", "Ada")
-    grace = await encrypting_person(homeserver, tmp_path, "grace", "Grace")
-    room_id = await chair.create_room(invite=[bot_user.user_id, ada.user_id, grace.user_id],
-                                      encrypted=True)
-    for person in (ada, grace):
-        await person.join(room_id)
-    for person in (chair, ada, grace):
-        await person.start()
-    world = World(homeserver, tmp_path, bot_user, chair, ada, grace, room_id)
-    try:
-        yield world
-    finally:
-        for bot in world.bots:
-            with contextlib.suppress(Exception):
-                await bot.stop()
-        for person in (chair, ada, grace):
-            await person.close()
+    async with make_world(homeserver, tmp_path, encrypted=True) as made:
+        yield made
 
 
 async def command(person: Person, room_id: str, text: str, timeout: float = 20) -> Event:
