@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import platform
 import sqlite3
@@ -650,6 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=int, help="sequential commands per bot")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    # The people's nio clients warn while encryption sessions are set up; not a result.
+    logging.getLogger("nio").setLevel(logging.ERROR)
     counts = QUICK if args.quick else Counts()
     overrides = {name: getattr(args, name) for name in ("commands", "rooms", "idle", "latency")
                  if getattr(args, name) is not None}
