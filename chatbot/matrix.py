@@ -270,6 +270,30 @@ def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[
     return []
 
 
+async def exchange_keys(
+    client: AsyncClient, on_device_keys: Callable[[KeysQueryResponse], None] | None = None,
+) -> KeysUploadError | None:
+    """What an encrypting client owes the homeserver after each sync (nio's own
+    sync_forever does the same): its one-time keys, the device lists of people it shares
+    encrypted rooms with, Olm sessions, and queued to-device messages (room keys, key
+    requests). `on_device_keys` sees each device-list answer; a refused upload is returned.
+    """
+    if client.olm is None:
+        return None
+    refused = None
+    if client.should_upload_keys:
+        uploaded = await client.keys_upload()
+        refused = uploaded if isinstance(uploaded, KeysUploadError) else None
+    if client.should_query_keys:
+        queried = await client.keys_query()
+        if on_device_keys is not None and isinstance(queried, KeysQueryResponse):
+            on_device_keys(queried)
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
+    await client.send_to_device_messages()
+    return refused
+
+
 class MatrixEdge:
     """One logged-in nio client serving the bot: sync in, outbox out."""
 
@@ -624,21 +648,13 @@ class MatrixEdge:
     # --- encryption ----------------------------------------------------------------------
 
     async def _crypto_upkeep(self) -> None:
-        """What an encrypting client owes the homeserver after a sync: its one-time keys,
-        the device lists of people it shares rooms with, Olm sessions, queued to-device
-        messages (room keys, key requests). Failures wait for the next sync."""
+        """Keys owed after a sync (`exchange_keys`); failures wait for the next sync."""
         try:
-            if self.client.should_upload_keys:
-                uploaded = await self.client.keys_upload()
-                if isinstance(uploaded, KeysUploadError):
-                    log.error("the homeserver refused this device's encryption keys (%s); "
-                              "delete %s and %s to start as a new device", uploaded.message,
-                              self.config.data_dir / SESSION_FILE, self.crypto_dir)
-            if self.client.should_query_keys:
-                await self._query_keys()
-            if self.client.should_claim_keys:
-                await self.client.keys_claim(self.client.get_users_for_key_claiming())
-            await self.client.send_to_device_messages()
+            refused = await exchange_keys(self.client, self._apply_trust)
+            if refused is not None:
+                log.error("the homeserver refused this device's encryption keys (%s); "
+                          "delete %s and %s to start as a new device", refused.message,
+                          self.config.data_dir / SESSION_FILE, self.crypto_dir)
         except _NETWORK_ERRORS as error:
             log.debug("encryption upkeep postponed: %s", error)
         except Exception:  # nio's crypto state is not worth the sync loop: retry next time

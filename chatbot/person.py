@@ -11,6 +11,8 @@ from typing import Any
 import aiohttp
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse, SyncResponse
 
+from chatbot.matrix import exchange_keys
+
 Event = dict[str, Any]
 # A homeserver returns only the last few events of a busy room per sync unless asked
 # for more; a person who must see every ✅ of a burst asks for plenty.
@@ -38,21 +40,8 @@ class Person:
         first = await self.client.sync(timeout=0, sync_filter=SEE_EVERYTHING)
         if not isinstance(first, SyncResponse):
             raise RuntimeError(f"{self.name} cannot sync: {first}")
-        await self._crypto_upkeep()
+        await exchange_keys(self.client)
         self._task = asyncio.create_task(self._follow(), name=f"sync {self.name}")
-
-    async def _crypto_upkeep(self) -> None:
-        """What an encrypting client does after each sync (nio's sync_forever does it too)."""
-        client = self.client
-        if client.olm is None:
-            return
-        if client.should_upload_keys:
-            await client.keys_upload()
-        if client.should_query_keys:
-            await client.keys_query()
-        if client.should_claim_keys:
-            await client.keys_claim(client.get_users_for_key_claiming())
-        await client.send_to_device_messages()
 
     async def _follow(self) -> None:
         while True:
@@ -64,7 +53,7 @@ class Person:
                 await asyncio.sleep(0.5)  # do not hammer a server that is failing
                 continue
             with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                await self._crypto_upkeep()
+                await exchange_keys(self.client)
             async with self._changed:
                 self._changed.notify_all()  # for `wait_until`: state other than events
             fresh = []
