@@ -33,9 +33,9 @@ from typing import Any, TypeVar
 import aiohttp
 import yaml
 
-from chatbot.homeserver import LocalHomeserver, RegisteredUser
+from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.matrix import first_sync_filter, sync_filter
-from chatbot.person import Person
+from chatbot.demo.person import Person
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     redaction = configure_logging(verbose=args.verbose, log_format=args.log_format)
     if args.command == "demo":
-        from chatbot.demo import run_demo
+        from chatbot.demo.script import run_demo
 
         return run_demo(keep=args.keep)
     try:

@@ -15,8 +15,8 @@ import pytest
 
 from chatbot.app import BotApp
 from chatbot.config import Config, parse_config
-from chatbot.homeserver import LocalHomeserver, RegisteredUser
-from chatbot.person import Person
+from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
+from chatbot.demo.person import Person
 
 BOT_PASSWORD = "bot-password"
 

@@ -4,7 +4,7 @@ are declined unless the inviter is allowed."""
 from __future__ import annotations
 
 from chatbot.config import Config
-from chatbot.person import body_of, is_reply
+from chatbot.demo.person import body_of, is_reply
 
 from .conftest import World
 

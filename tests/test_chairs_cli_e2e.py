@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from chatbot.person import body_of, is_reaction, is_reply
+from chatbot.demo.person import body_of, is_reaction, is_reply
 
 from .conftest import BOT_PASSWORD, World
 

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from chatbot.config import Config, EncryptionConfig
-from chatbot.homeserver import LocalHomeserver, RegisteredUser
-from chatbot.person import Event, Person, body_of, is_reaction, is_reply
+from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
+from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 
 from .conftest import PASSWORDS, World, make_world, minute_from_now
 

@@ -22,8 +22,8 @@ import aiohttp
 import pytest
 import yaml
 
-from chatbot.homeserver import LocalHomeserver, RegisteredUser
-from chatbot.person import Person, body_of, is_reaction
+from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
+from chatbot.demo.person import Person, body_of, is_reaction
 
 from .conftest import minute_from_now, unique
 

@@ -1,4 +1,4 @@
-"""Real checks of chatbot.homeserver against a live Synapse on 127.0.0.1.
+"""Real checks of chatbot.demo.homeserver against a live Synapse on 127.0.0.1.
 
 Every wait is bounded (asyncio.wait_for, nio's test client config), so a broken
 server makes these tests fail, not hang.
@@ -16,7 +16,7 @@ import nio
 import pytest
 import yaml
 
-from chatbot.homeserver import INSTALL_HINT, LocalHomeserver, RegisteredUser
+from chatbot.demo.homeserver import INSTALL_HINT, LocalHomeserver, RegisteredUser
 
 EVENT_TIMEOUT_S = 20.0
 

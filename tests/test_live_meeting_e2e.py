@@ -11,7 +11,7 @@ import aiohttp
 import icalendar
 
 from chatbot.config import HttpConfig
-from chatbot.person import Person, body_of, is_reaction, is_reply
+from chatbot.demo.person import Person, body_of, is_reaction, is_reply
 from chatbot.render import format_date, format_time
 
 from .conftest import World, minute_from_now

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from chatbot.person import body_of, is_reaction, is_reply
+from chatbot.demo.person import body_of, is_reaction, is_reply
 
 from .conftest import World
 

@@ -7,7 +7,7 @@ import stat
 
 import aiosqlite
 
-from chatbot.person import body_of, is_reaction
+from chatbot.demo.person import body_of, is_reaction
 
 from .conftest import World
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from chatbot.person import body_of, is_reaction
+from chatbot.demo.person import body_of, is_reaction
 
 from .conftest import World, minute_from_now
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import yaml
 
-from chatbot.person import is_reaction
+from chatbot.demo.person import is_reaction
 
 from .conftest import BOT_PASSWORD, World
 

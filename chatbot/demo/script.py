@@ -27,8 +27,8 @@ from zoneinfo import ZoneInfo
 
 from chatbot.app import BotApp, notes_dir
 from chatbot.config import Config, parse_config
-from chatbot.homeserver import LocalHomeserver
-from chatbot.person import Event, Person, body_of, is_reaction, is_reply
+from chatbot.demo.homeserver import LocalHomeserver
+from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 
 log = logging.getLogger(__name__)
 
