@@ -214,6 +214,19 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHERE answered_at IS NULL
         """,
     ),
+    (  # 3: the outbox becomes durable jobs with backoff; what upkeep prunes by
+        "ALTER TABLE outbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        # When the next attempt may run; NULL: at once.
+        "ALTER TABLE outbox ADD COLUMN next_attempt_at TEXT",
+        # Set when retrying stopped (the job is parked, not done); sent_at stays NULL.
+        "ALTER TABLE outbox ADD COLUMN parked_at TEXT",
+        "ALTER TABLE outbox ADD COLUMN last_error TEXT",
+        "DROP INDEX outbox_pending",
+        "CREATE INDEX outbox_pending ON outbox (id) WHERE sent_at IS NULL AND parked_at IS NULL",
+        "CREATE INDEX outbox_done ON outbox (sent_at) WHERE sent_at IS NOT NULL",
+        "CREATE INDEX processed_events_by_age ON processed_events (processed_at)",
+        "ALTER TABLE direct_rooms ADD COLUMN last_used_at TEXT",
+    ),
 )
 
 
@@ -820,7 +833,7 @@ class Store:
     async def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
         rows = await self._rows(
             "SELECT id, room_id, kind, payload, created_at FROM outbox "
-            "WHERE sent_at IS NULL ORDER BY id LIMIT ?",
+            "WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?",
             limit,
         )
         return [
