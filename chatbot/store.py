@@ -2,8 +2,13 @@
 
 Every write that follows from a Matrix event happens inside one `transaction()`
 together with the claim of that event's id, so a replayed event can never be
-recorded twice, and the messages the bot owes in answer sit in the same
-transaction (the outbox), so none is lost to a crash either.
+recorded twice, and whatever the bot owes in answer (messages, the note file) sits
+in the same transaction as a job in the outbox, so none is lost to a crash either.
+
+Writers share one connection and one unit of work at a time. Whatever only reads
+(the job runner, the planner, the chair check, the web server) reads through
+`Store.read`, a second, query-only connection: with WAL it sees committed rows
+only, never another task's transaction that may yet roll back.
 """
 
 from __future__ import annotations
@@ -249,17 +254,26 @@ def _instant(text: str | None) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class OutboxItem:
-    """A message or reaction the bot owes a room; `txn_id` makes re-sending it harmless."""
+    """A job the bot owes: a message or reaction for a room, the note file, a leave.
+
+    `txn_id` makes re-sending a message harmless; `attempts` counts failed tries so
+    far and `next_attempt_at` is when the next may run (None: at once).
+    """
 
     id: int
     room_id: RoomId
     kind: str
     payload: dict[str, Any]
     created_at: datetime
+    attempts: int = 0
+    next_attempt_at: datetime | None = None
 
     @property
     def txn_id(self) -> str:
         return f"chatbot.{int(self.created_at.timestamp() * 1000)}.{self.id}"
+
+    def is_due(self, now: datetime) -> bool:
+        return self.next_attempt_at is None or self.next_attempt_at <= now
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,14 +334,22 @@ def _entry_from_row(row: aiosqlite.Row) -> Entry:
     )
 
 
-class Store:
-    """Async access to the bot's SQLite database."""
+def is_storage_full(error: BaseException) -> bool:
+    """Whether SQLite refused a write for want of space (a full disk, or a size cap)."""
+    return (isinstance(error, sqlite3.OperationalError)
+            and getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL)
 
-    def __init__(self, connection: aiosqlite.Connection) -> None:
+
+class Store:
+    """Async access to the bot's SQLite database; `read` is its query-only twin."""
+
+    def __init__(self, connection: aiosqlite.Connection,
+                 reader: aiosqlite.Connection | None = None) -> None:
         self._db = connection
-        # One connection serves every task; the lock keeps one task's transaction
+        # One connection serves every writer; the lock keeps one task's transaction
         # from swallowing another task's statements.
         self._lock = asyncio.Lock()
+        self.read: Store = Store(reader) if reader is not None else self
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -335,19 +357,27 @@ class Store:
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = await aiosqlite.connect(path, isolation_level=None)
         connection.row_factory = aiosqlite.Row
-        store = cls(connection)
+        reader: aiosqlite.Connection | None = None
         try:
             await connection.execute("PRAGMA journal_mode = WAL")
             await connection.execute("PRAGMA foreign_keys = ON")
             await connection.execute("PRAGMA busy_timeout = 5000")
             await connection.execute("PRAGMA synchronous = NORMAL")
-            await store._migrate()
+            await cls(connection)._migrate()
+            reader = await aiosqlite.connect(path, isolation_level=None)
+            reader.row_factory = aiosqlite.Row
+            await reader.execute("PRAGMA query_only = ON")
+            await reader.execute("PRAGMA busy_timeout = 5000")
         except BaseException:
             await connection.close()
+            if reader is not None:
+                await reader.close()
             raise
-        return store
+        return cls(connection, reader)
 
     async def close(self) -> None:
+        if self.read is not self:
+            await self.read.close()
         await self._db.close()
 
     async def _migrate(self) -> None:
@@ -378,10 +408,13 @@ class Store:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self
+                # Inside the try: a COMMIT that fails (a full disk) must roll back too,
+                # or the open transaction would make every later BEGIN fail.
+                await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    await self._db.execute("ROLLBACK")
                 raise
-            await self._db.execute("COMMIT")
 
     async def _scalar(self, sql: str, *args: Any) -> Any:
         async with self._db.execute(sql, args) as cursor:
@@ -830,11 +863,16 @@ class Store:
             (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now)),
         )
 
-    async def pending_outbox(self, limit: int = 50) -> list[OutboxItem]:
+    async def pending_outbox(self, limit: int = 50, per_room: int = 10) -> list[OutboxItem]:
+        """Jobs not done and not parked, due or not, taken round-robin between rooms:
+        each room's oldest first, at most `per_room` of one room before any other's, so
+        one flooded room cannot hold back the rest."""
         rows = await self._rows(
-            "SELECT id, room_id, kind, payload, created_at FROM outbox "
-            "WHERE sent_at IS NULL AND parked_at IS NULL ORDER BY id LIMIT ?",
-            limit,
+            "SELECT id, room_id, kind, payload, created_at, attempts, next_attempt_at FROM ("
+            "  SELECT *, row_number() OVER (PARTITION BY room_id ORDER BY id) AS place"
+            "  FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL"
+            ") WHERE place <= ? ORDER BY place, id LIMIT ?",
+            per_room, limit,
         )
         return [
             OutboxItem(
@@ -843,9 +881,15 @@ class Store:
                 kind=r["kind"],
                 payload=json.loads(r["payload"]),
                 created_at=datetime.fromisoformat(r["created_at"]),
+                attempts=r["attempts"],
+                next_attempt_at=_instant(r["next_attempt_at"]),
             )
             for r in rows
         ]
+
+    async def has_pending_outbox(self) -> bool:
+        return await self._scalar(
+            "SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL LIMIT 1") == 1
 
     async def mark_sent(self, item: OutboxItem, event_id: str, now: datetime) -> None:
         """Record delivery; a start announcement is remembered for ✋ reactions to it."""
@@ -864,6 +908,18 @@ class Store:
             "UPDATE outbox SET sent_at = ?, failure = ? WHERE id = ?",
             (_stamp(now), failure, item_id),
         )
+
+    async def mark_retry(self, item_id: int, error: str, next_attempt_at: datetime) -> None:
+        """One more failed attempt; the job waits until `next_attempt_at`."""
+        await self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? "
+            "WHERE id = ?", (error, _stamp(next_attempt_at), item_id))
+
+    async def mark_parked(self, item_id: int, error: str, now: datetime) -> None:
+        """Stop retrying a job that kept failing; it stays, undone, for a person to see."""
+        await self._db.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, parked_at = ? "
+            "WHERE id = ?", (error, _stamp(now), item_id))
 
 
 def backup_database(source: Path, target: Path) -> int:

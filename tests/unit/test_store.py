@@ -263,25 +263,88 @@ async def test_the_outbox_hands_out_unsent_items_in_order(store: Store) -> None:
         await store.enqueue(ROOM, "react", {"event_id": "$e", "key": "✅"}, T0)
         await store.enqueue(RoomId("!other:example.org"), "text", {"body": "third"}, at(1))
     pending = await store.pending_outbox()
+    # Rooms take turns: each room's first item, then each room's second, and so on.
     assert [(item.room_id, item.kind, item.payload) for item in pending] == [
         (ROOM, "text", {"body": "first ✅"}),
-        (ROOM, "react", {"event_id": "$e", "key": "✅"}),
         ("!other:example.org", "text", {"body": "third"}),
+        (ROOM, "react", {"event_id": "$e", "key": "✅"}),
     ]
     assert pending[0].created_at == T0
     assert len({item.txn_id for item in pending}) == 3  # each send has its own transaction id
     assert await store.pending_outbox(limit=1) == pending[:1]
 
-    first, second, third = pending
+    first, third, second = pending
     async with store.transaction():
         await store.mark_sent(first, "$sent", at(2))
-    assert await store.pending_outbox() == [second, third]
+    assert await store.pending_outbox() == [second, third]  # both rooms are at their first again
     async with store.transaction():
         await store.mark_failed(second.id, "M_FORBIDDEN", at(3))
     assert await store.pending_outbox() == [third]
     async with store.transaction():
         await store.mark_sent(third, "$sent3", at(4))
     assert await store.pending_outbox() == []
+
+
+async def test_a_busy_room_does_not_starve_another(store: Store) -> None:
+    busy, quiet = ROOM, RoomId("!quiet:example.org")
+    async with store.transaction():
+        for n in range(30):
+            await store.enqueue(busy, "text", {"body": f"flood {n}"}, T0)
+        await store.enqueue(quiet, "text", {"body": "hello"}, at(1))
+    pending = await store.pending_outbox(limit=5)
+    assert [item.room_id for item in pending][:2] == [busy, quiet]
+    # Within a room the order stays the order of enqueueing.
+    bodies = [item.payload["body"] for item in pending if item.room_id == busy]
+    assert bodies == sorted(bodies, key=lambda body: int(body.split()[1]))
+
+
+async def test_retried_and_parked_items_wait_or_leave_the_queue(store: Store) -> None:
+    async with store.transaction():
+        await store.enqueue(ROOM, "text", {"body": "one"}, T0)
+        await store.enqueue(ROOM, "text", {"body": "two"}, T0)
+    one, two = await store.pending_outbox()
+    async with store.transaction():
+        await store.mark_retry(one.id, "disk full", at(60))
+        await store.mark_parked(two.id, "gave up", at(1))
+    [retried] = await store.pending_outbox()
+    assert retried.attempts == 1 and retried.next_attempt_at == at(60)
+    assert not retried.is_due(at(59)) and retried.is_due(at(60))
+    assert await store.has_pending_outbox()
+    async with store.transaction():
+        await store.mark_sent(retried, "$ok", at(61))
+    assert not await store.has_pending_outbox()
+
+
+async def test_a_failed_commit_rolls_back_and_leaves_the_store_usable(store: Store) -> None:
+    # A deferred foreign key fails only at COMMIT; the unit of work must roll back, not wedge.
+    await store._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    await store._db.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    await store._db.execute("PRAGMA foreign_keys = ON")
+    with pytest.raises(sqlite3.IntegrityError):
+        async with store.transaction():
+            await store.set_meta("lost", "yes")
+            await store._db.execute("INSERT INTO child VALUES (42)")
+    assert await store.get_meta("lost") is None
+    async with store.transaction():
+        await store.set_meta("kept", "yes")
+    assert await store.get_meta("kept") == "yes"
+
+
+async def test_the_reader_never_sees_uncommitted_rows(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "bot.db")
+    try:
+        async with store.transaction():
+            await store.enqueue(ROOM, "text", {"body": "not yet"}, T0)
+            assert await store.read.pending_outbox() == []
+            assert len(await store.pending_outbox()) == 1  # the writer sees its own work
+        assert len(await store.read.pending_outbox()) == 1
+        with pytest.raises(sqlite3.OperationalError):
+            async with store.read.transaction():
+                await store.read.set_meta("x", "y")  # the reader is read-only
+    finally:
+        await store.close()
 
 
 async def test_meta_values_are_upserted(store: Store) -> None:
