@@ -7,11 +7,13 @@ sends what it queues through a `Transport`; the scheduler edge runs its `Job`s.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -47,7 +49,8 @@ from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
 from chatbot.recurrence import ReminderDecision
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
-from chatbot.store import OutboxItem, Store
+from chatbot.retry import backoff_delay
+from chatbot.store import OutboxItem, Store, is_storage_full
 
 log = logging.getLogger(__name__)
 
@@ -138,19 +141,28 @@ class Backoff:
 # Enough concurrent sends to hide one request's round trip behind others, few enough
 # that a burst does not trip the homeserver's rate limits all at once.
 MAX_SENDS_IN_FLIGHT = 4
+# Outbox job kinds that are not a place in a room's timeline: each runs on its own.
+NOTE_FILE = "note_file"
+INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE})
+# How many commands answered "storage is full" are remembered, so that a sync batch
+# handled again after a failed save does not answer them twice.
+STORAGE_FULL_MEMORY = 1000
+
+Carrier = Callable[[OutboxItem], Awaitable[str]]
 
 
 def delivery_lanes(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
-    """Split queued items into lanes that may be sent side by side.
+    """Split queued jobs into lanes that may run side by side.
 
     Each room's messages form one lane, kept in queue order (a note posted in parts,
     a reminder then the start). Each reaction is a lane of its own: a ✅ belongs to
-    its command's event, not to a place in the room's timeline.
+    its command's event, not to a place in the room's timeline; so is each note file.
+    Lanes come in the order of `items`, which the store interleaves between rooms.
     """
     lanes: list[list[OutboxItem]] = []
     messages_of: dict[RoomId, list[OutboxItem]] = {}
     for item in items:
-        if item.kind == "react":
+        if item.kind in INDEPENDENT_KINDS:
             lanes.append([item])
         elif item.room_id in messages_of:
             messages_of[item.room_id].append(item)
@@ -184,7 +196,13 @@ class MeetingBot:
         self.clock = clock
         self.on_schedule_change = on_schedule_change
         self.metrics = metrics or Metrics(clock)
+        self.jobs = rooms.config.jobs
         self._outbox_ready = asyncio.Event()
+        # One interface for every kind of job: Matrix events go through the transport.
+        self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file}
+        # Scheduled jobs that failed: how often in a row, and when to try again.
+        self._job_failures: dict[str, tuple[int, datetime]] = {}
+        self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
 
     # --- what happens in the room --------------------------------------------------
 
@@ -202,8 +220,15 @@ class MeetingBot:
                     await self._handle_redaction(event)
                 case IncomingReaction():
                     await self._handle_reaction(event)
-        except Exception:
+        except Exception as error:
             self.metrics.error("message")
+            if is_storage_full(error):
+                log.error("cannot record %s in %s: the database is full",
+                          event.event_id, event.room_id,
+                          extra={"room_id": event.room_id, "event_id": event.event_id})
+                if isinstance(event, IncomingMessage):
+                    await self._say_storage_full(event)
+                return
             log.exception("failed to handle %s in %s", event.event_id, event.room_id,
                           extra={"room_id": event.room_id, "event_id": event.event_id})
             if isinstance(event, IncomingMessage):
@@ -402,12 +427,33 @@ class MeetingBot:
             return True
         return await self.transport.power_level(room_id, user_id) >= CHAIR_LEVEL
 
+    async def _say_storage_full(self, message: IncomingMessage) -> None:
+        """Tell the sender their command was not kept. Sent directly, not queued: the
+        outbox lives in the database that is full. Nothing is claimed, so nothing of
+        the command is half-recorded; each command is answered once per run."""
+        if message.event_id in self._told_storage_full:
+            return
+        self._told_storage_full[message.event_id] = None
+        while len(self._told_storage_full) > STORAGE_FULL_MEMORY:
+            self._told_storage_full.popitem(last=False)
+        text = ("Sorry, I could not record that: my storage is full, so nothing of it was "
+                "kept. Please send it again later, and tell whoever runs this bot.")
+        parts = message_parts(text)
+        item = OutboxItem(0, message.room_id, "reply", {
+            "text": parts[0].text, "html": parts[0].html, "thread_root": message.thread_root,
+            "in_reply_to": message.event_id}, self.clock())
+        try:
+            await self.transport.deliver(item)
+        except Exception as error:  # best effort: the log already says what happened
+            log.warning("could not tell %s that storage is full: %s", message.sender, error)
+
     async def _apologise(self, message: IncomingMessage) -> None:
         try:
             async with self.store.transaction():
                 now = self.clock()
-                await self.store.claim_event(message.event_id, message.room_id, now,
-                                             message.sender)
+                if not await self.store.claim_event(message.event_id, message.room_id, now,
+                                                    message.sender):
+                    return  # handled before (a replay): it was answered then
                 await self._record(
                     [Reply("Sorry, something went wrong with that command. It is logged; "
                            "please tell whoever runs this bot.")],
@@ -444,7 +490,19 @@ class MeetingBot:
                             "announces": announces if number == 0 else None,
                         }, now)
                 case SaveNote(relative_path, text):
-                    self._write_note(relative_path.as_posix(), text)
+                    # A job like any message: written after the close commits, retried
+                    # if the disk refuses, never holding the close itself back.
+                    await self.store.enqueue(room_id, NOTE_FILE, {
+                        "path": relative_path.as_posix(), "text": text}, now)
+
+    async def _save_note_file(self, item: OutboxItem) -> str:
+        relative_path = item.payload["path"]
+        try:
+            await asyncio.to_thread(self._write_note, relative_path, item.payload["text"])
+        except OSError as error:
+            raise DeliveryError(f"cannot write notes/{relative_path} "
+                                f"({error.strerror or error})", permanent=False) from error
+        return relative_path
 
     def _write_note(self, relative_path: str, text: str) -> None:
         # The path is built from the configured meeting id and a date, never from
@@ -462,7 +520,7 @@ class MeetingBot:
 
     async def owed_since(self) -> datetime:
         """When the bot first ran: reminders due before then were never owed."""
-        stored = await self.store.get_meta(OWED_SINCE_KEY)
+        stored = await self.store.read.get_meta(OWED_SINCE_KEY)
         if stored is not None:
             return datetime.fromisoformat(stored)
         now = self.clock()
@@ -471,12 +529,19 @@ class MeetingBot:
         return now
 
     async def plan(self) -> list[Job]:
-        """The jobs the schedule needs now; also refreshes the open-meetings gauge."""
-        self.metrics.set_meetings_open(len(await self.store.open_meetings()))
-        return await plan_jobs(self.store, self.rooms, self.clock(), await self.owed_since())
+        """The jobs the schedule needs now; also refreshes the open-meetings gauge.
+
+        A job that failed waits out its backoff (`retry_at`) instead of running again
+        at once: its time is past, and the scheduler runs a past job immediately.
+        """
+        reader = self.store.read
+        self.metrics.set_meetings_open(len(await reader.open_meetings()))
+        jobs = await plan_jobs(reader, self.rooms, self.clock(), await self.owed_since())
+        return [replace(job, retry_at=self._job_failures[job.id][1])
+                if job.id in self._job_failures else job for job in jobs]
 
     async def run_job(self, job: Job) -> None:
-        """Carry out a due job. Never raises: a failure is logged and the next plan retries."""
+        """Carry out a due job. Never raises: a failure is logged and retried with backoff."""
         try:
             now = self.clock()
             async with self.store.transaction():
@@ -498,65 +563,126 @@ class MeetingBot:
                 room_id = self.rooms.room_of_series.get(job.series_id)
                 if room_id is not None:
                     await self._record(effects, room_id, None, now)
+            self._job_failures.pop(job.id, None)
             self._outbox_ready.set()
-        except Exception:
+        except Exception as error:
             self.metrics.error("job")
-            log.exception("scheduled job %s failed", job.id)
+            failures = self._job_failures.get(job.id, (0, now))[0] + 1
+            delay = backoff_delay(failures, cap=self.jobs.retry_cap.total_seconds())
+            self._job_failures[job.id] = (failures, now + timedelta(seconds=delay))
+            if failures == 1:
+                log.exception("scheduled job %s failed; retrying with backoff up to %s",
+                              job.id, self.jobs.retry_cap)
+            else:
+                log.warning("scheduled job %s failed again (%s attempts): %s", job.id,
+                            failures, error)
         finally:
             self.on_schedule_change()
 
-    # --- the outbox ----------------------------------------------------------------------
+    # --- the outbox: every job, carried out after the commit that queued it --------------------
 
     async def deliver_forever(self) -> None:
-        """Send queued items, waiting out outages with a capped backoff.
+        """Run queued jobs as they become due, until cancelled.
 
-        Messages to a room go one at a time, in order; reactions are independent of
-        each other and of messages, so they go alongside, a few at once. A burst of
-        commands is then acknowledged as fast as the homeserver takes reactions.
+        Messages to a room go one at a time, in order; reactions and note files are
+        independent, so they go alongside, a few at once. A job that fails waits out
+        its own backoff (kept in the database, so a restart keeps it too), and holds
+        back only the messages queued after it in the same room. When nothing is due,
+        this waits for a new job or the next retry: it never spins.
         """
-        backoff = Backoff()
         in_flight = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         while True:
-            items = await self.store.pending_outbox()
-            if not items:
-                self._outbox_ready.clear()
-                # Re-check after clearing, or an item queued in between would wait.
-                if await self.store.pending_outbox(limit=1):
-                    continue
-                await self._outbox_ready.wait()
-                continue
+            self._outbox_ready.clear()
+            items = await self.store.read.pending_outbox()
             outcomes = await asyncio.gather(*(
-                self._deliver_in_order(lane, in_flight) for lane in delivery_lanes(items)))
-            failures = [error for error in outcomes if error is not None]
-            if failures:
-                delay = backoff.next_delay()
-                if backoff.failures == 1:
-                    log.warning("sending to %s failed (%s); retrying with backoff up to %ss",
-                                failures[0][0], failures[0][1], backoff.cap)
-                await asyncio.sleep(delay)
-            elif backoff.failures:
-                log.warning("sending works again after %s failed attempts", backoff.failures)
-                backoff.reset()
+                self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
+            if any(progressed for progressed, _ in outcomes):
+                continue
+            waits = [due for _, due in outcomes if due is not None]
+            timeout = (max(0.0, (min(waits) - self.clock()).total_seconds())
+                       if waits else None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._outbox_ready.wait(), timeout)
 
-    async def _deliver_in_order(
+    async def _run_lane(
         self, lane: Sequence[OutboxItem], in_flight: asyncio.Semaphore,
-    ) -> tuple[RoomId, DeliveryError] | None:
-        """Send a lane's items one after another; stop at the first that may succeed later."""
+    ) -> tuple[bool, datetime | None]:
+        """Run a lane's due jobs in order; stop at one that failed or is not due yet.
+
+        Returns whether any job was tried, and when the lane's next job falls due.
+        """
+        progressed = False
         for item in lane:
+            if not item.is_due(self.clock()):
+                return progressed, item.next_attempt_at
+            progressed = True
+            carrier = self._carriers.get(item.kind, self.transport.deliver)
             try:
                 async with in_flight:
-                    event_id = await self.transport.deliver(item)
+                    result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:
-                    return item.room_id, error
+                    await self._retry_later(item, str(error))
+                    return progressed, None
                 self.metrics.error("delivery")
                 log.error("giving up on outbox item %s for %s: %s", item.id, item.room_id, error)
                 async with self.store.transaction():
                     await self.store.mark_failed(item.id, str(error), self.clock())
                 continue
+            except Exception as error:  # a bug in a carrier: retried like any failure
+                log.exception("outbox item %s (%s) failed", item.id, item.kind)
+                await self._retry_later(item, f"{type(error).__name__}: {error}")
+                return progressed, None
             async with self.store.transaction():
-                await self.store.mark_sent(item, event_id, self.clock())
-        return None
+                await self.store.mark_sent(item, result, self.clock())
+            if item.attempts:
+                log.warning("outbox item %s (%s) done after %s failed attempts", item.id,
+                            item.kind, item.attempts)
+        return progressed, None
+
+    async def _retry_later(self, item: OutboxItem, error: str) -> None:
+        """Back off before the job's next attempt, or park it once it has failed too long.
+
+        The first failure and the parking are logged; a note that cannot be saved is
+        also told to the room, where the chairs are waiting for it.
+        """
+        now = self.clock()
+        self.metrics.job_failed(item.kind)
+        async with self.store.transaction():
+            if now - item.created_at >= self.jobs.park_after:
+                await self.store.mark_parked(item.id, error, now)
+                self.metrics.job_parked(item.kind)
+                log.error("outbox item %s (%s) for %s parked after %s attempts over %s: %s",
+                          item.id, item.kind, item.room_id, item.attempts + 1,
+                          self.jobs.park_after, error)
+                if item.kind == NOTE_FILE:
+                    await self._tell_note_failed(item, error, now, parked=True)
+                return
+            delay = backoff_delay(item.attempts + 1, cap=self.jobs.retry_cap.total_seconds())
+            await self.store.mark_retry(item.id, error, now + timedelta(seconds=delay))
+            if item.attempts == 0:
+                self.metrics.error("delivery")
+                log.warning("outbox item %s (%s) for %s failed (%s); retrying with backoff "
+                            "up to %s", item.id, item.kind, item.room_id, error,
+                            self.jobs.retry_cap)
+                if item.kind == NOTE_FILE:
+                    await self._tell_note_failed(item, error, now, parked=False)
+        self._outbox_ready.set()  # the chairs' message, if any
+
+    async def _tell_note_failed(self, item: OutboxItem, error: str, now: datetime, *,
+                                parked: bool) -> None:
+        # The path is built from the configured meeting id and a date, the error by
+        # the operating system; escaped all the same.
+        path, reason = escape_markdown(f"notes/{item.payload['path']}"), escape_markdown(error)
+        if parked:
+            text = (f"**Chairs:** I gave up saving the meeting note to {path} ({reason}). "
+                    "It was posted here; whoever runs this bot can print it again with "
+                    "`chatbot notes`.")
+        else:
+            text = (f"**Chairs:** I could not save the meeting note to {path} ({reason}). "
+                    "Whoever runs this bot: check that its notes folder is writable (a file "
+                    "in the way, a read-only volume or a full disk). I will keep trying.")
+        await self._record([Post(item.room_id, text)], item.room_id, None, now)
 
     async def outbox_empty(self) -> bool:
-        return not await self.store.pending_outbox(limit=1)
+        return not await self.store.read.has_pending_outbox()

@@ -238,6 +238,22 @@ class EncryptionConfig(_Frozen):
     key_wait: PositiveDuration = timedelta(minutes=2)
 
 
+class JobsConfig(_Frozen):
+    """How the bot retries what it owes (messages, the note file, scheduled work)."""
+
+    # The longest wait between two attempts of a failing job; waits grow from 1 s.
+    retry_cap: PositiveDuration = timedelta(seconds=15)
+    # A job still failing this long after it was queued is parked: logged, counted
+    # in /metrics and, for the note, told to the room; no longer retried.
+    park_after: PositiveDuration = timedelta(hours=24)
+
+    @model_validator(mode="after")
+    def _cap_below_parking(self) -> JobsConfig:
+        if self.retry_cap > self.park_after:
+            raise ValueError("expected `retry_cap` no longer than `park_after`")
+        return self
+
+
 class Config(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -248,6 +264,7 @@ class Config(_Frozen):
     http: HttpConfig | None = None
     allowed_inviters: tuple[UserId, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
+    jobs: JobsConfig = JobsConfig()
 
     @field_validator("meetings")
     @classmethod

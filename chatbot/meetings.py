@@ -307,6 +307,12 @@ class Job:
     meeting_id: int | None = None
 
     item_id: int | None = None
+    # When a job that failed may run again (its backoff); not part of its id.
+    retry_at: datetime | None = None
+
+    @property
+    def due_at(self) -> datetime:
+        return self.run_at if self.retry_at is None else max(self.run_at, self.retry_at)
 
     @property
     def id(self) -> str:

@@ -61,6 +61,18 @@ class Metrics:
         self._reminders = Counter(
             "chatbot_reminders", "Reminders decided: sent, or missed (fell due while the "
             "bot was down and skipped).", ["outcome"], registry=self.registry)
+        self._jobs_failed = Counter(
+            "chatbot_jobs_failed", "Failed attempts of outbox jobs (messages, reactions, "
+            "note files), by kind; each is retried with backoff.", ["kind"],
+            registry=self.registry)
+        self._jobs_parked = Counter(
+            "chatbot_jobs_parked", "Outbox jobs that kept failing past jobs.park_after and "
+            "are no longer retried, by kind.", ["kind"], registry=self.registry)
+        self._task_crashes = Counter(
+            "chatbot_task_crashes", "Crashes of the bot's long-running tasks (each is "
+            "restarted with backoff), by task.", ["task"], registry=self.registry)
+        # Which long-running task crashed last and why, for /healthz.
+        self._task_failing: dict[str, tuple[datetime, str]] = {}
         self._meetings_open = Gauge(
             "chatbot_meetings_open", "Meetings open now.", registry=self.registry)
         lag = Gauge(
@@ -105,6 +117,26 @@ class Metrics:
         """How many meetings are open now (at start, and whenever one opens or closes)."""
         self._meetings_open.set(count)
 
+    def job_failed(self, kind: str) -> None:
+        """An attempt of an outbox job failed; it will be retried (or parked)."""
+        self._jobs_failed.labels(kind=kind).inc()
+
+    def job_parked(self, kind: str) -> None:
+        """An outbox job kept failing and is no longer retried."""
+        self._jobs_parked.labels(kind=kind).inc()
+
+    # --- what the supervisor reports ----------------------------------------------------
+
+    def task_crashed(self, task: str, reason: str, now: datetime) -> None:
+        """A long-running task raised; it is restarted with backoff."""
+        self._task_crashes.labels(task=task).inc()
+        self._task_failing[task] = (now, reason)
+        self._errors.labels(where=task).inc()
+
+    def task_running(self, task: str) -> None:
+        """A restarted task has run long enough to count as working again."""
+        self._task_failing.pop(task, None)
+
     # --- what the sync loop reports -----------------------------------------------------
 
     def sync_succeeded(self, now: datetime) -> None:
@@ -130,6 +162,8 @@ class Metrics:
 
     def unhealthy_reason(self, now: datetime) -> str | None:
         """Why the bot is not healthy at `now`, in a few words; None when it is."""
+        for task, (since, reason) in sorted(self._task_failing.items()):
+            return f"task {task} is failing ({reason}, since {since:%H:%M:%S} UTC)"
         if self.last_sync is None:
             return "no successful sync yet"
         if self._failed_since_sync:

@@ -53,10 +53,10 @@ class JobScheduler:
         for job_id, job in wanted.items():
             if self._planned.get(job_id) == job and self._scheduler.get_job(job_id) is not None:
                 continue
-            self._scheduler.add_job(self._run, DateTrigger(run_date=job.run_at), args=[job],
+            self._scheduler.add_job(self._run, DateTrigger(run_date=job.due_at), args=[job],
                                     id=job_id, replace_existing=True)
             self._planned[job_id] = job
-            log.debug("scheduled %s at %s", job_id, job.run_at)
+            log.debug("scheduled %s at %s", job_id, job.due_at)
 
     def next_runs(self) -> list[tuple[str, str]]:
         return [(job.id, str(job.next_run_time)) for job in self._scheduler.get_jobs()]
