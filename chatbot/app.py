@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,12 +13,13 @@ from chatbot.agenda_feed import next_agenda
 from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
 from chatbot.logs import RedactSecrets
-from chatbot.matrix import MatrixEdge
+from chatbot.matrix import LoginFailed, MatrixEdge
 from chatbot.meetings import Rooms
 from chatbot.metrics import Metrics
 from chatbot.model import RoomId
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
+from chatbot.supervise import supervise
 from chatbot.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ T = TypeVar("T")
 
 DATABASE_FILE = "chatbot.db"
 SHUTDOWN_DRAIN_SECONDS = 3.0
+PLAN_RETRY_SECONDS = 10.0
 
 
 def database_path(config: Config) -> Path:
@@ -48,11 +50,14 @@ class BotApp:
         self.metrics = Metrics(clock)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
+        # The database while running (for tests and tools that inspect a live bot).
+        self.store: Store | None = None
 
     async def run(self) -> None:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
-        store = await Store.open(database_path(self.config))
-        web = WebServer(self.config, lambda series: next_agenda(store, series, self.clock()),
+        store = self.store = await Store.open(database_path(self.config))
+        web = WebServer(self.config,
+                        lambda series: next_agenda(store.read, series, self.clock()),
                         self.clock, self.metrics)
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit, metrics=self.metrics)
@@ -73,9 +78,9 @@ class BotApp:
             scheduler.start()
             scheduler.replace_all(await bot.plan())
             tasks = [
-                asyncio.create_task(edge.sync_forever(bot), name="sync"),
-                asyncio.create_task(bot.deliver_forever(), name="outbox"),
-                asyncio.create_task(self._replan(bot, scheduler, replan_needed), name="replan"),
+                self._supervised("sync", lambda: edge.sync_forever(bot)),
+                self._supervised("outbox", bot.deliver_forever),
+                self._supervised("replan", lambda: self._replan(bot, scheduler, replan_needed)),
             ]
             ready = asyncio.create_task(edge.ready.wait())
             stop = asyncio.create_task(self.stop.wait())
@@ -87,7 +92,7 @@ class BotApp:
                 if stop in done:
                     break
                 for task in done & set(tasks):
-                    task.result()  # a failed core task (a refused login) ends the bot
+                    task.result()  # only what is fatal (a refused login) gets here
             ready.cancel()
         finally:
             log.info("shutting down")
@@ -107,6 +112,11 @@ class BotApp:
             await edge.close()
             await store.close()
             log.info("stopped")
+
+    def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        return asyncio.create_task(
+            supervise(name, run, metrics=self.metrics, clock=self.clock, fatal=(LoginFailed,)),
+            name=name)
 
     async def _connect(self, edge: MatrixEdge) -> dict[str, RoomId]:
         await edge.login()
@@ -138,6 +148,10 @@ class BotApp:
             except Exception:
                 self.metrics.error("plan")
                 log.exception("planning the schedule failed; keeping the previous plan")
+                # Planning again at once would fail the same way; the next change, or
+                # this retry after a pause, plans afresh.
+                await asyncio.sleep(PLAN_RETRY_SECONDS)
+                needed.set()
 
     async def _drain(self, bot: MeetingBot) -> None:
         """Give queued replies a moment to go out before the process ends."""
