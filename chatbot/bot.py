@@ -502,6 +502,8 @@ class MeetingBot:
         except OSError as error:
             raise DeliveryError(f"cannot write notes/{relative_path} "
                                 f"({error.strerror or error})", permanent=False) from error
+        except ValueError as error:  # a path outside the notes folder: never retried
+            raise DeliveryError(str(error), permanent=True) from error
         return relative_path
 
     def _write_note(self, relative_path: str, text: str) -> None:
