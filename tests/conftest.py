@@ -54,6 +54,11 @@ class RunningBot:
         if not done:
             raise TimeoutError("the bot was not ready in time")
 
+    async def outbox_pending(self) -> bool:
+        """Whether the running bot still has jobs to send (for `until_drained`)."""
+        assert self.app.store is not None, "the bot has not opened its database yet"
+        return await self.app.store.read.has_pending_outbox()
+
     async def stop(self) -> None:
         self.app.stop.set()
         await asyncio.wait_for(self.task, 15)
