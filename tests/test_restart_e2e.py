@@ -43,7 +43,7 @@ async def test_commands_sent_while_down_are_handled_once_after_restart(world: Wo
     last = await acknowledged(world.ada, world.room_id, "!here")
 
     await assert_handled_once(world.ada, world.room_id, world.bot_user.user_id,
-                              [before, *while_down, last], pending=bot.outbox_pending)
+                              [before, *while_down, last], [refused], pending=bot.outbox_pending)
     async with aiosqlite.connect(config.data_dir / "chatbot.db") as db:
         rows = await (await db.execute("SELECT text FROM entries ORDER BY id")).fetchall()
     assert [r[0] for r in rows] == ["before the restart"] + [f"number {n}" for n in range(12)]

@@ -99,7 +99,9 @@ async def messages_from(person: Person, room_id: str, sender: str) -> list[Event
     history = await _paged(person, f"v3/rooms/{quote(room_id)}/messages",
                            {"dir": "b", "filter": '{"types": ["m.room.message", '
                                                   '"m.room.encrypted"]}'})
-    return [_readable(person, e) for e in reversed(history) if e["sender"] == sender]
+    readable = [_readable(person, e) for e in reversed(history) if e["sender"] == sender]
+    # An encrypted ✅ is an m.room.encrypted event too, until decrypted.
+    return [e for e in readable if e["type"] == "m.room.message"]
 
 
 def _signature(event: Event) -> tuple[str, str, str]:
@@ -108,17 +110,33 @@ def _signature(event: Event) -> tuple[str, str, str]:
     return str(content.get("msgtype")), str(reply_to), body_of(event)
 
 
+def _reply_to(event: Event) -> str | None:
+    relation = (event.get("content") or {}).get("m.relates_to") or {}
+    return (relation.get("m.in_reply_to") or {}).get("event_id")
+
+
+def _signature(event: Event) -> tuple[str, str | None, str]:
+    return str((event.get("content") or {}).get("msgtype")), _reply_to(event), body_of(event)
+
+
 async def assert_handled_once(
-    person: Person, room_id: str, bot_id: str, commands: Iterable[str], *, pending: Pending,
-) -> None:
-    """Once the outbox is drained: each command has exactly one ✅ from the bot on the
-    homeserver, and no message from the bot is there twice (same text, same reply)."""
+    person: Person, room_id: str, bot_id: str, acknowledged: Iterable[str],
+    replied: Iterable[str] = (), *, pending: Pending,
+) -> list[Event]:
+    """Once the outbox is drained: each `acknowledged` command has exactly one ✅ from the
+    bot on the homeserver, each `replied` one exactly one reply, and no message from the
+    bot is there twice (same kind, same text, same reply). Returns the bot's messages."""
     await until_drained(pending)
-    commands = list(commands)
-    counts = await asyncio.gather(*(checks_on(person, room_id, c, bot_id) for c in commands))
-    wrong = {command: count for command, count in zip(commands, counts, strict=True)
+    acknowledged = list(acknowledged)
+    counts = await asyncio.gather(*(checks_on(person, room_id, c, bot_id) for c in acknowledged))
+    wrong = {command: count for command, count in zip(acknowledged, counts, strict=True)
              if count != 1}
     assert not wrong, f"commands without exactly one ✅ (event id: count): {wrong}"
-    said = Counter(_signature(e) for e in await messages_from(person, room_id, bot_id))
-    twice = [body for body, count in said.items() if count > 1]
+    messages = await messages_from(person, room_id, bot_id)
+    replies = Counter(_reply_to(e) for e in messages)
+    wrong = {command: replies[command] for command in replied if replies[command] != 1}
+    assert not wrong, f"commands without exactly one reply (event id: count): {wrong}"
+    said = Counter(_signature(e) for e in messages)
+    twice = [signature for signature, count in said.items() if count > 1]
     assert not twice, f"the bot posted these more than once: {twice}"
+    return messages
