@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 
 from .conftest import PASSWORDS, World, make_world, minute_from_now
 from .support.assertions import assert_handled_once
+from .support.botlog import LogWatcher
 
 
 @pytest.fixture
@@ -77,46 +77,6 @@ async def test_a_whole_meeting_in_an_encrypted_room(crypto_world: World) -> None
     bot_events = [e for e in ada.events if e.get("sender") == world.bot_user.user_id
                   and e.get("room_id") == room and e.get("type") != "m.room.member"]
     assert bot_events and all(e["decrypted"] for e in bot_events)
-
-
-class LogWatcher(logging.Handler):
-    """Collects the bot's log lines (it runs in this process) and wakes whoever waits."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, text: str, timeout: float = 20) -> str:
-        async def find() -> str:
-            async with self._changed:
-                while not (found := [line for line in self.lines if text in line]):
-                    await self._changed.wait()
-                return found[0]
-
-        return await asyncio.wait_for(find(), timeout)
-
-
-@pytest.fixture
-def bot_log() -> Iterator[LogWatcher]:
-    watcher = LogWatcher()
-    logger = logging.getLogger("chatbot")
-    level = logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.INFO)
-    try:
-        yield watcher
-    finally:
-        logger.removeHandler(watcher)
-        logger.setLevel(level)
 
 
 def with_key_wait(config: Config, seconds: float) -> Config:
