@@ -81,7 +81,7 @@ class JumpingClock:
 
 async def test_a_meeting_missed_entirely_is_not_opened_late(
         world: World, bot_log: LogWatcher) -> None:
-    start = minute_from_now(seconds=5)
+    start = minute_from_now(seconds=8)  # time enough for the bot to start and plan
     config = world.config(start=start.strftime("%Y-%m-%d %H:%M:%S"), rrule=None,
                           duration="30s", grace="10s")
     clock = JumpingClock()
