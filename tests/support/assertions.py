@@ -104,12 +104,6 @@ async def messages_from(person: Person, room_id: str, sender: str) -> list[Event
     return [e for e in readable if e["type"] == "m.room.message"]
 
 
-def _signature(event: Event) -> tuple[str, str, str]:
-    content = event.get("content") or {}
-    reply_to = ((content.get("m.relates_to") or {}).get("m.in_reply_to") or {}).get("event_id")
-    return str(content.get("msgtype")), str(reply_to), body_of(event)
-
-
 def _reply_to(event: Event) -> str | None:
     relation = (event.get("content") or {}).get("m.relates_to") or {}
     return (relation.get("m.in_reply_to") or {}).get("event_id")
