@@ -12,18 +12,18 @@ import functools
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-import aiohttp
 from nio import (
     Api,
     AsyncClient,
     AsyncClientConfig,
     EncryptionError,
+    ErrorResponse,
     ForwardedRoomKeyEvent,
     JoinedMembersResponse,
     JoinedRoomsResponse,
@@ -38,6 +38,7 @@ from nio import (
     RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomKeyEvent,
+    RoomLeaveResponse,
     RoomMessagesResponse,
     RoomResolveAliasResponse,
     RoomSendResponse,
@@ -47,9 +48,9 @@ from nio import (
 )
 
 from chatbot.bot import (
-    Backoff,
     Clock,
     DeliveryError,
+    HomeserverUnavailable,
     Incoming,
     IncomingMessage,
     IncomingReaction,
@@ -60,6 +61,7 @@ from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.power import RoomAuthority
 from chatbot.render import markdown_to_html
+from chatbot.retry import CAP_DELAY, NETWORK_ERRORS, backoff_delay, call_homeserver, is_transient
 from chatbot.store import OutboxItem, Store, Undecrypted
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,16 @@ GAP_FILL_LIMIT = 5_000
 # Errors that retrying the same request cannot fix.
 _PERMANENT = {"M_FORBIDDEN", "M_NOT_FOUND", "M_BAD_JSON", "M_NOT_JSON", "M_TOO_LARGE",
               "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"}
-_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+# How long (seconds) a call is retried in place before its caller moves on and tries
+# again later: the sync loop waits for it, and so does every room's next command.
+CHAIR_CHECK_PATIENCE = 30.0
+JOIN_PATIENCE = 30.0
+KEYS_PATIENCE = 15.0
+FILTER_PATIENCE = 10.0
+# A join still failing after JOIN_PATIENCE is tried again after later syncs, this far apart at most.
+JOIN_RETRY_CAP = 300.0
+# A failed "could not read" answer is tried again this much later.
+ANSWER_RETRY = timedelta(minutes=1)
 
 
 class Listener(Protocol):
@@ -89,6 +100,8 @@ class Listener(Protocol):
 
     async def cannot_read(self, room_id: RoomId, sender: UserId, display_name: str,
                           event_ids: list[EventId]) -> None: ...
+
+    async def owed_since(self) -> datetime: ...
 
 
 class LoginFailed(Exception):
@@ -122,6 +135,20 @@ def first_sync_filter() -> dict[str, Any]:
     first["room"]["state"] = {"types": ["m.room.member", "m.room.encryption"],
                               "lazy_load_members": True}
     return first
+
+
+@dataclass(frozen=True, slots=True)
+class _OwedJoin:
+    reason: str
+    direct: bool
+    failures: int
+    retry_at: datetime
+
+
+def _not_in_room(response: ErrorResponse) -> bool:
+    """Whether a leave or forget was refused because the bot is not in the room: for
+    leaving, that is success (a repeated leave job, a room left by hand)."""
+    return response.status_code in ("M_FORBIDDEN", "M_NOT_FOUND") and not is_transient(response)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,27 +297,56 @@ def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[
     return []
 
 
+def sent_since(events: list[dict[str, Any]], started_at: datetime) -> list[dict[str, Any]]:
+    """The events sent at or after `started_at`: on the bot's very first sync, what was
+    sent before the bot first started is history, and what came after is for it.
+
+    Compares the sender's homeserver clock with ours; an event that has no time is history.
+    """
+    threshold = started_at.timestamp() * 1000
+    return [event for event in events
+            if isinstance(stamp := event.get("origin_server_ts"), int | float)
+            and not isinstance(stamp, bool) and stamp >= threshold]
+
+
 async def exchange_keys(
     client: AsyncClient, on_device_keys: Callable[[KeysQueryResponse], None] | None = None,
+    *, patience: float | None = KEYS_PATIENCE,
 ) -> KeysUploadError | None:
     """What an encrypting client owes the homeserver after each sync (nio's own
     sync_forever does the same): its one-time keys, the device lists of people it shares
     encrypted rooms with, Olm sessions, and queued to-device messages (room keys, key
     requests). `on_device_keys` sees each device-list answer; a refused upload is returned.
+
+    Each call is retried through faults for `patience` seconds; what is still owed then
+    (nio remembers) waits for the next sync, and a network error is raised.
     """
     if client.olm is None:
         return None
     refused = None
     if client.should_upload_keys:
-        uploaded = await client.keys_upload()
+        uploaded = await call_homeserver("uploading encryption keys", client.keys_upload,
+                                         give_up_after=patience)
+        if is_transient(uploaded):
+            return None  # not a refusal: the homeserver is having trouble
         refused = uploaded if isinstance(uploaded, KeysUploadError) else None
     if client.should_query_keys:
-        queried = await client.keys_query()
+        queried = await call_homeserver("querying device keys", client.keys_query,
+                                        give_up_after=patience)
+        if is_transient(queried):
+            return refused
         if on_device_keys is not None and isinstance(queried, KeysQueryResponse):
             on_device_keys(queried)
     if client.should_claim_keys:
-        await client.keys_claim(client.get_users_for_key_claiming())
-    await client.send_to_device_messages()
+        users = client.get_users_for_key_claiming()
+        claimed = await call_homeserver("claiming one-time keys",
+                                        lambda: client.keys_claim(users),
+                                        give_up_after=patience)
+        if is_transient(claimed):
+            return refused
+    # nio drops each message from its queue once sent, so a retry sends only the rest.
+    await call_homeserver("sending to-device messages", client.send_to_device_messages,
+                          give_up_after=patience)
     return refused
 
 
@@ -332,6 +388,8 @@ class MatrixEdge:
         self.direct_rooms: set[RoomId] = set()
         self.ready = asyncio.Event()
         self._authority: dict[RoomId, RoomAuthority] = {}
+        # Joins that kept failing: tried again after later syncs (an invite comes once).
+        self._joins_owed: dict[RoomId, _OwedJoin] = {}
         # Rooms found unencrypted by asking the homeserver (rooms this run has not synced).
         self._plain_rooms: set[RoomId] = set()
         # When the oldest unanswered undecryptable message is due its answer.
@@ -363,7 +421,7 @@ class MatrixEdge:
                             self.crypto_dir)
         if session is None and matrix.access_token:
             self.client.access_token = matrix.access_token
-            whoami = await self._retrying("checking the access token", self.client.whoami)
+            whoami = await call_homeserver("checking the access token", self.client.whoami)
             if not isinstance(whoami, WhoamiResponse):
                 raise LoginFailed(f"the access token was refused ({whoami.message}); "
                                   "check matrix.access_token")
@@ -371,7 +429,7 @@ class MatrixEdge:
                               matrix.access_token)
             save_session(path, session)
         elif session is None:
-            response = await self._retrying("logging in", lambda: self.client.login(
+            response = await call_homeserver("logging in", lambda: self.client.login(
                 password=matrix.password, device_name=matrix.device_name))
             if not isinstance(response, LoginResponse):
                 raise LoginFailed(f"login as {matrix.user_id} failed ({response.message}); "
@@ -394,11 +452,11 @@ class MatrixEdge:
         resolved: dict[str, RoomId] = {}
         by_reference: dict[str, RoomId | None] = {}
         # One request instead of a join per room: a restart finds them all joined.
-        joined = await self._retrying("listing joined rooms", self.client.joined_rooms)
+        joined = await call_homeserver("listing joined rooms", self.client.joined_rooms)
         already = set(joined.rooms) if isinstance(joined, JoinedRoomsResponse) else set()
         for meeting in self.config.meetings:
             if meeting.room not in by_reference:
-                by_reference[meeting.room] = await self._join(meeting.room, already)
+                by_reference[meeting.room] = await self._configured_room(meeting.room, already)
             room_id = by_reference[meeting.room]
             if room_id is not None:
                 resolved[meeting.id] = await self._latest_room(room_id, already)
@@ -409,49 +467,117 @@ class MatrixEdge:
         """The room's latest upgrade the bot has followed, joined."""
         latest = await self.store.replacement_room(room_id)
         if latest != room_id and latest not in already:
-            joined = await self._retrying("joining " + latest, lambda: self.client.join(latest))
-            if not isinstance(joined, JoinResponse):
-                log.warning("cannot join %s (the upgrade of %s) yet: %s", latest, room_id,
-                            joined.message)
+            await self._join(latest, f"the upgrade of {room_id}")
         return latest
 
-    async def _join(self, reference: str, already: set[str]) -> RoomId | None:
+    async def _configured_room(self, reference: str, already: set[str]) -> RoomId | None:
+        """The room a meeting's `room` names, joined if the homeserver lets the bot in."""
         room_id = reference
         if reference.startswith("#"):
-            alias = await self._retrying("resolving " + reference,
-                                         lambda: self.client.room_resolve_alias(reference))
+            # Retried for as long as it takes: the bot has nothing to do without its rooms.
+            alias = await call_homeserver("resolving " + reference,
+                                          lambda: self.client.room_resolve_alias(reference))
             if not isinstance(alias, RoomResolveAliasResponse):
                 log.error("room %s cannot be found (%s); check the meeting's `room`",
                           reference, alias.message)
                 return None
             room_id = alias.room_id
-        if room_id in already:
-            return RoomId(room_id)
-        joined = await self._retrying("joining " + reference, lambda: self.client.join(room_id))
-        if not isinstance(joined, JoinResponse):
-            log.warning("cannot join %s yet (%s); will join when invited", reference,
-                        joined.message)
+        if room_id not in already:
+            await self._join(RoomId(room_id), "a configured room")
         return RoomId(room_id)
 
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        """Retry a request through network outages, with a capped backoff."""
-        backoff = Backoff()
-        while True:
-            try:
-                return await call()
-            except _NETWORK_ERRORS as error:
-                delay = backoff.next_delay()
-                if backoff.failures == 1:
-                    log.warning("%s: homeserver unreachable (%s); retrying", what, error)
-                await asyncio.sleep(delay)
+    async def _join(self, room_id: RoomId, reason: str, *, direct: bool = False,
+                    patience: float | None = None) -> bool:
+        """Join a room, retried through faults for `patience` seconds. A join that still
+        cannot be made then is owed, and tried again after later syncs; a refusal
+        (not invited, banned) waits for an invite."""
+        try:
+            response: Any = await call_homeserver(
+                "joining " + room_id, lambda: self.client.join(room_id),
+                give_up_after=JOIN_PATIENCE if patience is None else patience)
+            problem = None if isinstance(response, JoinResponse) else response.message
+            transient = is_transient(response)
+        except NETWORK_ERRORS as error:
+            problem, transient = str(error) or type(error).__name__, True
+        if problem is None:
+            self._joins_owed.pop(room_id, None)
+            log.info("joined %s: %s", room_id, reason)
+            if direct and room_id not in self.room_ids.values():
+                self.direct_rooms.add(room_id)
+                async with self.store.transaction():
+                    await self.store.add_direct_room(room_id, self.clock())
+            return True
+        if not transient:
+            self._joins_owed.pop(room_id, None)
+            log.warning("cannot join %s (%s) yet: %s; will join when invited", room_id, reason,
+                        problem)
+            return False
+        owed = self._joins_owed.get(room_id)
+        failures = owed.failures + 1 if owed is not None else 1
+        retry_at = self.clock() + timedelta(seconds=backoff_delay(failures, cap=JOIN_RETRY_CAP))
+        self._joins_owed[room_id] = _OwedJoin(reason, direct, failures, retry_at)
+        if failures == 1:
+            log.warning("cannot join %s (%s) yet: %s; trying again after later syncs",
+                        room_id, reason, problem)
+        return False
+
+    async def _join_owed(self) -> None:
+        """Try once more each join that kept failing, as its backoff allows."""
+        now = self.clock()
+        for room_id, owed in list(self._joins_owed.items()):
+            if owed.retry_at <= now:
+                await self._join(room_id, owed.reason, direct=owed.direct, patience=0)
+
+    async def leave(self, room_id: RoomId) -> None:
+        """Leave the room and forget it; a room the bot is not in counts as left."""
+        try:
+            left = await call_homeserver("leaving " + room_id,
+                                         lambda: self.client.room_leave(room_id),
+                                         give_up_after=JOIN_PATIENCE)
+        except NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        if not isinstance(left, RoomLeaveResponse) and not _not_in_room(left):
+            raise DeliveryError(f"cannot leave {room_id} ({left.status_code} {left.message})",
+                                permanent=not is_transient(left))
+        # Forgetting only tidies the bot's room list on the homeserver: not worth a retry.
+        try:
+            forgot = await call_homeserver("forgetting " + room_id,
+                                           lambda: self.client.room_forget(room_id),
+                                           give_up_after=JOIN_PATIENCE)
+        except NETWORK_ERRORS as error:
+            log.info("left %s but could not forget it: %s", room_id, error)
+        else:
+            if isinstance(forgot, ErrorResponse) and not _not_in_room(forgot):
+                log.info("left %s but could not forget it: %s", room_id, forgot.message)
+        self.direct_rooms.discard(room_id)
+        self._authority.pop(room_id, None)
+        self._joins_owed.pop(room_id, None)
+        log.info("left %s", room_id)
 
     # --- power levels ------------------------------------------------------------------
 
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
+        """The user's power level, from the room's state (kept until it changes).
+
+        Retried through faults for a while; then HomeserverUnavailable, so the command
+        waits for the homeserver instead of refusing a real chair.
+        """
         authority = self._authority.get(room_id)
         if authority is None:
-            response = await self.client.room_get_state(room_id)
+            try:
+                response = await call_homeserver(
+                    "reading power levels in " + room_id,
+                    lambda: self.client.room_get_state(room_id),
+                    give_up_after=CHAIR_CHECK_PATIENCE)
+            except NETWORK_ERRORS as error:
+                raise HomeserverUnavailable(
+                    f"cannot read power levels in {room_id} ({error})") from error
+            if is_transient(response):
+                raise HomeserverUnavailable(
+                    f"cannot read power levels in {room_id} ({response.message})")
             if not isinstance(response, RoomGetStateResponse):
+                # Refused, say because the bot is no longer in the room: nobody there
+                # outranks anyone as far as the bot can tell.
                 log.warning("cannot read power levels in %s: %s", room_id, response.message)
                 return 0
             authority = RoomAuthority.from_state(response.events)
@@ -461,55 +587,56 @@ class MatrixEdge:
     # --- sync ------------------------------------------------------------------------------
 
     async def sync_forever(self, listener: Listener) -> None:
-        """Follow the homeserver until cancelled, handing each new event to `listener`."""
+        """Follow the homeserver until cancelled, handing each new event to `listener`.
+
+        Faults are waited out (backoff with jitter, as `retry` does); only a login the
+        homeserver no longer accepts ends it.
+        """
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
         self.direct_rooms = await self.store.direct_rooms()
-        backoff = Backoff()
+        started_at = await listener.owed_since()
         filter_ = await self._stored_filter(sync_filter(self.timeline_limit))
         first_filter = first_sync_filter()
         await self._note_pending_keys()
+        failures = 0
         while True:
+            response: Any = None
             try:
                 response = await self.client.sync(
                     timeout=self._long_poll_ms() if token is not None and self.ready.is_set()
                     else 0,
                     since=token, sync_filter=first_filter if token is None else filter_,
                 )
-            except _NETWORK_ERRORS as error:
-                self.metrics.sync_failed(self.clock())
-                delay = backoff.next_delay()
-                if backoff.failures == 1:
-                    log.warning("sync failed: homeserver unreachable (%s); retrying with "
-                                "backoff up to %ss", error, backoff.cap)
-                await asyncio.sleep(delay)
-                continue
-            if not isinstance(response, SyncResponse):
-                if response.status_code in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
+            except NETWORK_ERRORS as error:
+                problem = f"homeserver unreachable ({error or type(error).__name__})"
+            else:
+                problem = (None if isinstance(response, SyncResponse)
+                           else f"{response.status_code} {response.message}")
+            if problem is not None:
+                if isinstance(response, ErrorResponse) and response.status_code in (
+                        "M_UNKNOWN_TOKEN", "M_MISSING_TOKEN"):
                     raise LoginFailed(f"the homeserver no longer accepts our login "
                                       f"({response.message}); delete "
                                       f"{self.config.data_dir / SESSION_FILE} to log in again")
                 self.metrics.sync_failed(self.clock())
-                delay = backoff.next_delay()
-                if backoff.failures == 1:
-                    log.warning("sync failed (%s %s); retrying", response.status_code,
-                                response.message)
-                await asyncio.sleep(delay)
+                failures += 1
+                if failures == 1:
+                    log.warning("sync failed: %s; retrying with backoff up to %ss", problem,
+                                CAP_DELAY)
+                await asyncio.sleep(backoff_delay(failures))
                 continue
-            if backoff.failures:
-                log.warning("sync works again after %s failed attempts", backoff.failures)
-                backoff.reset()
-            await self._process(response, token, listener)
+            if failures:
+                log.warning("sync works again after %s failed attempts", failures)
+                failures = 0
+            await self._process(response, token, listener, started_at)
             token = response.next_batch
             async with self.store.transaction():
                 await self.store.set_meta(SYNC_TOKEN_KEY, token)
             self.metrics.sync_succeeded(self.clock())
+            if self._joins_owed:
+                await self._join_owed()
             if self.client.olm is not None:
-                await self._crypto_upkeep()
-                if not self.ready.is_set() or any(
-                        isinstance(event, RoomKeyEvent | ForwardedRoomKeyEvent)
-                        for event in response.to_device_events):
-                    await self._retry_undecrypted(listener)
-                await self._answer_undecrypted(listener)
+                await self._crypto_upkeep(response, listener)
             if not self.ready.is_set():
                 log.info("listening in %s rooms", len(set(self.room_ids.values())))
                 self.ready.set()
@@ -521,28 +648,22 @@ class MatrixEdge:
         validated again on every sync, which is CPU the homeserver spends per message.
         """
         try:
-            response = await self.client.upload_filter(
-                presence=definition["presence"], account_data=definition["account_data"],
-                room=definition["room"])
-        except _NETWORK_ERRORS:
+            response = await call_homeserver("storing the sync filter", lambda: (
+                self.client.upload_filter(
+                    presence=definition["presence"], account_data=definition["account_data"],
+                    room=definition["room"])), give_up_after=FILTER_PATIENCE)
+        except NETWORK_ERRORS:
             return definition
         return response.filter_id if isinstance(response, UploadFilterResponse) else definition
 
     async def _process(
-        self, response: SyncResponse, since: str | None, listener: Listener
+        self, response: SyncResponse, since: str | None, listener: Listener,
+        started_at: datetime,
     ) -> None:
         configured = set(self.room_ids.values())
         now = self.clock()
         for room_id, invite in response.rooms.invite.items():
-            await self._answer_invite(RoomId(room_id), invite.invite_state, configured, now)
-        if since is None:
-            # The first sync: everything in it predates the bot.
-            first_seen = [RoomId(room_id) for room_id in response.rooms.join
-                          if room_id in configured or room_id in self.direct_rooms]
-            async with self.store.transaction():
-                for room_id in first_seen:
-                    await self.store.add_known_room(room_id, now)
-            return
+            await self._answer_invite(RoomId(room_id), invite.invite_state, configured)
         for room_id, info in response.rooms.join.items():
             room_id = RoomId(room_id)
             if room_id not in configured and room_id not in self.direct_rooms:
@@ -551,7 +672,11 @@ class MatrixEdge:
             state = [getattr(event, "source", {}) for event in info.state]
             if any(e.get("type") == "m.room.power_levels" for e in events + state):
                 self._authority.pop(room_id, None)  # re-read on the next chair command
-            if not await self.store.is_known_room(room_id):
+            if since is None:
+                events = await self._since_first_start(room_id, info.timeline, started_at)
+                async with self.store.transaction():
+                    await self.store.add_known_room(room_id, now)
+            elif not await self.store.is_known_room(room_id):
                 events = after_own_join(events, self.user_id)
                 async with self.store.transaction():
                     await self.store.add_known_room(room_id, now)
@@ -566,6 +691,24 @@ class MatrixEdge:
                 else:
                     await self._hand_over(room_id, event, listener, configured)
 
+    async def _since_first_start(self, room_id: RoomId, timeline: Any,
+                                 started_at: datetime) -> list[dict[str, Any]]:
+        """On the very first sync, the room's events sent since the bot first started.
+
+        That sync asks for one event per room; only if even that one is new is there
+        more to fetch, back to the first start.
+        """
+        events = [event.source for event in timeline.events]
+        recent = sent_since(events, started_at)
+        if recent and len(recent) == len(events) and timeline.limited and timeline.prev_batch:
+            earlier = await self._missed_events(room_id, timeline.prev_batch, None,
+                                                not_before=started_at)
+            recent = sent_since(earlier, started_at) + recent
+        if recent:
+            log.info("%s event(s) in %s were sent after the bot first started; handling them",
+                     len(recent), room_id)
+        return recent
+
     async def _hand_over(self, room_id: RoomId, event: dict[str, Any], listener: Listener,
                          configured: set[RoomId]) -> None:
         room_names = functools.partial(self._display_name, room_id)
@@ -573,12 +716,35 @@ class MatrixEdge:
         if incoming is None:
             return
         if room_id in configured:
-            await listener.handle(incoming)
+            await self._until_taken(listener, incoming)
         elif isinstance(incoming, IncomingMessage):
             await listener.handle_direct(incoming)
 
+    async def _until_taken(self, listener: Listener, incoming: Incoming) -> None:
+        """Hand an event to the core until it takes it. A command whose chair check could
+        not reach the homeserver is left unclaimed; it is handed over again after a
+        backoff, before any later event (the room's order matters), and the sync
+        position stays put meanwhile, so a restart hands it over too."""
+        failures = 0
+        while True:
+            try:
+                await listener.handle(incoming)
+            except HomeserverUnavailable as error:
+                failures += 1
+                if failures == 1:
+                    log.warning("%s in %s waits for the homeserver: %s", incoming.event_id,
+                                incoming.room_id, error,
+                                extra={"room_id": incoming.room_id,
+                                       "event_id": incoming.event_id})
+                await asyncio.sleep(backoff_delay(failures))
+            else:
+                if failures:
+                    log.info("%s in %s handled after %s attempts", incoming.event_id,
+                             incoming.room_id, failures + 1)
+                return
+
     async def _answer_invite(
-        self, room_id: RoomId, invite_state: list[Any], configured: set[RoomId], now: datetime
+        self, room_id: RoomId, invite_state: list[Any], configured: set[RoomId]
     ) -> None:
         """Join configured rooms, direct chats, and rooms an allowed inviter asks for."""
         inviter, direct = invitation(invite_state, self.user_id)
@@ -592,15 +758,7 @@ class MatrixEdge:
             log.info("not joining %s: not configured, and %s is not an allowed inviter",
                      room_id, inviter)
             return
-        joined = await self.client.join(room_id)
-        if not isinstance(joined, JoinResponse):
-            log.warning("could not join %s (%s): %s", room_id, reason, joined.message)
-            return
-        log.info("joined %s: %s", room_id, reason)
-        if direct and room_id not in configured:
-            self.direct_rooms.add(room_id)
-            async with self.store.transaction():
-                await self.store.add_direct_room(room_id, now)
+        await self._join(room_id, reason, direct=direct and room_id not in configured)
 
     async def _follow_upgrade(self, old: RoomId, new: RoomId, listener: Listener) -> None:
         """Move every meeting of an upgraded room to its successor, and join it."""
@@ -609,26 +767,34 @@ class MatrixEdge:
         self.room_ids = {series: new if room == old else room
                          for series, room in self.room_ids.items()}
         await listener.follow_upgrade(old, new)
-        joined = await self.client.join(new)
-        if not isinstance(joined, JoinResponse):
-            log.warning("cannot join %s, the upgrade of %s, yet (%s); will join when invited",
-                        new, old, joined.message)
+        await self._join(new, f"the upgrade of {old}")
 
     async def _missed_events(
-        self, room_id: RoomId, before: str, since: str
+        self, room_id: RoomId, before: str, since: str | None, *,
+        not_before: datetime | None = None,
     ) -> list[dict[str, Any]]:
-        """Events the sync left out between our last position and the timeline it returned."""
+        """Events the sync left out between our last position (or, with `not_before`,
+        that time) and the timeline it returned.
+
+        Each page is retried for as long as the homeserver has trouble: the room's
+        later events must wait for the ones in the gap.
+        """
         missed: list[dict[str, Any]] = []
         start = before
         while len(missed) < GAP_FILL_LIMIT:
-            response = await self.client.room_messages(
-                room_id, start=start, end=since, direction=MessageDirection.back, limit=100,
-                message_filter={"types": ["m.room.message", "m.room.encrypted", "m.reaction",
-                                          "m.room.redaction", "m.room.tombstone"]},
-            )
+            page_start = start
+            response = await call_homeserver(f"fetching missed messages in {room_id}", lambda: (
+                self.client.room_messages(
+                    room_id, start=page_start, end=since, direction=MessageDirection.back,
+                    limit=100, message_filter={"types": [
+                        "m.room.message", "m.room.encrypted", "m.reaction",
+                        "m.room.redaction", "m.room.tombstone"]})))
             if not isinstance(response, RoomMessagesResponse) or not response.chunk:
                 break
-            missed.extend(event.source for event in response.chunk)
+            page = [event.source for event in response.chunk]
+            missed.extend(page)
+            if not_before is not None and len(sent_since(page, not_before)) < len(page):
+                break  # reached what was sent before the bot first started
             if not response.end or response.end == start:
                 break
             start = response.end
@@ -647,18 +813,29 @@ class MatrixEdge:
 
     # --- encryption ----------------------------------------------------------------------
 
-    async def _crypto_upkeep(self) -> None:
-        """Keys owed after a sync (`exchange_keys`); failures wait for the next sync."""
+    async def _crypto_upkeep(self, response: SyncResponse, listener: Listener) -> None:
+        """After a sync: keys owed (`exchange_keys`), kept messages that new room keys
+        unlock, and the answer for those no key came for. The sync position is saved
+        already, so a failure here waits for the next sync rather than end the loop."""
         try:
             refused = await exchange_keys(self.client, self._apply_trust)
             if refused is not None:
                 log.error("the homeserver refused this device's encryption keys (%s); "
                           "delete %s and %s to start as a new device", refused.message,
                           self.config.data_dir / SESSION_FILE, self.crypto_dir)
-        except _NETWORK_ERRORS as error:
-            log.debug("encryption upkeep postponed: %s", error)
+        except NETWORK_ERRORS as error:
+            log.info("encryption upkeep postponed: homeserver unreachable (%s)", error)
         except Exception:  # nio's crypto state is not worth the sync loop: retry next time
             log.exception("encryption upkeep failed; trying again after the next sync")
+        try:
+            if not self.ready.is_set() or any(
+                    isinstance(event, RoomKeyEvent | ForwardedRoomKeyEvent)
+                    for event in response.to_device_events):
+                await self._retry_undecrypted(listener)
+            await self._answer_undecrypted(listener)
+        except Exception:  # the store, say: the messages stay kept for the next pass
+            log.exception("handling undecryptable messages failed; trying again later")
+            self._answer_due(self.clock() + ANSWER_RETRY)
 
     async def _query_keys(self) -> None:
         response = await self.client.keys_query()
@@ -720,14 +897,18 @@ class MatrixEdge:
         if event is None or self.client.olm is None:
             return
         assert self.client.device_id is not None
+        request = event.as_key_request(message.sender, self.client.device_id,
+                                       device_id=event.device_id or "*")
         try:
-            await self.client.to_device(event.as_key_request(
-                message.sender, self.client.device_id, device_id=event.device_id or "*"))
+            await call_homeserver("asking for a room key", lambda: self.client.to_device(request),
+                                  give_up_after=KEYS_PATIENCE)
             # nio's own request (to our devices) is also what makes it accept a forward.
-            await self.client.request_room_key(event)
+            await call_homeserver("asking our devices for a room key",
+                                  lambda: self.client.request_room_key(event),
+                                  give_up_after=KEYS_PATIENCE)
         except LocalProtocolError:
             pass  # already asked for this session
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             log.info("could not ask for the key of %s yet: %s", message.event_id, error)
 
     @staticmethod
@@ -764,7 +945,9 @@ class MatrixEdge:
             self._set_key_deadline(unanswered[0].received_at)
 
     def _set_key_deadline(self, received_at: datetime) -> None:
-        due = received_at + self.config.encryption.key_wait
+        self._answer_due(received_at + self.config.encryption.key_wait)
+
+    def _answer_due(self, due: datetime) -> None:
         if self._key_deadline is None or due < self._key_deadline:
             self._key_deadline = due
 
@@ -795,8 +978,13 @@ class MatrixEdge:
         for (room_id, sender), event_ids in overdue.items():
             log.warning("no key came for %s message(s) from %s in %s; telling the room",
                         len(event_ids), sender, room_id)
-            await listener.cannot_read(room_id, sender, self._display_name(room_id, sender),
-                                       event_ids)
+            try:
+                await listener.cannot_read(room_id, sender,
+                                           self._display_name(room_id, sender), event_ids)
+            except Exception:  # the store, say: still unanswered, so tried again later
+                log.exception("could not answer the unreadable messages from %s in %s; "
+                              "trying again in %s", sender, room_id, ANSWER_RETRY)
+                self._answer_due(now + ANSWER_RETRY)
 
     async def _is_encrypted(self, room_id: RoomId) -> bool:
         """Whether sending to the room must encrypt.
@@ -878,7 +1066,7 @@ class MatrixEdge:
             else:
                 response = await self._send_as_is(item.room_id, event_type, content,
                                                   item.txn_id)
-        except _NETWORK_ERRORS as error:
+        except NETWORK_ERRORS as error:
             raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
         if isinstance(response, RoomSendResponse):
             return response.event_id
