@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from nio import (
     ErrorResponse,
+    JoinResponse,
     KeysUploadError,
     RoomForgetError,
     RoomForgetResponse,
@@ -25,8 +26,8 @@ from nio import (
     RoomLeaveResponse,
 )
 
-import chatbot.matrix as matrix
 from chatbot import retry
+from chatbot.matrix import encryption, intake, rooms
 from chatbot.bot import DeliveryError, HomeserverUnavailable, IncomingMessage, MeetingBot
 from chatbot.config import parse_config
 from chatbot.matrix import MatrixEdge, exchange_keys, sent_since
@@ -143,8 +144,9 @@ async def edge(tmp_path: Path, store: Store,
     made = MatrixEdge(config(tmp_path), store, clock=lambda: NOW)
     made.client.restore_login(BOT, "DEVICE", "token")
     # Patience and backoff in milliseconds, so that giving up is quick to test.
-    for name in ("CHAIR_CHECK_PATIENCE", "JOIN_PATIENCE", "KEYS_PATIENCE"):
-        monkeypatch.setattr(matrix, name, 0.01)
+    monkeypatch.setattr(rooms, "CHAIR_CHECK_PATIENCE", 0.01)
+    monkeypatch.setattr(rooms, "JOIN_PATIENCE", 0.01)
+    monkeypatch.setattr(encryption, "KEYS_PATIENCE", 0.01)
     yield made
     await made.close()
 
@@ -202,11 +204,11 @@ async def test_a_power_level_lookup_refused_counts_as_no_power(
 async def test_leaving_a_room_succeeds_also_when_the_bot_is_not_in_it(
     edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch, leave: Any, forget: Any,
 ) -> None:
-    edge.direct_rooms.add(ROOM)
+    edge.rooms.direct_rooms.add(ROOM)
     monkeypatch.setattr(edge.client, "room_leave", replies(leave))
     monkeypatch.setattr(edge.client, "room_forget", replies(forget))
     await edge.leave(ROOM)
-    assert ROOM not in edge.direct_rooms
+    assert ROOM not in edge.rooms.direct_rooms
 
 
 @pytest.mark.parametrize(("fault", "permanent"), [
@@ -226,15 +228,14 @@ async def test_a_leave_that_fails_is_a_delivery_error(
 async def test_a_join_that_keeps_failing_is_owed_and_made_after_a_later_sync(
     edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from nio import JoinResponse
     monkeypatch.setattr(edge.client, "join", replies(aiohttp.ServerDisconnectedError()))
-    assert not await edge._join(ROOM, "a direct chat", direct=True)
-    assert ROOM in edge._joins_owed
-    monkeypatch.setattr(edge, "clock", lambda: NOW + timedelta(minutes=10))
+    assert not await edge.rooms.join(ROOM, "a direct chat", direct=True)
+    assert ROOM in edge.rooms.joins_owed
+    monkeypatch.setattr(edge.rooms, "clock", lambda: NOW + timedelta(minutes=10))
     monkeypatch.setattr(edge.client, "join", replies(JoinResponse(room_id=ROOM)))
-    await edge._join_owed()
-    assert not edge._joins_owed
-    assert ROOM in edge.direct_rooms
+    await edge.rooms.join_owed()
+    assert not edge.rooms.joins_owed
+    assert ROOM in edge.rooms.direct_rooms
 
 
 async def test_a_refused_join_is_not_retried(
@@ -242,8 +243,8 @@ async def test_a_refused_join_is_not_retried(
 ) -> None:
     monkeypatch.setattr(edge.client, "join", replies(
         answered(ErrorResponse("not invited", "M_FORBIDDEN"), 403)))
-    assert not await edge._join(ROOM, "a configured room")
-    assert not edge._joins_owed
+    assert not await edge.rooms.join(ROOM, "a configured room")
+    assert not edge.rooms.joins_owed
 
 
 async def test_a_key_upload_answered_502_is_not_a_refusal() -> None:
@@ -304,7 +305,7 @@ async def test_a_chair_check_that_cannot_reach_the_homeserver_leaves_the_command
 async def test_the_intake_hands_an_event_over_again_until_the_core_takes_it(
     edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(matrix, "backoff_delay", lambda failures: 0.001)
+    monkeypatch.setattr(intake, "backoff_delay", lambda failures: 0.001)
     handled: list[str] = []
 
     class Listener:
@@ -314,6 +315,6 @@ async def test_the_intake_hands_an_event_over_again_until_the_core_takes_it(
                 raise HomeserverUnavailable("away")
 
     message = IncomingMessage(ROOM, EventId("$cmd"), CHAIR, "chair", "!endmeeting")
-    await edge._until_taken(Listener(), message)  # type: ignore[arg-type]
+    await edge.intake._until_taken(Listener(), message)  # type: ignore[arg-type]
     assert handled == ["$cmd"] * 3
 
