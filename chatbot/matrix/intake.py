@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 SYNC_TOKEN_KEY = "sync_token"
 LONG_POLL_MS = 30_000
 GAP_FILL_LIMIT = 5_000
+GAP_FILL_FILTER = {"types": ["m.room.message", "m.room.encrypted", "m.reaction",
+                             "m.room.redaction", "m.room.tombstone"]}
 # How long (seconds) storing the sync filter is retried before syncing without it.
 FILTER_PATIENCE = 10.0
 
@@ -353,13 +355,11 @@ class Intake:
         missed: list[dict[str, Any]] = []
         start = before
         while len(missed) < GAP_FILL_LIMIT:
-            page_start = start
-            response = await call_homeserver(f"fetching missed messages in {room_id}", lambda: (
-                self.client.room_messages(
-                    room_id, start=page_start, end=since, direction=MessageDirection.back,
-                    limit=100, message_filter={"types": [
-                        "m.room.message", "m.room.encrypted", "m.reaction",
-                        "m.room.redaction", "m.room.tombstone"]})))
+            response = await call_homeserver(
+                f"fetching missed messages in {room_id}",
+                functools.partial(self.client.room_messages, room_id, start=start, end=since,
+                                  direction=MessageDirection.back, limit=100,
+                                  message_filter=GAP_FILL_FILTER))
             if not isinstance(response, RoomMessagesResponse) or not response.chunk:
                 break
             page = [event.source for event in response.chunk]

@@ -24,6 +24,7 @@ from nio import (
     RoomGetStateResponse,
     RoomLeaveError,
     RoomLeaveResponse,
+    RoomMessagesResponse,
 )
 
 from chatbot import retry
@@ -318,3 +319,34 @@ async def test_the_intake_hands_an_event_over_again_until_the_core_takes_it(
     await edge.intake._until_taken(Listener(), message)  # type: ignore[arg-type]
     assert handled == ["$cmd"] * 3
 
+
+
+def timeline_event(ts: int, body: str) -> SimpleNamespace:
+    return SimpleNamespace(source={"type": "m.room.message", "event_id": f"${body}",
+                                   "sender": MEMBER, "origin_server_ts": ts,
+                                   "content": {"msgtype": "m.text", "body": body}})
+
+
+async def test_the_first_sync_fetches_back_to_the_first_start_when_its_one_event_is_new(
+    edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first sync brings one event per room: if even that one is new, the ones
+    before it are fetched, and those sent since the first start are commands."""
+    pages = [RoomMessagesResponse(ROOM, [timeline_event(MS + 2, "!here"),
+                                         timeline_event(MS + 1, "!update one"),
+                                         timeline_event(MS - 1, "!update history")],
+                                  "p1", "p2")]
+    monkeypatch.setattr(edge.client, "room_messages", replies(*pages))
+    timeline = SimpleNamespace(events=[timeline_event(MS + 3, "!update two")], limited=True,
+                               prev_batch="p1")
+    events = await edge.intake._since_first_start(ROOM, timeline, STARTED)
+    assert [e["content"]["body"] for e in events] == ["!update one", "!here", "!update two"]
+
+
+async def test_the_first_sync_fetches_nothing_when_its_one_event_is_history(
+    edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(edge.client, "room_messages", replies(AssertionError("not asked")))
+    timeline = SimpleNamespace(events=[timeline_event(MS - 1, "!here")], limited=True,
+                               prev_batch="p1")
+    assert await edge.intake._since_first_start(ROOM, timeline, STARTED) == []
