@@ -263,7 +263,7 @@ def test_the_command_line_logs_json_lines(tmp_path: Path) -> None:
         process.kill()
         process.wait(10)
     assert entries[-1]["logger"] == "chatbot.retry"
-    assert entries[-1]["message"].startswith("logging in: homeserver unavailable")
+    assert entries[-1]["message"].startswith("logging in: homeserver unreachable")
 
 
 def test_an_unknown_log_format_is_refused() -> None:
