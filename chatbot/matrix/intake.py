@@ -84,8 +84,10 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
 
 
 def first_sync_filter() -> dict[str, Any]:
-    """The very first sync only learns which rooms the bot is in (all else predates it):
-    one timeline event and its sender per room, however many rooms there are."""
+    """The very first sync learns which rooms the bot is in, and little else (nearly all
+    predates the bot): one timeline event and its sender per room, however many rooms
+    there are. Only when that event is newer than the bot's first start are the events
+    before it fetched (`Intake._since_first_start`)."""
     first = sync_filter(1)
     first["room"]["state"] = {"types": ["m.room.member", "m.room.encryption"],
                               "lazy_load_members": True}
