@@ -112,30 +112,22 @@ class DeliveryError(Exception):
         self.permanent = permanent
 
 
+class HomeserverUnavailable(Exception):
+    """The homeserver stayed unreachable (or answered only transient errors) for as
+    long as the caller could wait. Nothing was consumed: hand the event over again later."""
+
+
 class Transport(Protocol):
     async def deliver(self, item: OutboxItem) -> str:
         """Send one outbox item; return the event id or raise DeliveryError."""
 
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
-        """The user's power level in the room."""
+        """The user's power level in the room; raises HomeserverUnavailable rather
+        than guess one."""
 
-
-class Backoff:
-    """Capped exponential delays: 1 s, 2 s, 4 s … up to `cap`, reset on success.
-
-    The cap is low on purpose: a retry is one cheap request, while a long cap
-    would leave a meeting room unanswered for that long after an outage ends.
-    """
-
-    def __init__(self, first: float = 1.0, cap: float = 15.0) -> None:
-        self.first, self.cap, self.failures = first, cap, 0
-
-    def next_delay(self) -> float:
-        self.failures += 1
-        return min(self.cap, self.first * 2 ** (self.failures - 1))
-
-    def reset(self) -> None:
-        self.failures = 0
+    async def leave(self, room_id: RoomId) -> None:
+        """Leave the room and forget it; a room the bot is not in is already left.
+        Raises DeliveryError."""
 
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
@@ -207,7 +199,11 @@ class MeetingBot:
     # --- what happens in the room --------------------------------------------------
 
     async def handle(self, event: Incoming) -> None:
-        """Handle one event once, however often it is delivered. Never raises."""
+        """Handle one event once, however often it is delivered.
+
+        Raises only HomeserverUnavailable (a chair check could not be made): the event
+        is then left unclaimed, for the caller to hand over again later.
+        """
         if not self.rooms.is_configured(event.room_id):
             return
         try:
@@ -220,6 +216,8 @@ class MeetingBot:
                     await self._handle_redaction(event)
                 case IncomingReaction():
                     await self._handle_reaction(event)
+        except HomeserverUnavailable:
+            raise
         except Exception as error:
             self.metrics.error("message")
             if is_storage_full(error):
@@ -421,9 +419,10 @@ class MeetingBot:
     async def _is_chair(self, room_id: RoomId, user_id: UserId) -> bool:
         if any(user_id in series.chairs for series in self.rooms.series_in(room_id)):
             return True
-        target = await resolve_target(self.store, self.rooms, room_id, self.clock())
+        reader = self.store.read
+        target = await resolve_target(reader, self.rooms, room_id, self.clock())
         if target is not None and target.meeting is not None and (
-                await self.store.is_meeting_chair(target.meeting.id, user_id)):
+                await reader.is_meeting_chair(target.meeting.id, user_id)):
             return True
         return await self.transport.power_level(room_id, user_id) >= CHAIR_LEVEL
 

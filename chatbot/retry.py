@@ -71,10 +71,12 @@ async def call_homeserver(what: str, call: Callable[[], Awaitable[T]], *,
         if state.attempt_number == 1:
             outcome = state.outcome
             error = outcome.exception() if outcome is not None else None
-            reason = error if error is not None else _describe(
-                outcome.result() if outcome is not None else None)
-            log.warning("%s: homeserver unavailable (%s); retrying with backoff up to %ss",
-                        what, reason, cap)
+            if error is not None:
+                problem = f"homeserver unreachable ({error or type(error).__name__})"
+            else:
+                problem = "homeserver answered " + _describe(
+                    outcome.result() if outcome is not None else None)
+            log.warning("%s: %s; retrying with backoff up to %ss", what, problem, cap)
 
     attempts = 0
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import stat
+from typing import Any
 
 import aiosqlite
+import pytest
 
 from chatbot.demo.person import body_of, is_reaction, is_reply
+from chatbot.matrix import MatrixEdge
 
 from .conftest import World
 from .support.assertions import assert_handled_once
@@ -121,3 +125,31 @@ async def test_an_oversized_update_is_refused_with_the_limit(world: World) -> No
         lambda e: (e.get("content") or {}).get("m.relates_to", {}).get("m.in_reply_to", {})
         .get("event_id") == long)
     assert "that text is 14999 characters; the limit is 4000" in body_of(reply)
+
+
+async def test_commands_sent_while_the_bot_first_starts_are_answered_once(
+    world: World, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sent after the bot first started but before its first sync: they are in that sync
+    (one event per room; the rest fetched back), and they are commands, not history."""
+    early = await world.ada.say(world.room_id, "!here")
+    sent: list[str] = []
+    first_sync = MatrixEdge.sync_forever
+
+    async def sync_after_commands(edge: MatrixEdge, listener: Any) -> None:
+        if not sent:
+            sent.append(await world.ada.say(world.room_id, "!update sent during the start"))
+            sent.append(await world.grace.say(world.room_id, "!here"))
+        await first_sync(edge, listener)
+
+    monkeypatch.setattr(MatrixEdge, "sync_forever", sync_after_commands)
+    bot = await world.start_bot(world.config())
+    for event_id in sent:
+        await world.ada.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id))
+    store = bot.app.store
+    assert store is not None
+    while await store.read.has_pending_outbox():
+        await asyncio.sleep(0.05)
+    await acknowledged(world.chair, world.room_id, "!here")
+    assert [reactions_to(world.ada, event_id) for event_id in sent] == [1, 1]
+    assert reactions_to(world.ada, early) == 0, "sent before the first start: history"

@@ -262,7 +262,7 @@ def test_the_command_line_logs_json_lines(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.wait(10)
-    assert entries[-1]["logger"] == "chatbot.matrix"
+    assert entries[-1]["logger"] == "chatbot.retry"
     assert entries[-1]["message"].startswith("logging in: homeserver unreachable")
 
 
