@@ -615,10 +615,10 @@ class MeetingBot:
         pruned = done.pruned
         self.metrics.pruned(events=pruned.events, jobs=pruned.jobs,
                             undecrypted=pruned.undecrypted)
-        log.info("upkeep: pruned %s handled events, %s finished jobs and %s undecryptable "
-                 "messages from before %s; leaving %s idle direct chats", pruned.events,
-                 pruned.jobs, pruned.undecrypted, done.before.isoformat(timespec="seconds"),
-                 len(done.leaving))
+        log.info("upkeep: pruned %s handled events (from before %s), %s finished jobs and "
+                 "%s undecryptable messages; leaving %s idle direct chats", pruned.events,
+                 done.keys_before.isoformat(timespec="seconds"), pruned.jobs,
+                 pruned.undecrypted, len(done.leaving))
         if done.leaving:
             self._outbox_ready.set()
 

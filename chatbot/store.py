@@ -976,28 +976,30 @@ class Store:
         """When the latest event was handled; None before the first."""
         return _instant(await self._scalar("SELECT max(processed_at) FROM processed_events"))
 
-    async def prune(self, before: datetime, *, limit: int = PRUNE_BATCH) -> Pruned:
-        """Delete, in the caller's transaction, at most `limit` rows of each kind older than
-        `before`: handled events' ids, finished outbox jobs (delivered, or refused for
-        good), and kept undecryptable messages (answered or not, encryption on or off).
+    async def prune(self, before: datetime, *, keys_before: datetime | None = None,
+                    limit: int = PRUNE_BATCH) -> Pruned:
+        """Delete, in the caller's transaction, at most `limit` rows of each kind: finished
+        outbox jobs (delivered, or refused for good) older than `before`; handled events'
+        ids and kept undecryptable messages (answered or not, encryption on or off) older
+        than `keys_before` (default `before`).
 
+        The ids and the kept messages are what makes a replayed event count once, so
+        their cutoff is the caller's to make safe (see `chatbot.upkeep.prune_before`).
         Parked jobs stay: they are what the bot never managed to do, kept for a person
         to look into (and few: a job parks only after failing for `jobs.park_after`).
-        Whether `before` is safe for the events' ids is the caller's to decide: see
-        `chatbot.upkeep.prune_before`.
         """
-        stamp = _stamp(before)
+        keys = _stamp(keys_before or before)
         events = await self._changes(
             "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events "
-            "WHERE processed_at < ? LIMIT ?)", stamp, limit)
+            "WHERE processed_at < ? LIMIT ?)", keys, limit)
         # An outbox id may be used again once the newest row is gone; the transaction id
         # of a send also carries the row's creation time, so it stays unique.
         jobs = await self._changes(
             "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
-            "WHERE sent_at IS NOT NULL AND sent_at < ? LIMIT ?)", stamp, limit)
+            "WHERE sent_at IS NOT NULL AND sent_at < ? LIMIT ?)", _stamp(before), limit)
         undecrypted = await self._changes(
             "DELETE FROM undecrypted WHERE rowid IN (SELECT rowid FROM undecrypted "
-            "WHERE received_at < ? LIMIT ?)", stamp, limit)
+            "WHERE received_at < ? LIMIT ?)", keys, limit)
         return Pruned(events, jobs, undecrypted)
 
 

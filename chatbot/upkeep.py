@@ -25,16 +25,18 @@ LEAVE = "leave"
 
 @dataclass(frozen=True, slots=True)
 class Upkept:
-    """What one upkeep did: rows pruned, and direct chats it queued a leave for."""
+    """What one upkeep did: rows pruned, direct chats it queued a leave for, and the age
+    before which handled events were forgotten."""
 
     pruned: Pruned
     leaving: tuple[RoomId, ...]
-    before: datetime
+    keys_before: datetime
 
 
 def prune_before(now: datetime, newest_handled: datetime | None,
                  retention: timedelta) -> datetime:
-    """The age before which the ids of handled events may go.
+    """The age before which the ids of handled events (and kept undecryptable messages,
+    which stand for events not handled yet) may go.
 
     Those ids are what stops a replayed event from counting twice, so one may go only
     once nothing can replay its event. The Matrix edge saves its sync position right
@@ -46,7 +48,8 @@ def prune_before(now: datetime, newest_handled: datetime | None,
     (retention is at least a day). After a long stop it might not be: the upkeep owed
     runs at start, before the first sync has replayed anything. Counting the retention
     back from the newest handled event instead keeps the ids a restart can replay,
-    however long the bot was down.
+    however long the bot was down. (A bot nobody writes to keeps its last ids longer;
+    nothing new is keyed then either.)
     """
     cutoff = now - retention
     if newest_handled is not None:
@@ -61,11 +64,13 @@ async def run_upkeep(store: Store, rooms: Rooms, retention: RetentionConfig,
 
     Safe to run again after a crash part way: each step is idempotent.
     """
-    before = prune_before(now, await store.read.newest_processed_at(), retention.events)
+    keys_before = prune_before(now, await store.read.newest_processed_at(), retention.events)
     pruned = Pruned()
     while True:
         async with store.transaction():
-            step = await store.prune(before, limit=batch)
+            # Finished jobs are not what makes a replay count once: they go by the clock.
+            step = await store.prune(now - retention.events, keys_before=keys_before,
+                                     limit=batch)
         pruned += step
         if not step.reached(batch):
             break
@@ -81,4 +86,4 @@ async def run_upkeep(store: Store, rooms: Rooms, retention: RetentionConfig,
             await store.enqueue(room_id, LEAVE, {}, now)
             leaving.append(room_id)
         await store.set_meta(LAST_UPKEEP_KEY, now.isoformat())
-    return Upkept(pruned, tuple(leaving), before)
+    return Upkept(pruned, tuple(leaving), keys_before)

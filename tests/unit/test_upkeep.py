@@ -177,12 +177,18 @@ async def test_upkeep_at_start_after_a_long_stop_keeps_what_a_restart_can_replay
     # bot comes back 45 days later and runs the upkeep it owes before syncing.
     await handled(store, "$long-ago", T0 - 80 * DAY)
     await handled(store, "$before-crash", T0 - 45 * DAY)
+    async with store.transaction():
+        await store.enqueue(ROOM, "react", {"event_id": "$before-crash"}, T0 - 45 * DAY)
+        [reaction] = await store.pending_outbox()
+        await store.mark_sent(reaction, "$ack", T0 - 45 * DAY)
 
-    await run_upkeep(store, ROOMS, RetentionConfig(), T0)
+    done = await run_upkeep(store, ROOMS, RetentionConfig(), T0)
 
     async with store.transaction():
         assert not await store.claim_event(EventId("$before-crash"), ROOM, T0, ADA)
     assert await store.sender_of(EventId("$long-ago")) is None
+    # Finished jobs are no replay's business: they go by the clock.
+    assert done.pruned == Pruned(events=1, jobs=1)
 
 
 # --- direct chats ----------------------------------------------------------------------------
