@@ -362,9 +362,7 @@ async def plan_jobs(
     store: Store, rooms: Rooms, now: datetime, owed_since: datetime
 ) -> list[Job]:
     """Every job the schedule needs now, derived from the configuration and the database."""
-    last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
-    jobs = [plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
-                        owed_since)]
+    jobs = []
     for meeting in await store.open_meetings():
         if meeting.closes_at is not None:
             jobs.append(Job(JobKind.CLOSE, meeting.closes_at, meeting.series_id,
@@ -384,6 +382,9 @@ async def plan_jobs(
             occurrence, _ = pending[0]
             decided = await store.decided_reminders(series.id, occurrence.start)
             jobs.extend(plan_series(series, occurrence, decided, owed_since))
+    last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
+    jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
+                            owed_since))
     return jobs
 
 
