@@ -526,6 +526,8 @@ class MeetingBot:
                      extra={"room_id": room_id})
             return ""
         await self.transport.leave(room_id)
+        async with self.store.transaction():
+            await self.store.forget_known_room(room_id)
         self.metrics.left_direct_chat()
         log.info("left direct chat %s: nobody used it for %s", room_id,
                  self.rooms.config.retention.direct_chats, extra={"room_id": room_id})

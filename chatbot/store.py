@@ -306,10 +306,6 @@ class Pruned:
         return Pruned(self.events + other.events, self.jobs + other.jobs,
                       self.undecrypted + other.undecrypted)
 
-    @property
-    def total(self) -> int:
-        return self.events + self.jobs + self.undecrypted
-
     def reached(self, limit: int) -> bool:
         """Whether any table gave a full batch, so more may be left to prune."""
         return max(self.events, self.jobs, self.undecrypted) >= limit
@@ -523,6 +519,10 @@ class Store:
 
     async def is_known_room(self, room_id: RoomId) -> bool:
         return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+
+    async def forget_known_room(self, room_id: RoomId) -> None:
+        """A room the bot left: if it joins again, what was said meanwhile is history."""
+        await self._db.execute("DELETE FROM known_rooms WHERE room_id = ?", (room_id,))
 
     async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
         await self._db.execute(

@@ -238,12 +238,15 @@ async def test_the_leave_job_leaves_the_room_once(world) -> None:
     bot, clock, transport = world
     async with bot.store.transaction():
         await bot.store.add_direct_room(QUIET, T0 - 60 * DAY)
+        await bot.store.add_known_room(QUIET, T0 - 60 * DAY)
     await bot.run_job(plan_upkeep(None, T0 - DAY))
 
     await bot.deliver_due()
     await bot.deliver_due()
 
     assert transport.left == [QUIET]
+    # Invited again some day, the bot treats what was said meanwhile as history.
+    assert not await bot.store.is_known_room(QUIET)
     assert await bot.outbox_empty()
     assert 'chatbot_direct_chats_left_total 1.0' in bot.metrics.render().decode()
 
