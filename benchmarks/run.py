@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 import aiohttp
 import yaml
 
+from benchmarks.growth import growth
 from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.matrix import first_sync_filter, sync_filter
 from chatbot.demo.person import Person
@@ -54,10 +55,12 @@ class Counts:
     history: int = 3
     commands: int = 10_000
     idle: float = 60.0
+    growth_commands: int = 10_000  # a month, in simulated time
+    growth_months: int = 2
 
 
 QUICK = Counts(latency=40, burst_people=20, burst_each=5, rooms=40, meetings=10, history=1,
-               commands=1_000, idle=10.0)
+               commands=1_000, idle=10.0, growth_commands=1_000)
 
 
 def progress(text: str) -> None:
@@ -507,9 +510,43 @@ def table(results: dict[str, Any]) -> str:
         ratio = ""
         if chatbot is not None and baseline:
             ratio = f"{chatbot / baseline:.2f}x"
-        rows.append((what, "-" if chatbot is None else f"{chatbot:,.1f} {unit}",
-                     "-" if baseline is None else f"{baseline:,.1f} {unit}", ratio, target))
+        def shown(value: float | None) -> str:
+            if value is None:
+                return "-"
+            return f"{value:,} {unit}" if isinstance(value, int) else f"{value:,.1f} {unit}"
 
+        rows.append((what, shown(chatbot), shown(baseline), ratio, target))
+
+    if "latency" in results:
+        synapse_rows(results, row, rows)
+    if "growth" in results:
+        growth_rows(results["growth"], row)
+    header = ("measure", "chatbot", "baseline", "ratio", "target")
+    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(5)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def growth_rows(g: dict[str, Any], row: Callable[..., None]) -> None:
+    """The baseline column is the same simulated use without the daily upkeep."""
+    mib = 1024 * 1024
+    for pruned, unpruned in zip(g["pruned"]["checkpoints"], g["unpruned"]["checkpoints"],
+                                strict=True):
+        what = (f"database after {pruned['commands']:,} commands, {pruned['month']} "
+                f"month{'s' if pruned['month'] > 1 else ''} (vs no pruning)")
+        row(what, pruned["file_bytes"] / mib, unpruned["file_bytes"] / mib, "MiB")
+        row("  of which in use", pruned["used_bytes"] / mib, unpruned["used_bytes"] / mib,
+            "MiB")
+        row("  handled-event ids kept", pruned["rows_processed_events"],
+            unpruned["rows_processed_events"], "rows")
+        row("  outbox jobs kept", pruned["rows_outbox"], unpruned["rows_outbox"], "rows")
+
+
+def synapse_rows(results: dict[str, Any], row: Callable[..., None],
+                 rows: list[tuple[str, str, str, str, str]]) -> None:
     lat = results["latency"]
     row("latency median", lat["chatbot"]["median_ms"], lat["baseline"]["median_ms"], "ms",
         "<= 1.10x")
@@ -547,13 +584,6 @@ def table(results: dict[str, Any]) -> str:
     row("`chatbot notes` end to end", n["cli_notes_ms"], None, "ms")
     i = results["idle"]
     row(f"idle CPU over {i['seconds']:.0f} s", i["chatbot"] * 1000, i["baseline"] * 1000, "ms")
-    header = ("measure", "chatbot", "baseline", "ratio", "target")
-    widths = [max(len(r[k]) for r in [header, *rows]) for k in range(5)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
-              for r in rows]
-    return "\n".join(lines)
 
 
 async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
@@ -626,6 +656,7 @@ async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
         results["scale"]["memory"] = await many_commands(world, chatbot, database,
                                                          counts.commands)
         results["notes"] = await notes(world)
+        results["growth"] = await growth_phase(workdir, counts)
         for bot in bots:
             await bot.stop()
         results["exit_codes"] = {bot.name: bot.process.returncode for bot in bots
@@ -641,6 +672,19 @@ async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
     return results
 
 
+async def growth_phase(workdir: Path, counts: Counts) -> dict[str, Any]:
+    progress(f"growth: {counts.growth_commands:,} commands a month for "
+             f"{counts.growth_months} months of simulated time, with and without pruning")
+    return await growth(workdir, commands=counts.growth_commands, months=counts.growth_months)
+
+
+async def growth_only(counts: Counts, workdir: Path) -> dict[str, Any]:
+    """The growth phase alone: it needs no homeserver."""
+    return {"machine": machine(), "counts": {k: getattr(counts, k) for k in Counts.__slots__},
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "growth": await growth_phase(workdir, counts)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -649,18 +693,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", type=int, help="rooms both bots are joined to")
     parser.add_argument("--idle", type=float, help="seconds of the idle phase")
     parser.add_argument("--latency", type=int, help="sequential commands per bot")
+    parser.add_argument("--growth-commands", type=int,
+                        help="commands a month in the growth phase (simulated time)")
+    parser.add_argument("--growth-months", type=int, help="months the growth phase simulates")
+    parser.add_argument("--only", choices=["growth"],
+                        help="run one phase alone (growth needs no homeserver)")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     # The people's nio clients warn while encryption sessions are set up; not a result.
     logging.getLogger("nio").setLevel(logging.ERROR)
     counts = QUICK if args.quick else Counts()
-    overrides = {name: getattr(args, name) for name in ("commands", "rooms", "idle", "latency")
+    overrides = {name: getattr(args, name) for name in (
+        "commands", "rooms", "idle", "latency", "growth_commands", "growth_months")
                  if getattr(args, name) is not None}
     counts = Counts(**{**{k: getattr(counts, k) for k in Counts.__slots__}, **overrides})
     if counts.rooms < counts.meetings + 1:
         parser.error("--rooms must exceed the number of meetings")
     with tempfile.TemporaryDirectory(prefix="chatbot-bench-") as folder:
-        results = asyncio.run(run_benchmark(counts, Path(folder)))
+        run = growth_only if args.only == "growth" else run_benchmark
+        if args.only and args.output == RESULTS:  # a part does not replace the whole run's
+            args.output = RESULTS.with_name(f"{args.only}.json")
+        results = asyncio.run(run(counts, Path(folder)))
     results["table"] = table(results)
     print()
     print(results["table"])

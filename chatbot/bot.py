@@ -51,6 +51,7 @@ from chatbot.recurrence import ReminderDecision
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
 from chatbot.store import OutboxItem, Store, is_storage_full
+from chatbot.upkeep import LEAVE, run_upkeep
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,8 @@ class MeetingBot:
         self.jobs = rooms.config.jobs
         self._outbox_ready = asyncio.Event()
         # One interface for every kind of job: Matrix events go through the transport.
-        self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file}
+        self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
+                                              LEAVE: self._leave_room}
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -242,6 +244,7 @@ class MeetingBot:
                 if not await self.store.claim_event(message.event_id, message.room_id, now,
                                                     message.sender):
                     return
+                await self.store.touch_direct_room(message.room_id, now)
                 rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
                 context = Context(self.rooms, message.room_id, message.sender,
                                   message.display_name, message.event_id, now)
@@ -505,6 +508,27 @@ class MeetingBot:
             raise DeliveryError(str(error), permanent=True) from error
         return relative_path
 
+    async def _leave_room(self, item: OutboxItem) -> str:
+        """Leave an idle direct chat; never a meeting room, nor a chat used since the
+        leave was queued (someone wrote in it meanwhile)."""
+        room_id = item.room_id
+        if self.rooms.is_configured(room_id):
+            log.warning("not leaving %s: it is a meeting room", room_id,
+                        extra={"room_id": room_id})
+            return ""
+        last_used = await self.store.read.direct_room_last_used(room_id)
+        if last_used is not None and last_used >= item.created_at:
+            log.info("not leaving direct chat %s: used again since", room_id,
+                     extra={"room_id": room_id})
+            return ""
+        await self.transport.leave(room_id)
+        async with self.store.transaction():
+            await self.store.forget_known_room(room_id)
+        self.metrics.left_direct_chat()
+        log.info("left direct chat %s: nobody used it for %s", room_id,
+                 self.rooms.config.retention.direct_chats, extra={"room_id": room_id})
+        return ""
+
     def _write_note(self, relative_path: str, text: str) -> None:
         # The path is built from the configured meeting id and a date, never from
         # chat text; the check keeps it that way.
@@ -545,6 +569,10 @@ class MeetingBot:
         """Carry out a due job. Never raises: a failure is logged and retried with backoff."""
         try:
             now = self.clock()
+            if job.kind is JobKind.UPKEEP:
+                await self._upkeep(now)
+                self._job_failures.pop(job.id, None)
+                return
             async with self.store.transaction():
                 effects: list[Effect] = []
                 series = self.rooms.series(job.series_id)
@@ -579,6 +607,18 @@ class MeetingBot:
                             failures, error)
         finally:
             self.on_schedule_change()
+
+    async def _upkeep(self, now: datetime) -> None:
+        done = await run_upkeep(self.store, self.rooms, self.rooms.config.retention, now)
+        pruned = done.pruned
+        self.metrics.pruned(events=pruned.events, jobs=pruned.jobs,
+                            undecrypted=pruned.undecrypted)
+        log.info("upkeep: pruned %s handled events (from before %s), %s finished jobs and "
+                 "%s undecryptable messages; leaving %s idle direct chats", pruned.events,
+                 done.keys_before.isoformat(timespec="seconds"), pruned.jobs,
+                 pruned.undecrypted, len(done.leaving))
+        if done.leaving:
+            self._outbox_ready.set()
 
     # --- the outbox: every job, carried out after the commit that queued it --------------------
 

@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
-from chatbot.recurrence import Schedule, parse_duration, parse_rule
+from chatbot.recurrence import Schedule, format_duration, parse_duration, parse_rule
 from chatbot.render import compile_template, note_context, sample_record
 
 _USER_ID = re.compile(r"@[^:\s]+:\S+")
@@ -254,6 +254,30 @@ class JobsConfig(_Frozen):
         return self
 
 
+# Shorter retention would not save space worth having, and the ids of handled events
+# must outlive any replay of them by far (see `chatbot.upkeep.prune_before`).
+MIN_RETENTION = timedelta(days=1)
+
+
+def _at_least_a_day(value: timedelta) -> timedelta:
+    if value < MIN_RETENTION:
+        raise ValueError(f"expected at least 1d, got {format_duration(value)}")
+    return value
+
+
+Retention = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_at_least_a_day)]
+
+
+class RetentionConfig(_Frozen):
+    """How long the bot keeps its bookkeeping, and stays in direct chats nobody uses."""
+
+    # The ids of handled events (what stops a replay from counting twice), finished
+    # outbox jobs and messages it could not decrypt. Meetings and notes are kept for good.
+    events: Retention = timedelta(days=30)
+    # A direct chat nobody wrote in for this long is left (meeting rooms never are).
+    direct_chats: Retention = timedelta(days=30)
+
+
 class Config(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -265,6 +289,7 @@ class Config(_Frozen):
     allowed_inviters: tuple[UserId, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
     jobs: JobsConfig = JobsConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @field_validator("meetings")
     @classmethod

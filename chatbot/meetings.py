@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 # further ahead, a chair starting a meeting means an extra, ad hoc one.
 EARLY_START_WINDOW = timedelta(hours=24)
 LOOKAHEAD_OCCURRENCES = 4
+UPKEEP_EVERY = timedelta(days=1)
+# When the last upkeep ran (meta key), so the next is planned a day later.
+LAST_UPKEEP_KEY = "last_upkeep_at"
 
 
 # --- effects: what the core asks the edges to do ------------------------------------
@@ -293,6 +296,7 @@ class JobKind(enum.StrEnum):
     START = "start"
     CLOSE = "close"
     OVERRUN = "overrun"
+    UPKEEP = "upkeep"  # daily: prune old bookkeeping, leave idle direct chats
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +324,8 @@ class Job:
             return f"close:{self.meeting_id}"
         if self.kind is JobKind.OVERRUN:
             return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
+        if self.kind is JobKind.UPKEEP:
+            return f"upkeep:{self.run_at.isoformat()}"
         lead = "" if self.lead is None else f":{int(self.lead.total_seconds())}"
         assert self.start is not None
         return f"{self.kind}:{self.series_id}:{self.start.isoformat()}{lead}"
@@ -342,6 +348,14 @@ def plan_series(
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
             jobs.append(Job(JobKind.REMINDER, due, series.id, start=start, lead=lead))
     return jobs
+
+
+def plan_upkeep(last_upkeep: datetime | None, owed_since: datetime) -> Job:
+    """The next daily upkeep: a day after the last one, or after the bot first ran.
+
+    One that fell due while the bot was down runs at once when it starts.
+    """
+    return Job(JobKind.UPKEEP, (last_upkeep or owed_since) + UPKEEP_EVERY, series_id="")
 
 
 async def plan_jobs(
@@ -368,6 +382,9 @@ async def plan_jobs(
             occurrence, _ = pending[0]
             decided = await store.decided_reminders(series.id, occurrence.start)
             jobs.extend(plan_series(series, occurrence, decided, owed_since))
+    last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
+    jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
+                            owed_since))
     return jobs
 
 

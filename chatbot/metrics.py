@@ -31,6 +31,7 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 DEFAULT_MAX_SYNC_AGE = timedelta(seconds=90)
 UNKNOWN_COMMAND = "unknown"
 REMINDER_OUTCOMES = ("sent", "missed")
+PRUNED_TABLES = ("events", "jobs", "undecrypted")
 
 
 class Metrics:
@@ -68,6 +69,14 @@ class Metrics:
         self._jobs_parked = Counter(
             "chatbot_jobs_parked", "Outbox jobs that kept failing past jobs.park_after and "
             "are no longer retried, by kind.", ["kind"], registry=self.registry)
+        self._pruned = Counter(
+            "chatbot_pruned_rows", "Rows the daily upkeep deleted once past retention.events, "
+            "by what they were: events (ids of handled events), jobs (finished outbox jobs), "
+            "undecrypted (messages that could not be decrypted).", ["table"],
+            registry=self.registry)
+        self._direct_chats_left = Counter(
+            "chatbot_direct_chats_left", "Direct chats the bot left after nobody used them "
+            "for retention.direct_chats.", registry=self.registry)
         self._task_crashes = Counter(
             "chatbot_task_crashes", "Crashes of the bot's long-running tasks (each is "
             "restarted with backoff), by task.", ["task"], registry=self.registry)
@@ -91,6 +100,8 @@ class Metrics:
         # over them has a series to work on before the first event.
         for outcome in REMINDER_OUTCOMES:
             self._reminders.labels(outcome=outcome)
+        for table in PRUNED_TABLES:
+            self._pruned.labels(table=table)
 
     # --- what the core reports ----------------------------------------------------------
 
@@ -124,6 +135,17 @@ class Metrics:
     def job_parked(self, kind: str) -> None:
         """An outbox job kept failing and is no longer retried."""
         self._jobs_parked.labels(kind=kind).inc()
+
+    def pruned(self, **counts: int) -> None:
+        """Upkeep deleted rows: a count per kind in PRUNED_TABLES."""
+        for table, count in counts.items():
+            if table not in PRUNED_TABLES:
+                raise ValueError(f"pruned rows must be one of {PRUNED_TABLES}, got {table!r}")
+            self._pruned.labels(table=table).inc(count)
+
+    def left_direct_chat(self) -> None:
+        """The bot left a direct chat nobody used."""
+        self._direct_chats_left.inc()
 
     # --- what the supervisor reports ----------------------------------------------------
 

@@ -235,6 +235,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
+# Rows deleted per table and transaction when pruning: each batch holds the writer's
+# lock for milliseconds, so commands are not kept waiting behind a big first prune.
+PRUNE_BATCH = 5_000
+
+
 class StoreError(Exception):
     """The database cannot be used; the message says why and what to do."""
 
@@ -287,6 +292,23 @@ class Undecrypted:
     source: dict[str, Any]
     received_at: datetime
     answered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pruned:
+    """How many rows one prune deleted, by what they were."""
+
+    events: int = 0
+    jobs: int = 0
+    undecrypted: int = 0
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(self.events + other.events, self.jobs + other.jobs,
+                      self.undecrypted + other.undecrypted)
+
+    def reached(self, limit: int) -> bool:
+        """Whether any table gave a full batch, so more may be left to prune."""
+        return max(self.events, self.jobs, self.undecrypted) >= limit
 
 
 _MEETING_COLUMNS = (
@@ -472,8 +494,35 @@ class Store:
         return {RoomId(row["room_id"]) for row in await self._rows(
             "SELECT room_id FROM direct_rooms")}
 
+    async def touch_direct_room(self, room_id: RoomId, now: datetime) -> None:
+        """Someone used a direct chat: it is not idle. A chat forgotten by upkeep while
+        its leave was still queued is remembered again, which calls the leave off."""
+        await self._db.execute(
+            "INSERT INTO direct_rooms (room_id, joined_at, last_used_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (room_id) DO UPDATE SET last_used_at = excluded.last_used_at",
+            (room_id, _stamp(now), _stamp(now)))
+
+    async def direct_room_last_used(self, room_id: RoomId) -> datetime | None:
+        """When a direct chat was last used (else joined); None for one not recorded."""
+        return _instant(await self._scalar(
+            "SELECT coalesce(last_used_at, joined_at) FROM direct_rooms WHERE room_id = ?",
+            room_id))
+
+    async def idle_direct_rooms(self, before: datetime) -> list[RoomId]:
+        """Direct chats nobody used (nor joined, if never used) since `before`."""
+        return [RoomId(row["room_id"]) for row in await self._rows(
+            "SELECT room_id FROM direct_rooms WHERE coalesce(last_used_at, joined_at) < ? "
+            "ORDER BY room_id", _stamp(before))]
+
+    async def forget_direct_room(self, room_id: RoomId) -> None:
+        await self._db.execute("DELETE FROM direct_rooms WHERE room_id = ?", (room_id,))
+
     async def is_known_room(self, room_id: RoomId) -> bool:
         return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+
+    async def forget_known_room(self, room_id: RoomId) -> None:
+        """A room the bot left: if it joins again, what was said meanwhile is history."""
+        await self._db.execute("DELETE FROM known_rooms WHERE room_id = ?", (room_id,))
 
     async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
         await self._db.execute(
@@ -920,6 +969,38 @@ class Store:
         await self._db.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, parked_at = ? "
             "WHERE id = ?", (error, _stamp(now), item_id))
+
+    # --- upkeep: what keeps the database from growing forever -------------------------
+
+    async def newest_processed_at(self) -> datetime | None:
+        """When the latest event was handled; None before the first."""
+        return _instant(await self._scalar("SELECT max(processed_at) FROM processed_events"))
+
+    async def prune(self, before: datetime, *, keys_before: datetime | None = None,
+                    limit: int = PRUNE_BATCH) -> Pruned:
+        """Delete, in the caller's transaction, at most `limit` rows of each kind: finished
+        outbox jobs (delivered, or refused for good) older than `before`; handled events'
+        ids and kept undecryptable messages (answered or not, encryption on or off) older
+        than `keys_before` (default `before`).
+
+        The ids and the kept messages are what makes a replayed event count once, so
+        their cutoff is the caller's to make safe (see `chatbot.upkeep.prune_before`).
+        Parked jobs stay: they are what the bot never managed to do, kept for a person
+        to look into (and few: a job parks only after failing for `jobs.park_after`).
+        """
+        keys = _stamp(keys_before or before)
+        events = await self._changes(
+            "DELETE FROM processed_events WHERE rowid IN (SELECT rowid FROM processed_events "
+            "WHERE processed_at < ? LIMIT ?)", keys, limit)
+        # An outbox id may be used again once the newest row is gone; the transaction id
+        # of a send also carries the row's creation time, so it stays unique.
+        jobs = await self._changes(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox "
+            "WHERE sent_at IS NOT NULL AND sent_at < ? LIMIT ?)", _stamp(before), limit)
+        undecrypted = await self._changes(
+            "DELETE FROM undecrypted WHERE rowid IN (SELECT rowid FROM undecrypted "
+            "WHERE received_at < ? LIMIT ?)", keys, limit)
+        return Pruned(events, jobs, undecrypted)
 
 
 def backup_database(source: Path, target: Path) -> int:

@@ -112,6 +112,7 @@ async def per_command_paths(store: Store) -> None:
         await store.is_meeting_chair(meeting.id, ADA)
         await store.meeting_announced_by("$announcement")
         await store.replacement_room(ROOM)
+        await store.touch_direct_room(RoomId("!direct:example.org"), NOW)
         await store.set_meta("sync_token", "s1")
         await store.get_meta("sync_token")
         await store.enqueue(ROOM, "react", {"event_id": "$here", "key": "✅"}, NOW)
@@ -120,6 +121,42 @@ async def per_command_paths(store: Store) -> None:
             await store.mark_sent(item, "$sent", NOW)
     await store.pending_outbox(limit=1)
     await store.decided_reminders("team", target.start)
+
+
+def full_scans(path: Path, statements: list[tuple[str, tuple[Any, ...]]]) -> dict[str, str]:
+    queries = [(sql, args) for sql, args in statements
+               if not sql.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA"))]
+    scans = {}
+    with sqlite3.connect(path) as db:
+        for sql, args in queries:
+            plan = " / ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+            if {match.group(1) for match in FULL_SCAN.finditer(plan)} & GROWING:
+                scans[" ".join(sql.split())] = plan
+    return scans
+
+
+async def test_the_daily_upkeep_finds_what_to_prune_through_indexes(
+    store: Store, tmp_path: Path
+) -> None:
+    from chatbot.config import RetentionConfig
+    from chatbot.upkeep import run_upkeep
+
+    await history(store)
+    for item in await store.pending_outbox(limit=1000, per_room=1000):
+        async with store.transaction():
+            await store.mark_sent(item, "$sent", NOW)
+    later = NOW + timedelta(days=60)
+    async with store.transaction():
+        await store.claim_event(EventId("$today"), ROOM, later, ADA)
+    recording = Recording(store._db)
+    store._db = recording  # type: ignore[assignment]
+    await run_upkeep(store, rooms(), RetentionConfig(), later)
+    store._db = recording.connection
+
+    deletes = [sql for sql, _ in recording.statements if sql.startswith("DELETE")]
+    assert len(deletes) >= 3
+    assert full_scans(tmp_path / "bot.db", recording.statements) == {}
+    assert await store._scalar("SELECT count(*) FROM processed_events") == 1
 
 
 async def test_no_per_command_query_reads_a_whole_growing_table(
