@@ -68,6 +68,9 @@ class Metrics:
         self._jobs_parked = Counter(
             "chatbot_jobs_parked", "Outbox jobs that kept failing past jobs.park_after and "
             "are no longer retried, by kind.", ["kind"], registry=self.registry)
+        self._commands_throttled = Counter(
+            "chatbot_commands_throttled", "Commands refused because their sender sent "
+            "more than limits.commands per limits.per in a room.", registry=self.registry)
         self._task_crashes = Counter(
             "chatbot_task_crashes", "Crashes of the bot's long-running tasks (each is "
             "restarted with backoff), by task.", ["task"], registry=self.registry)
@@ -97,6 +100,10 @@ class Metrics:
     def command_handled(self, name: str) -> None:
         """A command was recorded: its registry name, or "unknown" for a mistyped one."""
         self._commands.labels(command=name or UNKNOWN_COMMAND).inc()
+
+    def command_throttled(self) -> None:
+        """A command was refused by flood control (answered "slow down", or not at all)."""
+        self._commands_throttled.inc()
 
     def error(self, where: str) -> None:
         """An exception was caught and logged at one of the doors.
