@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from chatbot.commands import (
     Context,
@@ -181,6 +181,13 @@ def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, st
     return text, minutes, assignee
 
 
+def _answers(invocation: Invocation | Unknown | None) -> TypeGuard[Invocation | Unknown]:
+    """Whether a message is a command the bot answers: a known one, or a close misspelling.
+    Other unknown commands belong to other bots in the room."""
+    return isinstance(invocation, Invocation) or (
+        isinstance(invocation, Unknown) and invocation.suggestion is not None)
+
+
 class MeetingBot:
     """Turns messages and due jobs into recorded state and queued replies."""
 
@@ -291,9 +298,7 @@ class MeetingBot:
     async def _handle_message(self, message: IncomingMessage) -> None:
         prefix = self.rooms.config.command_prefix
         invocation = parse_invocation(strip_reply_fallback(message.body), prefix)
-        if invocation is None or (isinstance(invocation, Unknown) and not invocation.suggestion):
-            return
-        if not await self._admit(message):
+        if not _answers(invocation) or not await self._admit(message):
             return
         context = await self._context(message, invocation, message.event_id)
         async with self.store.transaction():
@@ -319,7 +324,7 @@ class MeetingBot:
                                       self.rooms.config.command_prefix)
         editable = (invocation if isinstance(invocation, Invocation)
                     and invocation.spec.editable else None)
-        if invocation is not None and not await self._admit(edit):
+        if _answers(invocation) and not await self._admit(edit):
             return
         context = await self._context(edit, editable or Unknown("", None), original)
         async with self.store.transaction():
