@@ -249,6 +249,8 @@ class MeetingBot:
         if message.replaces is not None:
             return
         try:
+            if not await self._admit(message):
+                return
             async with self.store.transaction():
                 now = self.clock()
                 if not await self.store.claim_event(message.event_id, message.room_id, now,

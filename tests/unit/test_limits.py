@@ -316,3 +316,16 @@ async def test_the_text_length_limit_is_answered_with_the_limit(
     (reply,) = await room.say(ADA, "!update " + "x" * 4500)
     assert reply.startswith("Sorry, that text is 4500 characters; the limit is 4000.")
     assert await room.updates() == []
+
+
+async def test_a_direct_chat_flood_gets_help_ten_times_then_one_slow_down(
+    store: Store, tmp_path: Path
+) -> None:
+    room, direct = Room(store, tmp_path), RoomId("!direct:example.org")
+    for n in range(15):
+        await room.bot.handle_direct(IncomingMessage(direct, EventId(f"$d{n}"), ADA, "ada",
+                                                     f"hello {n}"))
+    texts = [item.payload["text"] for item in
+             await store.pending_outbox(limit=1000, per_room=1000) if item.room_id == direct]
+    assert len(texts) == 11 and all("I run team meetings" in text for text in texts[:10])
+    assert texts[10].startswith("Slow down, please:")
