@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from chatbot.commands import (
     Context,
@@ -28,6 +28,7 @@ from chatbot.commands import (
     parse_invocation,
     strip_reply_fallback,
 )
+from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
 from chatbot.meetings import (
     Effect,
     Job,
@@ -173,6 +174,13 @@ def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, st
     return text, minutes, assignee
 
 
+def _answers(invocation: Invocation | Unknown | None) -> TypeGuard[Invocation | Unknown]:
+    """Whether a message is a command the bot answers: a known one, or a close misspelling.
+    Other unknown commands belong to other bots in the room."""
+    return isinstance(invocation, Invocation) or (
+        isinstance(invocation, Unknown) and invocation.suggestion is not None)
+
+
 class MeetingBot:
     """Turns messages and due jobs into recorded state and queued replies."""
 
@@ -197,6 +205,8 @@ class MeetingBot:
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
+        limits = rooms.config.limits
+        self._flood_gate = FloodGate(limits.commands, limits.per)
 
     # --- what happens in the room --------------------------------------------------
 
@@ -239,6 +249,8 @@ class MeetingBot:
         if message.replaces is not None:
             return
         try:
+            if not await self._admit(message):
+                return
             async with self.store.transaction():
                 now = self.clock()
                 if not await self.store.claim_event(message.event_id, message.room_id, now,
@@ -289,7 +301,7 @@ class MeetingBot:
     async def _handle_message(self, message: IncomingMessage) -> None:
         prefix = self.rooms.config.command_prefix
         invocation = parse_invocation(strip_reply_fallback(message.body), prefix)
-        if invocation is None or (isinstance(invocation, Unknown) and not invocation.suggestion):
+        if not _answers(invocation) or not await self._admit(message):
             return
         context = await self._context(message, invocation, message.event_id)
         async with self.store.transaction():
@@ -315,6 +327,8 @@ class MeetingBot:
                                       self.rooms.config.command_prefix)
         editable = (invocation if isinstance(invocation, Invocation)
                     and invocation.spec.editable else None)
+        if _answers(invocation) and not await self._admit(edit):
+            return
         context = await self._context(edit, editable or Unknown("", None), original)
         async with self.store.transaction():
             if not await self.store.claim_event(edit.event_id, edit.room_id, context.now,
@@ -352,6 +366,45 @@ class MeetingBot:
         log.info("applied edit %s of %s in %s", edit.event_id, original, edit.room_id,
                  extra={"room_id": edit.room_id, "event_id": edit.event_id})
         self._after(effects)
+
+    async def _admit(self, message: IncomingMessage) -> bool:
+        """Take a command from the sender's bucket; False when it must not run.
+
+        Checked before anything costly (a power-level lookup) happens. A command
+        handled before is left to the claim, so a replay takes no token. A refused
+        command is claimed all the same, so it is never answered later, and only the
+        first refusal of a flood is answered, with when to go on.
+        """
+        if await self.store.read.sender_of(message.event_id) is not None:
+            return True  # a replay: the claim below turns it away
+        now = self.clock()
+        decision = self._flood_gate.take((message.room_id, message.sender), now)
+        if decision.allowed:
+            return True
+        await self._refuse_flood(message, decision, now)
+        return False
+
+    async def _refuse_flood(self, message: IncomingMessage, decision: Decision,
+                            now: datetime) -> None:
+        assert decision.resume_at is not None
+        async with self.store.transaction():
+            if not await self.store.claim_event(message.event_id, message.room_id, now,
+                                                message.sender):
+                return
+            if decision.verdict is Verdict.SLOW_DOWN:
+                limits = self.rooms.config.limits
+                await self._record(
+                    [Reply(slow_down_text(limits.commands, limits.per, decision.resume_at, now))],
+                    message.room_id, message.event_id, now, thread_root=message.thread_root)
+        self.metrics.command_throttled()
+        ids = {"room_id": message.room_id, "event_id": message.event_id}
+        if decision.verdict is Verdict.SLOW_DOWN:
+            self._outbox_ready.set()
+            log.info("%s sends commands too fast in %s; told to slow down until %s",
+                     message.sender, message.room_id, decision.resume_at.isoformat(), extra=ids)
+        else:
+            log.debug("ignored %s from %s in %s: still too fast", message.event_id,
+                      message.sender, message.room_id, extra=ids)
 
     async def _handle_redaction(self, redaction: IncomingRedaction) -> None:
         now = self.clock()

@@ -341,6 +341,30 @@ async def handle_here(command: Here, context: Context, store: Store) -> list[Eff
     return [React()]
 
 
+async def _over_limit(store: Store, context: Context, target: Target,
+                      kind: EntryKind) -> list[Effect]:
+    """A reply naming the limit a new entry would pass; nothing when it fits.
+
+    Counted inside the command's transaction, so two commands cannot both take the
+    last place.
+    """
+    if target.meeting is None:
+        return []  # not held yet, so nothing is recorded for it
+    limits, prefix = context.rooms.config.limits, context.prefix
+    if kind is EntryKind.AGENDA and (
+            await store.count_agenda(target.meeting.id) >= limits.agenda_items):
+        return [Reply(f"Sorry, the agenda is full: a meeting takes at most "
+                      f"{limits.agenda_items} agenda items. A chair or the item's owner can "
+                      f"make room with `{prefix}agenda remove N`.")]
+    if await store.count_entries_by(target.meeting.id, context.sender) >= (
+            limits.entries_per_person):
+        return [Reply(f"Sorry, you have reached the limit of {limits.entries_per_person} "
+                      "entries per person in this meeting (updates, celebrations, agenda "
+                      f"items, notes, actions and decisions together). `{prefix}undo` removes "
+                      "your last one; editing a message changes its entry instead.")]
+    return []
+
+
 def _entry_handler(kind: EntryKind) -> Handler:
     """Updates, passes, celebrations, notes and decisions: a line of text in the meeting."""
 
@@ -348,6 +372,8 @@ def _entry_handler(kind: EntryKind) -> Handler:
         target = await _target(store, context)
         if target is None:
             return _no_meeting(context)
+        if refused := await _over_limit(store, context, target, kind):
+            return refused
         meeting = await materialize(store, context.rooms, target)
         text = command.text if isinstance(command, Text) else ""
         # Notes and decisions belong to the item being discussed, if there is one.
@@ -363,6 +389,8 @@ async def handle_action(command: Action, context: Context, store: Store) -> list
     target = await _target(store, context)
     if target is None:
         return _no_meeting(context)
+    if refused := await _over_limit(store, context, target, EntryKind.ACTION):
+        return refused
     meeting = await materialize(store, context.rooms, target)
     await store.add_entry(meeting.id, EntryKind.ACTION, context.sender,
                           await _sender_name(store, context), command.text, None,
@@ -402,6 +430,8 @@ async def handle_agenda(
         ))]
     if isinstance(command, AgendaChange):
         return await _change_agenda(command, target, context, store)
+    if refused := await _over_limit(store, context, target, EntryKind.AGENDA):
+        return refused
     meeting = await materialize(store, context.rooms, target)
     await store.add_entry(meeting.id, EntryKind.AGENDA, context.sender,
                           await _sender_name(store, context), command.text, command.minutes,

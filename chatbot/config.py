@@ -278,6 +278,30 @@ class RetentionConfig(_Frozen):
     direct_chats: Retention = timedelta(days=30)
 
 
+def _count(value: Any) -> int:
+    # YAML gives whole numbers as int; true/false or 2.5 are mistakes, not counts.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_count)]
+
+
+class LimitsConfig(_Frozen):
+    """Flood control: commands per person per room, and what one meeting may hold."""
+
+    # Each person may send `commands` commands per `per` in each room (a token
+    # bucket: they come back continuously); then one "slow down" reply, then silence.
+    commands: Count = 10
+    per: PositiveDuration = timedelta(seconds=10)
+    # Agenda items one meeting may hold (carried-over ones included).
+    agenda_items: Count = 50
+    # Entries one person may add to one meeting: updates, passes, celebrations,
+    # agenda items, notes, action items and decisions together.
+    entries_per_person: Count = 30
+
+
 class Config(_Frozen):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -290,6 +314,7 @@ class Config(_Frozen):
     encryption: EncryptionConfig = EncryptionConfig()
     jobs: JobsConfig = JobsConfig()
     retention: RetentionConfig = RetentionConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     @field_validator("meetings")
     @classmethod

@@ -77,6 +77,9 @@ class Metrics:
         self._direct_chats_left = Counter(
             "chatbot_direct_chats_left", "Direct chats the bot left after nobody used them "
             "for retention.direct_chats.", registry=self.registry)
+        self._commands_throttled = Counter(
+            "chatbot_commands_throttled", "Commands refused because their sender sent "
+            "more than limits.commands per limits.per in a room.", registry=self.registry)
         self._task_crashes = Counter(
             "chatbot_task_crashes", "Crashes of the bot's long-running tasks (each is "
             "restarted with backoff), by task.", ["task"], registry=self.registry)
@@ -108,6 +111,10 @@ class Metrics:
     def command_handled(self, name: str) -> None:
         """A command was recorded: its registry name, or "unknown" for a mistyped one."""
         self._commands.labels(command=name or UNKNOWN_COMMAND).inc()
+
+    def command_throttled(self) -> None:
+        """A command was refused by flood control (answered "slow down", or not at all)."""
+        self._commands_throttled.inc()
 
     def error(self, where: str) -> None:
         """An exception was caught and logged at one of the doors.

@@ -747,6 +747,17 @@ class Store:
              item_id, assignee, position, carried_from),
         )
 
+    async def count_agenda(self, meeting_id: int) -> int:
+        """Agenda items in a meeting, carried-over ones included."""
+        return await self._scalar(
+            "SELECT count(*) FROM entries WHERE meeting_id = ? AND kind = 'agenda'", meeting_id)
+
+    async def count_entries_by(self, meeting_id: int, sender: UserId) -> int:
+        """Entries `sender` added to a meeting; items carried over from earlier ones not."""
+        return await self._scalar(
+            "SELECT count(*) FROM entries WHERE sender = ? AND meeting_id = ? "
+            "AND carried_from IS NULL", sender, meeting_id)
+
     async def entry_by_event(self, event_id: EventId) -> tuple[int, Entry] | None:
         """The entry a message created, with its meeting's id."""
         rows = await self._rows(

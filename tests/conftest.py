@@ -80,7 +80,8 @@ class World:
     room_id: str
     bots: list[RunningBot] = field(default_factory=list)
 
-    def config(self, **meeting: Any) -> Config:
+    def config(self, *, limits: dict[str, Any] | None = None, **meeting: Any) -> Config:
+        """The world's meeting, changed by `meeting`; `limits` as in the config's section."""
         entry: dict[str, Any] = {
             "id": "team",
             "title": "Example Team Meeting",
@@ -102,6 +103,7 @@ class World:
                        "password": BOT_PASSWORD},
             "data_dir": str(self.tmp / "data"),
             "meetings": [entry],
+            **({"limits": limits} if limits is not None else {}),
         })
 
     async def start_bot(self, config: Config, **options: Any) -> RunningBot:

@@ -178,6 +178,24 @@ def test_the_valid_configuration_is_valid() -> None:
         pytest.param(lambda c: c["meetings"].append({**c["meetings"][0], "id": "b", "room": "x"}),
                      "meetings[1].room", "expected something like #room:example.org",
                      id="second meeting names its index"),
+        pytest.param(top(limits={"commands": 0}), "limits.commands",
+                     "expected a whole number of at least 1, got 0", id="no commands allowed"),
+        pytest.param(top(limits={"commands": "ten"}), "limits.commands",
+                     "expected a whole number of at least 1, got 'ten'", id="commands as text"),
+        pytest.param(top(limits={"commands": True}), "limits.commands",
+                     "expected a whole number", id="commands as a yes/no"),
+        pytest.param(top(limits={"per": "0s"}), "limits.per",
+                     "expected a duration longer than zero", id="zero refill period"),
+        pytest.param(top(limits={"per": 10}), "limits.per",
+                     "expected a duration such as 45s, 10m, 1h30m or 7d, got 10",
+                     id="refill period as a bare number"),
+        pytest.param(top(limits={"agenda_items": 2.5}), "limits.agenda_items",
+                     "expected a whole number of at least 1, got 2.5", id="fractional agenda cap"),
+        pytest.param(top(limits={"entries_per_person": -1}), "limits.entries_per_person",
+                     "expected a whole number of at least 1, got -1", id="negative entry cap"),
+        pytest.param(top(limits={"command": 5}), "limits.command", "is not a known key",
+                     id="misspelt limits key"),
+        pytest.param(top(limits=[10]), "limits", "expected a mapping", id="limits not a mapping"),
     ],
 )
 def test_a_broken_config_is_one_line_naming_the_path(
@@ -189,6 +207,14 @@ def test_a_broken_config_is_one_line_naming_the_path(
     assert len(message.splitlines()) == 1 and "\n" not in message, message
     assert message.startswith(f"{path}: "), message
     assert expected in message
+
+
+def test_limits_have_defaults_and_may_be_set_one_by_one() -> None:
+    defaults = parse_config(valid()).limits
+    assert (defaults.commands, defaults.per, defaults.agenda_items,
+            defaults.entries_per_person) == (10, timedelta(seconds=10), 50, 30)
+    changed = parse_config({**valid(), "limits": {"commands": 3, "per": "1m"}}).limits
+    assert (changed.commands, changed.per, changed.agenda_items) == (3, timedelta(minutes=1), 50)
 
 
 @pytest.mark.parametrize("data", [None, [], "matrix", 5], ids=["empty", "list", "text", "number"])

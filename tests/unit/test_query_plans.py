@@ -103,6 +103,8 @@ async def per_command_paths(store: Store) -> None:
                               EventId("$update"), NOW)
         await store.add_entry(meeting.id, EntryKind.AGENDA, ADA, "Ada", "item", 5,
                               EventId("$agenda"), NOW)
+        await store.count_agenda(meeting.id)
+        await store.count_entries_by(meeting.id, ADA)
         found = await store.entry_by_event(EventId("$update"))
         assert found is not None
         await store.update_entry(found[1].id, "edited", None, None)
