@@ -1,0 +1,378 @@
+"""Faults on the wire between the bot and a real Synapse, and on its disk.
+
+The bot runs as a real `chatbot run` process whose homeserver is our fault proxy
+(tests/support/faultproxy.py); people's clients talk to Synapse directly. Each test
+injects one fault, sends commands while it lasts, lifts it, and then checks what a
+room would see: the process still runs, each command has exactly one ✅, nothing is
+posted twice, and the bot's CPU over the fault window (from /proc) stayed under 5%.
+What was measured is printed (`pytest -s`) for the closing note.
+
+Duplicates are counted on the homeserver after the bot has drained (its outbox has
+nothing left to send), not from what a person's sync happened to deliver by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import yaml
+
+from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
+from chatbot.demo.person import Person, body_of, is_reaction, is_reply
+
+from .conftest import RunningBot, World, minute_from_now, unique
+from .support.faultproxy import Action, FaultProxy, Rule
+from .test_faults_e2e import BotProcess, people
+
+BOT_PASSWORD = "wire-fault-bot-password"
+# How long each fault is held while the bot's CPU is measured.
+FAULT_WINDOW = 5.0
+CPU_LIMIT_PERCENT = 5.0
+# Short waits between retries keep the recovery, and this file, quick.
+RETRY_CAP = "2s"
+
+
+# --- what the tests measure -------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """One fault's numbers, as the closing note quotes them."""
+
+    fault: str
+    commands: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    cpu_percent: float = 0.0
+    recovery_seconds: float = 0.0
+    hits: int = 0
+
+    def report(self) -> None:
+        print(f"\nFAULT {self.fault}: {self.handled}/{self.commands} commands handled once, "
+              f"{self.duplicates} duplicate(s), CPU {self.cpu_percent:.2f}% over "
+              f"{FAULT_WINDOW:.0f} s, recovered {self.recovery_seconds:.2f} s after the "
+              f"fault was lifted; {self.hits} request(s) caught by the fault")
+
+
+async def cpu_percent_over(process: BotProcess, seconds: float) -> float:
+    """The bot's CPU (user + system) over the next `seconds`, as a share of one core."""
+    cpu_before, began = process.cpu_seconds(), time.monotonic()
+    await asyncio.sleep(seconds)  # sleep-ok: the fault window itself is what is measured
+    return 100 * (process.cpu_seconds() - cpu_before) / (time.monotonic() - began)
+
+
+async def eventually(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait for a state outside any event stream (a file, a row); fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)  # sleep-ok: polling interval of a bounded wait
+
+
+def query(data_dir: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Read the live bot's database as another process would (read-only, WAL)."""
+    with contextlib.closing(sqlite3.connect(
+            f"file:{data_dir / 'chatbot.db'}?mode=ro", uri=True, timeout=5)) as db:
+        return db.execute(sql, args).fetchall()
+
+
+async def drained(data_dir: Path, timeout: float = 30) -> None:
+    """Until nothing is left to send: after this, any duplicate is on the homeserver."""
+    await eventually(lambda: query(data_dir, "SELECT count(*) FROM outbox WHERE sent_at IS "
+                                             "NULL AND parked_at IS NULL")[0][0] == 0,
+                     timeout, "the bot's outbox to drain")
+
+
+async def room_history(hs_url: str, person: Person, room_id: str) -> list[dict[str, Any]]:
+    """Every event of the room, oldest first, as the homeserver keeps it."""
+    events: list[dict[str, Any]] = []
+    params: dict[str, str] = {"dir": "b", "limit": "1000"}
+    url = f"{hs_url}/_matrix/client/v3/rooms/{quote(room_id)}/messages"
+    async with aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {person.client.access_token}"}) as session:
+        while True:
+            async with session.get(url, params=params) as response:
+                assert response.status == 200, await response.text()
+                page = await response.json()
+            events.extend(page.get("chunk", []))
+            if not page.get("chunk") or not page.get("end"):
+                return list(reversed(events))
+            params["from"] = page["end"]
+
+
+@dataclass
+class Seen:
+    """What the bot put in a room: its ✅s by command, and its messages."""
+
+    reactions: Counter[str]
+    messages: list[dict[str, Any]]
+
+    @property
+    def duplicates(self) -> int:
+        posted = Counter((body_of(e), ((e["content"].get("m.relates_to") or {})
+                                       .get("m.in_reply_to") or {}).get("event_id"))
+                         for e in self.messages)
+        return (sum(n - 1 for n in self.reactions.values() if n > 1)
+                + sum(n - 1 for n in posted.values() if n > 1))
+
+    def bodies(self, text: str) -> list[str]:
+        return [body_of(e) for e in self.messages if text in body_of(e)]
+
+
+async def seen_in_room(hs_url: str, person: Person, room_id: str, bot_id: str) -> Seen:
+    history = [e for e in await room_history(hs_url, person, room_id)
+               if e.get("sender") == bot_id]
+    reactions = Counter(e["content"]["m.relates_to"]["event_id"] for e in history
+                        if e.get("type") == "m.reaction"
+                        and e["content"]["m.relates_to"].get("key") == "✅")
+    return Seen(reactions, [e for e in history if e.get("type") == "m.room.message"])
+
+
+# --- the rig: Synapse, our proxy, people, and the bot behind the proxy -------------------------
+
+
+@dataclass
+class Rig:
+    hs: LocalHomeserver
+    proxy: FaultProxy
+    tmp: Path
+    bot_user: RegisteredUser
+    chair: Person
+    ada: Person
+    room_id: str
+    rooms: dict[str, str] = field(default_factory=dict)
+    process: BotProcess | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.tmp / "data"
+
+    def write_config(self, **meeting: Any) -> Path:
+        rooms = self.rooms or {"team": self.room_id}
+        meetings = [{"id": series, "title": f"Wire Fault Meeting {series}", "room": room,
+                     "timezone": "UTC", "rrule": "FREQ=WEEKLY",
+                     "start": minute_from_now(hours=2).strftime("%Y-%m-%d %H:%M:%S"),
+                     **meeting} for series, room in rooms.items()]
+        path = self.tmp / "config.yaml"
+        path.write_text(yaml.safe_dump({
+            "matrix": {"homeserver": self.proxy.url, "user_id": self.bot_user.user_id,
+                       "password": BOT_PASSWORD},
+            "data_dir": str(self.data_dir),
+            "jobs": {"retry_cap": RETRY_CAP},
+            "meetings": meetings}))
+        return path
+
+    async def start_bot(self, **meeting: Any) -> BotProcess:
+        self.process = BotProcess(self.write_config(**meeting))
+        await self.process.start()
+        return self.process
+
+    def assert_running(self) -> None:
+        assert self.process is not None and self.process.process is not None
+        assert self.process.process.returncode is None, (
+            "the bot process ended:\n" + "".join(self.process.log[-40:]))
+
+    async def acknowledged(self, person: Person, text: str, *, room: str | None = None,
+                           timeout: float = 20) -> str:
+        event_id = await person.say(room or self.room_id, text)
+        await person.wait_for(lambda e: is_reaction(e, event_id), timeout=timeout)
+        return event_id
+
+    async def all_acknowledged(self, person: Person, event_ids: list[str],
+                               timeout: float = 30) -> None:
+        await person.wait_until(lambda: set(event_ids) <= {
+            (e.get("content") or {}).get("m.relates_to", {}).get("event_id")
+            for e in person.events if e.get("type") == "m.reaction"}, timeout=timeout)
+
+    async def seen(self, room: str | None = None) -> Seen:
+        return await seen_in_room(self.hs.url, self.chair, room or self.room_id,
+                                  self.bot_user.user_id)
+
+    def updates_recorded(self) -> Counter[str]:
+        return Counter(text for (text,) in query(
+            self.data_dir, "SELECT text FROM entries WHERE kind = 'update'"))
+
+
+@pytest.fixture
+async def rig(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[Rig]:
+    bot_user = await homeserver.register_user(unique("wirebot"), BOT_PASSWORD)
+    chair, ada = await people(homeserver, 2, "w")
+    room_id = await chair.create_room(invite=[bot_user.user_id, ada.user_id])
+    await ada.join(room_id)
+    await asyncio.gather(chair.start(), ada.start())
+    async with FaultProxy.to(homeserver.url) as proxy:
+        made = Rig(homeserver, proxy, tmp_path, bot_user, chair, ada, room_id)
+        try:
+            yield made
+        finally:
+            if made.process is not None and made.process.process is not None:
+                if made.process.process.returncode is None:
+                    await made.process.terminate()
+            await asyncio.gather(chair.close(), ada.close())
+
+
+async def fault_window(rig: Rig, rule: Rule, measured: Measured) -> None:
+    """Hold an injected fault for the window, measuring CPU; then lift it."""
+    assert rig.process is not None
+    await rig.proxy.wait_for_hits(rule, 1, timeout=30)
+    measured.cpu_percent = await cpu_percent_over(rig.process, FAULT_WINDOW)
+    measured.hits = rule.hits
+    rig.assert_running()
+    rig.proxy.lift(rule)
+
+
+async def check_handled_once(rig: Rig, commands: list[str], measured: Measured,
+                             room: str | None = None) -> Seen:
+    await drained(rig.data_dir)
+    seen = await rig.seen(room)
+    measured.commands = len(commands)
+    measured.handled = sum(seen.reactions[c] == 1 for c in commands)
+    measured.duplicates = seen.duplicates
+    measured.report()
+    rig.assert_running()
+    assert measured.handled == len(commands), f"not each command once: {seen.reactions}"
+    assert measured.duplicates == 0, "something was posted twice"
+    assert measured.cpu_percent < CPU_LIMIT_PERCENT, "busy while the fault lasted"
+    return seen
+
+
+# --- one fault per homeserver call ---------------------------------------------------------
+
+
+async def test_a_reset_join_after_an_invite_is_retried(rig: Rig) -> None:
+    measured = Measured("reset POST /join (after an invite)")
+    # The bot is configured for a room it is not invited to yet: it waits for the invite.
+    room_id = await rig.chair.create_room(invite=[])
+    rig.room_id = room_id
+    await rig.start_bot()
+    rule = rig.proxy.add("POST", r"/join/", Action.RESET)
+    invited = await rig.chair.client.room_invite(room_id, rig.bot_user.user_id)
+    assert not hasattr(invited, "status_code"), invited
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    await rig.chair.wait_for(lambda e: e.get("room_id") == room_id
+                             and e.get("type") == "m.room.member"
+                             and e.get("state_key") == rig.bot_user.user_id
+                             and (e.get("content") or {}).get("membership") == "join",
+                             timeout=30)
+    measured.recovery_seconds = time.monotonic() - lifted
+    # Messages from before the bot joined are not its business; these come after.
+    commands = [await rig.chair.say(room_id, f"!update after the join {n}") for n in range(3)]
+    await rig.all_acknowledged(rig.chair, commands)
+    await check_handled_once(rig, commands, measured)
+
+
+async def test_a_reset_gap_fill_loses_no_command(rig: Rig) -> None:
+    measured = Measured("reset GET /messages (filling a gap)")
+    await rig.start_bot()
+    # Hold the bot's long poll while more commands arrive than one sync returns (50),
+    # so the homeserver leaves a gap the bot must page back through.
+    held = rig.proxy.add("GET", r"/sync$", Action.STALL)
+    await rig.proxy.wait_for_hits(held)
+    commands = [await rig.ada.say(rig.room_id, f"!update in the gap {n}") for n in range(60)]
+    rule = rig.proxy.add("GET", r"/messages$", Action.RESET)
+    rig.proxy.lift(held)
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    await rig.all_acknowledged(rig.ada, commands)
+    measured.recovery_seconds = time.monotonic() - lifted
+    await check_handled_once(rig, commands, measured)
+    assert rig.updates_recorded() == Counter(f"in the gap {n}" for n in range(60))
+
+
+async def test_a_chair_check_that_cannot_reach_the_homeserver_is_retried(rig: Rig) -> None:
+    measured = Measured("reset GET /state (power levels for !endmeeting)")
+    # Ada chairs by configuration (no lookup); the room's creator is a chair by power
+    # level, which the bot must look up, and has not yet.
+    await rig.start_bot(chairs=[rig.ada.user_id])
+    started = await rig.acknowledged(rig.ada, "!startmeeting")
+    rule = rig.proxy.add("GET", r"/rooms/[^/]+/state$", Action.RESET)
+    ending = await rig.chair.say(rig.room_id, "!endmeeting")
+    updates = [await rig.ada.say(rig.room_id, f"!update while the lookup fails {n}")
+               for n in range(2)]
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    answer = await rig.chair.wait_for(
+        lambda e: is_reaction(e, ending) or is_reply(e, ending), timeout=30)
+    assert is_reaction(answer, ending), f"the chair was answered {body_of(answer)!r}"
+    measured.recovery_seconds = time.monotonic() - lifted
+    commands = [started, ending, *updates]
+    await rig.all_acknowledged(rig.ada, commands)
+    seen = await check_handled_once(rig, commands, measured)
+    assert len(seen.bodies("is closed")) == 1, "the meeting closed once"
+    assert seen.bodies("something went wrong") == [], "the chair check was not a failure"
+    assert [m for m in seen.messages if is_reply(m, ending)] == [], "no refusal or apology"
+
+
+async def test_lost_answers_to_sends_are_retried_without_doubling(rig: Rig) -> None:
+    measured = Measured("dropped answers to PUT /send (sent, answer lost)")
+    await rig.start_bot()
+    rule = rig.proxy.add("PUT", r"/send/", Action.DROP_ANSWER)
+    commands = [await rig.ada.say(rig.room_id, f"!update while sends fail {n}")
+                for n in range(5)]
+    commands.append(await rig.ada.say(rig.room_id, "!agenda (999 min) gets a reply"))
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    await drained(rig.data_dir)
+    measured.recovery_seconds = time.monotonic() - lifted
+    await rig.all_acknowledged(rig.ada, commands[:5])
+    seen = await check_handled_once(rig, commands[:5], measured)
+    assert sum(is_reply(m, commands[5]) for m in seen.messages) == 1, "the reply came once"
+
+
+async def test_a_sync_answered_502_is_waited_out(rig: Rig) -> None:
+    measured = Measured("502 on GET /sync")
+    await rig.start_bot()
+    rule = rig.proxy.add("GET", r"/sync$", Action.BAD_GATEWAY)
+    # The long poll already under way ends with this command; the next sync meets the 502.
+    commands = [await rig.ada.say(rig.room_id, "!update as the proxy broke")]
+    await rig.proxy.wait_for_hits(rule)
+    commands += [await rig.ada.say(rig.room_id, f"!update during the 502s {n}")
+                 for n in range(4)]
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    await rig.all_acknowledged(rig.ada, commands)
+    measured.recovery_seconds = time.monotonic() - lifted
+    await check_handled_once(rig, commands, measured)
+
+
+async def test_a_reset_key_upload_is_done_later(rig: Rig) -> None:
+    measured = Measured("reset POST /keys/upload")
+    rule = rig.proxy.add("POST", r"/keys/upload$", Action.RESET)
+    await rig.start_bot()
+    commands = [await rig.ada.say(rig.room_id, f"!update keys not uploaded {n}")
+                for n in range(3)]
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    # The next sync (this command ends the long poll) uploads the keys.
+    commands.append(await rig.ada.say(rig.room_id, "!update after the key fault"))
+    session = yaml.safe_load((rig.data_dir / "session.json").read_text())
+
+    async def uploaded() -> bool:
+        async with aiohttp.ClientSession() as http, http.post(
+                f"{rig.hs.url}/_matrix/client/v3/keys/query",
+                headers={"Authorization": f"Bearer {rig.chair.client.access_token}"},
+                json={"device_keys": {rig.bot_user.user_id: []}}) as response:
+            keys = (await response.json())["device_keys"].get(rig.bot_user.user_id, {})
+        return session["device_id"] in keys
+
+    while not await uploaded():
+        assert time.monotonic() - lifted < 30, "the keys were never uploaded"
+        await asyncio.sleep(0.1)  # sleep-ok: polling interval of a bounded wait
+    measured.recovery_seconds = time.monotonic() - lifted
+    await rig.all_acknowledged(rig.ada, commands)
+    await check_handled_once(rig, commands, measured)
