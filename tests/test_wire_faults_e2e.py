@@ -198,9 +198,17 @@ class Rig:
 
     async def all_acknowledged(self, person: Person, event_ids: list[str],
                                timeout: float = 30) -> None:
-        await person.wait_until(lambda: set(event_ids) <= {
-            (e.get("content") or {}).get("m.relates_to", {}).get("event_id")
-            for e in person.events if e.get("type") == "m.reaction"}, timeout=timeout)
+        def acknowledged() -> set[str]:
+            return {(e.get("content") or {}).get("m.relates_to", {}).get("event_id")
+                    for e in person.events if e.get("type") == "m.reaction"}
+
+        try:
+            await person.wait_until(lambda: set(event_ids) <= acknowledged(), timeout=timeout)
+        except TimeoutError:
+            missing = [n for n, e in enumerate(event_ids) if e not in acknowledged()]
+            log = "".join(self.process.log[-30:]) if self.process else ""
+            raise AssertionError(f"commands {missing} of {len(event_ids)} got no ✅ in "
+                                 f"{timeout} s; the bot's log ends:\n{log}") from None
 
     async def seen(self, room: str | None = None) -> Seen:
         return await seen_in_room(self.hs.url, self.chair, room or self.room_id,
