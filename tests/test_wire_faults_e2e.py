@@ -42,10 +42,12 @@ FAULT_WINDOW = 5.0
 CPU_LIMIT_PERCENT = 5.0
 # Short waits between retries keep the recovery, and this file, quick.
 RETRY_CAP = "2s"
-# Flood control (`limits:`, where the bot has it) would refuse the bursts from one
-# person that these tests send on purpose; only the flood test keeps it on.
+# Flood control and per-meeting caps (`limits:`, where the bot has them) would refuse
+# the bursts from one person that these tests send on purpose; only the flood test
+# keeps them.
 NO_FLOOD_CONTROL: dict[str, Any] = (
-    {"limits": {"commands": 1000, "per": "1s"}} if "limits" in Config.model_fields else {})
+    {"limits": {"commands": 1000, "per": "1s", "entries_per_person": 1000}}
+    if "limits" in Config.model_fields else {})
 
 
 # --- what the tests measure -------------------------------------------------------------
