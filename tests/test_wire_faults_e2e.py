@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 import time
 from collections import Counter
@@ -332,10 +333,14 @@ async def test_a_chair_check_that_cannot_reach_the_homeserver_is_retried(rig: Ri
     assert [m for m in seen.messages if is_reply(m, ending)] == [], "no refusal or apology"
 
 
-async def test_lost_answers_to_sends_are_retried_without_doubling(rig: Rig) -> None:
-    measured = Measured("dropped answers to PUT /send (sent, answer lost)")
+@pytest.mark.parametrize("action", [Action.RESET, Action.DROP_ANSWER],
+                         ids=["reset", "answer-lost"])
+async def test_failed_sends_are_retried_without_doubling(rig: Rig, action: Action) -> None:
+    measured = Measured({Action.RESET: "reset PUT /send",
+                         Action.DROP_ANSWER: "answers to PUT /send lost (sent all the same)"
+                         }[action])
     await rig.start_bot()
-    rule = rig.proxy.add("PUT", r"/send/", Action.DROP_ANSWER)
+    rule = rig.proxy.add("PUT", r"/send/", action)
     commands = [await rig.ada.say(rig.room_id, f"!update while sends fail {n}")
                 for n in range(5)]
     commands.append(await rig.ada.say(rig.room_id, "!agenda (999 min) gets a reply"))
@@ -374,7 +379,7 @@ async def test_a_reset_key_upload_is_done_later(rig: Rig) -> None:
     lifted = time.monotonic()
     # The next sync (this command ends the long poll) uploads the keys.
     commands.append(await rig.ada.say(rig.room_id, "!update after the key fault"))
-    session = yaml.safe_load((rig.data_dir / "session.json").read_text())
+    device_id = json.loads((rig.data_dir / "session.json").read_text())["device_id"]
 
     async def uploaded() -> bool:
         async with aiohttp.ClientSession() as http, http.post(
@@ -382,7 +387,7 @@ async def test_a_reset_key_upload_is_done_later(rig: Rig) -> None:
                 headers={"Authorization": f"Bearer {rig.chair.client.access_token}"},
                 json={"device_keys": {rig.bot_user.user_id: []}}) as response:
             keys = (await response.json())["device_keys"].get(rig.bot_user.user_id, {})
-        return session["device_id"] in keys
+        return device_id in keys
 
     while not await uploaded():
         assert time.monotonic() - lifted < 30, "the keys were never uploaded"
