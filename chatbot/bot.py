@@ -502,6 +502,8 @@ class MeetingBot:
         except OSError as error:
             raise DeliveryError(f"cannot write notes/{relative_path} "
                                 f"({error.strerror or error})", permanent=False) from error
+        except ValueError as error:  # a path outside the notes folder: never retried
+            raise DeliveryError(str(error), permanent=True) from error
         return relative_path
 
     def _write_note(self, relative_path: str, text: str) -> None:
@@ -593,16 +595,28 @@ class MeetingBot:
         in_flight = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         while True:
             self._outbox_ready.clear()
-            items = await self.store.read.pending_outbox()
-            outcomes = await asyncio.gather(*(
-                self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
-            if any(progressed for progressed, _ in outcomes):
+            progressed, next_due = await self.deliver_due(in_flight)
+            if progressed:
                 continue
-            waits = [due for _, due in outcomes if due is not None]
-            timeout = (max(0.0, (min(waits) - self.clock()).total_seconds())
-                       if waits else None)
+            timeout = (max(0.0, (next_due - self.clock()).total_seconds())
+                       if next_due is not None else None)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._outbox_ready.wait(), timeout)
+
+    async def deliver_due(
+        self, in_flight: asyncio.Semaphore | None = None,
+    ) -> tuple[bool, datetime | None]:
+        """One pass over the queue: run every job that is due, lanes side by side.
+
+        Returns whether any job was tried, and when the earliest waiting job falls due
+        (None: nothing waits on a retry).
+        """
+        in_flight = in_flight or asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
+        items = await self.store.read.pending_outbox()
+        outcomes = await asyncio.gather(*(
+            self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
+        waits = [due for _, due in outcomes if due is not None]
+        return any(progressed for progressed, _ in outcomes), min(waits, default=None)
 
     async def _run_lane(
         self, lane: Sequence[OutboxItem], in_flight: asyncio.Semaphore,

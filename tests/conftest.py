@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from chatbot.app import BotApp
 from chatbot.config import Config, parse_config
 from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.demo.person import Person
+
+from .support.botlog import LogWatcher
 
 BOT_PASSWORD = "bot-password"
 
@@ -53,6 +56,11 @@ class RunningBot:
             raise AssertionError("the bot stopped before it was ready")
         if not done:
             raise TimeoutError("the bot was not ready in time")
+
+    async def outbox_pending(self) -> bool:
+        """Whether the running bot still has jobs to send (for `until_drained`)."""
+        assert self.app.store is not None, "the bot has not opened its database yet"
+        return await self.app.store.read.has_pending_outbox()
 
     async def stop(self) -> None:
         self.app.stop.set()
@@ -146,3 +154,18 @@ async def make_world(hs: LocalHomeserver, tmp_path: Path, *,
 async def world(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[World]:
     async with make_world(homeserver, tmp_path) as made:
         yield made
+
+
+@pytest.fixture
+def bot_log() -> Iterator[LogWatcher]:
+    """The log lines of the bot running in this test's event loop, at INFO and above."""
+    watcher = LogWatcher()
+    logger = logging.getLogger("chatbot")
+    level = logger.level
+    logger.addHandler(watcher)
+    logger.setLevel(logging.INFO)
+    try:
+        yield watcher
+    finally:
+        logger.removeHandler(watcher)
+        logger.setLevel(level)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import shutil
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 
 from .conftest import PASSWORDS, World, make_world, minute_from_now
+from .support.assertions import assert_handled_once
+from .support.botlog import LogWatcher
 
 
 @pytest.fixture
@@ -31,6 +32,11 @@ async def command(person: Person, room_id: str, text: str, timeout: float = 20) 
     """Send a command, wait for the bot's ✅ on it, and return that reaction."""
     event_id = await person.say(room_id, text)
     return await person.wait_for(lambda e: is_reaction(e, event_id), timeout)
+
+
+def command_of(reaction: Event) -> str:
+    """The event id of the command a ✅ acknowledges."""
+    return str(reaction["content"]["m.relates_to"]["event_id"])
 
 
 async def test_a_whole_meeting_in_an_encrypted_room(crypto_world: World) -> None:
@@ -71,46 +77,6 @@ async def test_a_whole_meeting_in_an_encrypted_room(crypto_world: World) -> None
     bot_events = [e for e in ada.events if e.get("sender") == world.bot_user.user_id
                   and e.get("room_id") == room and e.get("type") != "m.room.member"]
     assert bot_events and all(e["decrypted"] for e in bot_events)
-
-
-class LogWatcher(logging.Handler):
-    """Collects the bot's log lines (it runs in this process) and wakes whoever waits."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self._changed = asyncio.Condition()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_for(self, text: str, timeout: float = 20) -> str:
-        async def find() -> str:
-            async with self._changed:
-                while not (found := [line for line in self.lines if text in line]):
-                    await self._changed.wait()
-                return found[0]
-
-        return await asyncio.wait_for(find(), timeout)
-
-
-@pytest.fixture
-def bot_log() -> Iterator[LogWatcher]:
-    watcher = LogWatcher()
-    logger = logging.getLogger("chatbot")
-    level = logger.level
-    logger.addHandler(watcher)
-    logger.setLevel(logging.INFO)
-    try:
-        yield watcher
-    finally:
-        logger.removeHandler(watcher)
-        logger.setLevel(level)
 
 
 def with_key_wait(config: Config, seconds: float) -> Config:
@@ -159,7 +125,7 @@ async def test_a_lost_store_means_a_new_device_that_says_what_it_cannot_read(
     room, ada = world.room_id, world.ada
     config = with_key_wait(world.config(), 2)
     bot = await world.start_bot(config)
-    await command(ada, room, "!here", 30)
+    first = await command(ada, room, "!here", 30)
     old_device = bot_device(world)
     await bot.stop()
 
@@ -178,22 +144,32 @@ async def test_a_lost_store_means_a_new_device_that_says_what_it_cannot_read(
 
     # Once Ada's client has seen the new device, her commands work again.
     await ada.wait_until(knows_device(ada, world.bot_user.user_id, new_device))
-    await command(ada, room, "!update sent after the new device appeared")
-    answers = [e for e in ada.events if is_reply(e, unreadable)]
-    assert len(answers) == 1, "the unreadable message was answered more than once"
+    after = await command(ada, room, "!update sent after the new device appeared")
+    await assert_handled_once(ada, room, world.bot_user.user_id,
+                              [command_of(first), command_of(after)], [unreadable],
+                              pending=bot.outbox_pending)
+
+
+# Long enough for a held-back key to be delivered well within it, short enough to wait out.
+SHORT_KEY_WAIT = 6
 
 
 async def test_a_late_key_still_gets_the_command_handled(
         crypto_world: World, bot_log: LogWatcher) -> None:
     world = crypto_world
-    room, ada = world.room_id, world.ada
-    await world.start_bot(world.config())
-    await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
-    await ada.wait_until(knows_device(ada, world.bot_user.user_id,
-                                      bot_device(world)))
+    room, ada, grace = world.room_id, world.ada, world.grace
+    bot_id = world.bot_user.user_id
+    bot = await world.start_bot(with_key_wait(world.config(), SHORT_KEY_WAIT))
+    first = await command(ada, room, "!iam Ada Lovelace / Analytical Engines / @ada", 30)
+    await command(grace, room, "!here", 30)
+    for person in (ada, grace):
+        await person.wait_until(knows_device(person, bot_id, bot_device(world)))
 
     late, deliver_key = await ada.say_with_late_key(
-        room, "!agenda (5 min) Keys that arrive late", late_for=world.bot_user.user_id)
+        room, "!agenda (5 min) Keys that arrive late", late_for=bot_id)
+    # Sent just after, in a session of Grace's whose key the bot never gets: its answer
+    # comes once the key wait is over for it, so the wait is over for `late` too.
+    control, _ = await grace.say_with_late_key(room, "!here never readable", late_for=bot_id)
     await bot_log.wait_for(f"cannot decrypt {late}")
     await deliver_key()
     reaction = await ada.wait_for(lambda e: is_reaction(e, late), 30)
@@ -202,15 +178,20 @@ async def test_a_late_key_still_gets_the_command_handled(
     listed = await ada.say(room, "!agenda")
     reply = await ada.wait_for(lambda e: is_reply(e, listed))
     assert "Keys that arrive late" in body_of(reply)
-    assert not [e for e in ada.events if is_reply(e, late)], "answered as unreadable"
+
+    answer = await grace.wait_for(lambda e: is_reply(e, control), SHORT_KEY_WAIT + 30)
+    assert "could not read a message from Grace" in body_of(answer)
+    said = await assert_handled_once(ada, room, bot_id, [command_of(first), late],
+                                     [listed, control], pending=bot.outbox_pending)
+    assert not [e for e in said if is_reply(e, late)], "answered as unreadable"
 
 
 async def test_a_key_that_never_comes_is_answered_once_and_a_late_one_still_counts(
         crypto_world: World, bot_log: LogWatcher) -> None:
     world = crypto_world
     room, grace = world.room_id, world.grace
-    await world.start_bot(with_key_wait(world.config(), 1))
-    await command(grace, room, "!here", 30)
+    bot = await world.start_bot(with_key_wait(world.config(), 1))
+    first = await command(grace, room, "!here", 30)
     await grace.wait_until(knows_device(grace, world.bot_user.user_id,
                                         bot_device(world)))
 
@@ -220,7 +201,8 @@ async def test_a_key_that_never_comes_is_answered_once_and_a_late_one_still_coun
     assert "could not read a message from Grace" in body_of(answer)
     await deliver_key()
     await grace.wait_for(lambda e: is_reaction(e, late), 30)
-    assert len([e for e in grace.events if is_reply(e, late)]) == 1
+    await assert_handled_once(grace, room, world.bot_user.user_id, [command_of(first), late],
+                              [late], pending=bot.outbox_pending)
 
 
 async def second_device(world: World, person: Person, name: str) -> Person:

@@ -22,10 +22,12 @@ import aiohttp
 import pytest
 import yaml
 
+from chatbot.app import DATABASE_FILE
 from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
 from chatbot.demo.person import Person, body_of, is_reaction
 
 from .conftest import minute_from_now, unique
+from .support.assertions import assert_handled_once, pending_in_database
 
 BOT_PASSWORD = "fault-bot-password"
 
@@ -150,12 +152,12 @@ async def test_a_crash_mid_burst_loses_nothing_and_doubles_nothing(
     await process.start()
     for event_id in sent:
         await chair.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id), timeout=120)
+    # Everything sent before this command is handled before it.
     sentinel = await chair.say(room, "!here")
     await chair.wait_for(lambda e: is_reaction(e, sentinel))
 
-    reactions = Counter(e["content"]["m.relates_to"]["event_id"] for e in chair.events
-                        if e.get("type") == "m.reaction")
-    assert all(reactions[event_id] == 1 for event_id in sent)
+    await assert_handled_once(chair, room, bot.user_id, [*sent, sentinel],
+                              pending=pending_in_database(tmp_path / "data" / DATABASE_FILE))
     recorded = recorded_updates(tmp_path / "data")
     assert len(recorded) == 300 and set(recorded.values()) == {1}
     code, took = await process.terminate()
@@ -195,6 +197,10 @@ async def test_a_homeserver_outage_is_waited_out_without_losing_anything(
         after = await ada.say(room, "!update after the outage")
         await ada.wait_for(lambda e: is_reaction(e, after), timeout=30)
         assert "starts in" in body_of(reminder)
+        said = await assert_handled_once(
+            ada, room, bot.user_id, [before, last_word, after],
+            pending=pending_in_database(tmp_path / "data" / DATABASE_FILE))
+        assert len([e for e in said if "**Reminder:**" in body_of(e)]) == 1
         assert recorded_updates(tmp_path / "data") == Counter(
             ["before the outage", "sent as the server went down", "after the outage"])
         assert cpu_used < 1.0, f"busy while waiting: {cpu_used:.2f} s of CPU in 30 s"
@@ -254,14 +260,15 @@ async def test_rate_limits_are_honoured_without_losing_or_reordering_replies(
                 commands.append(await ada.say(room, text))
             await ada.wait_until(lambda: set(commands) <= {
                 answer_to(e, bot.user_id) for e in ada.events}, timeout=90)
+            refused = commands[3::4]
+            assert app.store is not None
+            said = await assert_handled_once(
+                ada, room, bot.user_id, [c for c in commands if c not in refused], refused,
+                pending=app.store.read.has_pending_outbox)
         finally:
             app.stop.set()
             await asyncio.wait_for(running, 20)
             await ada.close()
-        answered = [answer_to(e, bot.user_id) for e in ada.events
-                    if answer_to(e, bot.user_id) is not None]
-        assert sorted(answered) == sorted(commands), "every command answered once"
-        replies = [answer_to(e, bot.user_id) for e in ada.events
-                   if e.get("type") == "m.room.message" and answer_to(e, bot.user_id)]
         # ✅s may overtake each other (they go side by side); replies keep their order.
-        assert replies == commands[3::4], "the replies came in the order of their commands"
+        assert [answer_to(e, bot.user_id) for e in said] == refused, (
+            "the replies came in the order of their commands")

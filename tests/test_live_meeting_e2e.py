@@ -3,7 +3,6 @@ as people really use it (edits, redactions, reactions, threads, room upgrades)."
 
 from __future__ import annotations
 
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,8 +12,10 @@ import icalendar
 from chatbot.config import HttpConfig
 from chatbot.demo.person import Person, body_of, is_reaction, is_reply
 from chatbot.render import format_date, format_time
+from chatbot.web import ListenFailed
 
 from .conftest import World, minute_from_now
+from .support.ports import on_a_free_port
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -254,11 +255,12 @@ async def test_a_room_upgrade_is_followed_with_the_meeting_history(world: World)
 async def test_the_running_bot_serves_its_calendar_health_and_metrics(
     world: World,
 ) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = world.config().model_copy(update={"http": HttpConfig(listen=f"127.0.0.1:{port}")})
-    await world.start_bot(config)
+    async def start(port: int) -> int:
+        await world.start_bot(world.config().model_copy(
+            update={"http": HttpConfig(listen=f"127.0.0.1:{port}")}))
+        return port
+
+    port = await on_a_free_port(start, ListenFailed)
     await ok(world.ada, world.room_id, "!agenda (10 min) Release; planning")
     async with aiohttp.ClientSession() as session, session.get(
             f"http://127.0.0.1:{port}/calendar/team.ics") as response:

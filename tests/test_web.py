@@ -7,7 +7,7 @@ import logging
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,13 @@ from chatbot.config import Config, MeetingConfig, parse_config
 from chatbot.meetings import upcoming
 from chatbot.model import Entry, EntryKind, EventId, RoomId, UserId
 from chatbot.store import Store
-from chatbot.web import ListenFailed, WebServer
+from chatbot.metrics import Metrics
+from chatbot.web import AgendaSource, ListenFailed, WebServer
+
+from .support.ports import on_a_free_port
 
 NOW = datetime(2026, 6, 17, 12, 0, tzinfo=UTC)
 NEXT = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)  # 09:00 in London, summer time
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def config_data(data_dir: Path, **top: Any) -> dict[str, Any]:
@@ -82,12 +79,25 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         await opened.close()
 
 
+async def start_server(tmp_path: Path, agenda_for: AgendaSource,
+                       clock: Callable[[], datetime] = lambda: NOW,
+                       metrics: Metrics | None = None) -> WebServer:
+    """A web server listening on a free port, answering before it is returned."""
+
+    async def start(port: int) -> WebServer:
+        config = parse_config(config_data(tmp_path, http={"listen": f"127.0.0.1:{port}"}))
+        server = WebServer(config, agenda_for, clock, metrics)
+        await server.start()
+        return server
+
+    return await on_a_free_port(start, ListenFailed)
+
+
 @pytest.fixture
 async def served(tmp_path: Path, store: Store) -> AsyncIterator[Served]:
-    config = parse_config(config_data(tmp_path / "data",
-                                      http={"listen": f"127.0.0.1:{free_port()}"}))
-    server = WebServer(config, lambda series: next_agenda(store, series, NOW), lambda: NOW)
-    await server.start()
+    server = await start_server(tmp_path / "data",
+                                lambda series: next_agenda(store, series, NOW))
+    config = server.config
     try:
         async with aiohttp.ClientSession() as session:
             yield Served(config, server, session)
@@ -141,15 +151,12 @@ async def test_anything_but_a_configured_meeting_is_not_found(served: Served, pa
 async def test_a_failing_agenda_is_a_plain_500_and_a_logged_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    config = parse_config(config_data(tmp_path, http={"listen": f"127.0.0.1:{free_port()}"}))
-
     async def broken(series: MeetingConfig) -> Sequence[Entry]:
         raise RuntimeError("database is locked")
 
-    assert config.http is not None
-    url = f"{config.http.base_url}/calendar/team.ics"
-    server = WebServer(config, broken, lambda: NOW)
-    await server.start()
+    server = await start_server(tmp_path, broken)
+    assert server.config.http is not None
+    url = f"{server.config.http.base_url}/calendar/team.ics"
     try:
         async with aiohttp.ClientSession() as session, session.get(url) as response:
             assert response.status == 500

@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chatbot.config import MeetingConfig, parse_config
+from chatbot.config import MeetingConfig
 from chatbot.metrics import CONTENT_TYPE, Metrics
 from chatbot.model import Entry
 from chatbot.web import WebServer
-from tests.test_web import config_data, free_port
+from tests.test_web import start_server
 
 START = datetime(2026, 6, 17, 12, 0, tzinfo=UTC)
 
@@ -48,14 +48,12 @@ async def broken_agenda(series: MeetingConfig) -> Sequence[Entry]:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    config = parse_config(config_data(tmp_path, http={"listen": f"127.0.0.1:{free_port()}"}))
-    assert config.http is not None
     clock = Clock()
-    server = WebServer(config, broken_agenda, clock, Metrics(clock))
-    await server.start()
+    server = await start_server(tmp_path, broken_agenda, clock, Metrics(clock))
+    assert server.config.http is not None
     try:
         async with aiohttp.ClientSession() as session:
-            yield Served(config.http.base_url, session, server, clock)
+            yield Served(server.config.http.base_url, session, server, clock)
     finally:
         await server.stop()
 
@@ -109,15 +107,14 @@ async def test_a_failed_request_counts_as_an_http_error(served: Served) -> None:
 
 
 async def test_without_a_metrics_object_the_server_makes_its_own(tmp_path: Path) -> None:
-    config = parse_config(config_data(tmp_path, http={"listen": f"127.0.0.1:{free_port()}"}))
-    assert config.http is not None
-    server = WebServer(config, no_agenda, lambda: START)
-    await server.start()
+    server = await start_server(tmp_path, no_agenda, lambda: START)
+    assert server.config.http is not None
+    base_url = server.config.http.base_url
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.get(f"{config.http.base_url}/healthz") as response:
+            async with session.get(f"{base_url}/healthz") as response:
                 assert response.status == 503
-            async with session.get(f"{config.http.base_url}/metrics") as response:
+            async with session.get(f"{base_url}/metrics") as response:
                 assert response.status == 200
                 assert "chatbot_meetings_open 0.0" in await response.text()
     finally:

@@ -1,8 +1,9 @@
 """Hostile and oversized chat input, case by case: each gets a sensible note or a clear
 refusal that says the limit.
 
-Known bugs are pinned with strict xfails at the end of the file, each with the fix
-it needs; test_properties.py leaves the same inputs out until they are fixed.
+The bugs these cases once found are fixed; the last section keeps each one as an
+ordinary test, so that it cannot come back. test_properties.py draws from the same
+kinds of input, with nothing left out.
 """
 
 from __future__ import annotations
