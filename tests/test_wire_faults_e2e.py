@@ -368,12 +368,6 @@ async def test_a_reset_key_upload_is_done_later(rig: Rig) -> None:
     measured = Measured("reset POST /keys/upload")
     rule = rig.proxy.add("POST", r"/keys/upload$", Action.RESET)
     await rig.start_bot()
-    commands = [await rig.ada.say(rig.room_id, f"!update keys not uploaded {n}")
-                for n in range(3)]
-    await fault_window(rig, rule, measured)
-    lifted = time.monotonic()
-    # The next sync (this command ends the long poll) uploads the keys.
-    commands.append(await rig.ada.say(rig.room_id, "!update after the key fault"))
     device_id = json.loads((rig.data_dir / "session.json").read_text())["device_id"]
 
     async def uploaded() -> bool:
@@ -384,6 +378,14 @@ async def test_a_reset_key_upload_is_done_later(rig: Rig) -> None:
             keys = (await response.json())["device_keys"].get(rig.bot_user.user_id, {})
         return device_id in keys
 
+    commands = [await rig.ada.say(rig.room_id, f"!update keys not uploaded {n}")
+                for n in range(3)]
+    await rig.proxy.wait_for_hits(rule)
+    assert not await uploaded(), "the fault kept the keys from the homeserver"
+    await fault_window(rig, rule, measured)
+    lifted = time.monotonic()
+    # The next sync (this command ends the long poll) uploads the keys.
+    commands.append(await rig.ada.say(rig.room_id, "!update after the key fault"))
     while not await uploaded():
         assert time.monotonic() - lifted < 30, "the keys were never uploaded"
         await asyncio.sleep(0.1)  # sleep-ok: polling interval of a bounded wait
