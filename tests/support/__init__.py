@@ -1,0 +1,1 @@
+"""Support code the tests share: harnesses of ours, not part of the bot."""
