@@ -8,32 +8,17 @@ import re
 import time
 from typing import Any
 
-import aiohttp
 import pytest
 
 from chatbot.demo.person import Person, body_of, is_reaction, is_reply
 
 from .conftest import World
-
-
-async def room_history(world: World, person: Person) -> list[dict[str, Any]]:
-    """The room's latest events as the homeserver has them, not as a client has synced."""
-    url = f"{world.hs.url}/_matrix/client/v3/rooms/{world.room_id}/messages"
-    headers = {"Authorization": f"Bearer {person.client.access_token}"}
-    async with aiohttp.ClientSession(headers=headers) as session, session.get(
-            url, params={"dir": "b", "limit": "500"}) as response:
-        assert response.status == 200, await response.text()
-        return list((await response.json())["chunk"])
-
-
-async def drained(world: World) -> None:
-    """Wait until the bot has nothing left to send."""
-    (bot,) = world.bots
-    for _ in range(200):
-        if not await bot.app.store.read.has_pending_outbox():
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the bot's outbox did not drain")
+from .support.assertions import (
+    assert_handled_once,
+    checks_on,
+    messages_from,
+    until_drained,
+)
 
 
 async def test_fifteen_commands_at_once_get_ten_answers_one_slow_down_then_silence(
@@ -46,19 +31,14 @@ async def test_fifteen_commands_at_once_get_ten_answers_one_slow_down_then_silen
     reply = await ada.wait_for(lambda e: is_reply(e, commands[10]))
     other = await world.grace.say(room, "!update others are not held back")
     await world.grace.wait_for(lambda e: is_reaction(e, other))
-    await drained(world)
-
-    history = await room_history(world, ada)
-    from_bot = [e for e in history if e.get("sender") == bot_id]
-    acked = [e["content"]["m.relates_to"]["event_id"] for e in from_bot
-             if e.get("type") == "m.reaction"]
-    answered = [e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] for e in from_bot
-                if (e.get("content") or {}).get("m.relates_to", {}).get("m.in_reply_to")]
-    assert sorted(acked) == sorted([*commands[:10], other]), "ten answered, once each"
-    assert answered == [commands[10]], "exactly one reply: the slow down"
+    (bot,) = world.bots
+    said = await assert_handled_once(ada, room, bot_id, [*commands[:10], other],
+                                     [commands[10]], pending=bot.outbox_pending)
+    assert [body_of(e) for e in said] == [body_of(reply)], "one reply: the slow down"
     text = body_of(reply)
     assert text.startswith("Slow down, please: I take 10 commands per 60 seconds"), text
-    assert not set(commands[11:]) & {*acked, *answered}, "the rest are silent"
+    for silent in commands[11:]:
+        assert await checks_on(ada, room, silent, bot_id) == 0, "the rest are silent"
 
     wait = re.search(r"again in (\d+) seconds?", text)
     assert wait is not None, text
@@ -118,15 +98,15 @@ async def test_a_flood_from_one_person_does_not_hold_up_others(
     if "commands" not in limits:
         await ada.wait_for(lambda e: body_of(e).startswith("Slow down")
                            and any(is_reply(e, event) for event in sent))
-        await drained(world)
+        await until_drained(world.bots[0].outbox_pending)
         handling_seconds = time.monotonic() - began
-        from_bot = [e for e in await room_history(world, ada)
-                    if e.get("sender") == world.bot_user.user_id]
-        acked = {e["content"]["m.relates_to"]["event_id"] for e in from_bot
-                 if e.get("type") == "m.reaction"} & set(sent)
-        replies = [e for e in from_bot if e.get("type") == "m.room.message"]
+        replies = await messages_from(ada, room, world.bot_user.user_id)
         assert [body_of(e)[:10] for e in replies] == ["Slow down,"], "told once"
         answered = [e["content"]["m.relates_to"]["m.in_reply_to"]["event_id"] for e in replies]
+        checks = await asyncio.gather(*(checks_on(ada, room, event, world.bot_user.user_id)
+                                        for event in sent))
+        assert set(checks) <= {0, 1}, "no command has two ✅"
+        acked = {event for event, count in zip(sent, checks, strict=True) if count}
         # Ten at once, then about one more per second the flood lasted (the bot counts
         # when it handles them); one slow down only, to the first one refused.
         first_refused = next(event for event in sent if event not in acked)
