@@ -78,6 +78,8 @@ class IncomingMessage:
     body: str
     thread_root: EventId | None = None
     replaces: EventId | None = None
+    # When the sender's homeserver says it was sent (None: unknown).
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +380,11 @@ class MeetingBot:
         if await self.store.read.sender_of(message.event_id) is not None:
             return True  # a replay: the claim below turns it away
         now = self.clock()
-        decision = self._flood_gate.take((message.room_id, message.sender), now)
+        # Paced by when commands were sent, so a backlog handled at once after an outage
+        # or a restart is not taken for a flood. Never later than now, and the bucket
+        # never runs backwards, so a forged time cannot earn more than real time does.
+        sent_at = min(now, message.sent_at or now)
+        decision = self._flood_gate.take((message.room_id, message.sender), sent_at)
         if decision.allowed:
             return True
         await self._refuse_flood(message, decision, now)

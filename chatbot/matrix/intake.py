@@ -6,10 +6,11 @@ has been handled (and so committed), which is what makes a crash lose nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from nio import (
@@ -40,6 +41,9 @@ from chatbot.store import Store
 log = logging.getLogger(__name__)
 
 SYNC_TOKEN_KEY = "sync_token"
+# When the bot last heard its rooms (the sync that `sync_token` came from): whatever was
+# sent after it is a backlog the bot can take at the pace it was sent.
+HEARD_AT_KEY = "sync_heard_at"
 LONG_POLL_MS = 30_000
 GAP_FILL_LIMIT = 5_000
 GAP_FILL_FILTER = {"types": ["m.room.message", "m.room.encrypted", "m.reaction",
@@ -127,6 +131,7 @@ def incoming_event(
                 display_name=display_name(sender), body=body,
                 thread_root=EventId(thread) if isinstance(thread, str) else None,
                 replaces=EventId(replaces) if replaces else None,
+                sent_at=_sent_at(event),
             )
         case "m.room.redaction":
             # Room version 11 moved `redacts` into the content.
@@ -160,10 +165,29 @@ def sent_since(events: list[dict[str, Any]], started_at: datetime) -> list[dict[
 
     Compares the sender's homeserver clock with ours; an event that has no time is history.
     """
-    threshold = started_at.timestamp() * 1000
     return [event for event in events
-            if isinstance(stamp := event.get("origin_server_ts"), int | float)
-            and not isinstance(stamp, bool) and stamp >= threshold]
+            if (sent_at := _sent_at(event)) is not None and sent_at >= started_at]
+
+
+def _sent_at(event: dict[str, Any]) -> datetime | None:
+    """When the sender's homeserver says the event was sent; None if it does not say."""
+    stamp = event.get("origin_server_ts")
+    if not isinstance(stamp, int | float) or isinstance(stamp, bool):
+        return None
+    try:
+        return datetime.fromtimestamp(stamp / 1000, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def trusted_send_time(sent_at: datetime, heard_at: datetime, now: datetime) -> datetime:
+    """The send time the core may pace a person's commands by.
+
+    The sender's homeserver sets it, so it is trusted only within the span the bot was
+    not listening (since `heard_at`, the sync before): a backlog after an outage keeps
+    its pace, while a forged time cannot earn a flood more than real time does.
+    """
+    return min(now, max(heard_at, sent_at))
 
 
 class Intake:
@@ -181,6 +205,7 @@ class Intake:
         self.metrics = metrics
         self.timeline_limit = timeline_limit
         self.ready = asyncio.Event()
+        self._heard_at: datetime | None = None
 
     async def sync_forever(self, listener: Listener) -> None:
         """Follow the homeserver until cancelled, handing each new event to `listener`.
@@ -191,6 +216,8 @@ class Intake:
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
         await self.rooms.load_direct_rooms()
         started_at = await listener.owed_since()
+        heard_at = await self.store.get_meta(HEARD_AT_KEY)
+        self._heard_at = datetime.fromisoformat(heard_at) if heard_at else started_at
         filter_ = await self._stored_filter(sync_filter(self.timeline_limit))
         first_filter = first_sync_filter()
         await self.encryption.note_pending_keys()
@@ -221,10 +248,12 @@ class Intake:
             if failures:
                 log.warning("sync works again after %s failed attempts", failures)
                 failures = 0
+            heard_at = self.clock()
             await self._process(response, token, listener, started_at)
-            token = response.next_batch
+            token, self._heard_at = response.next_batch, heard_at
             async with self.store.transaction():
                 await self.store.set_meta(SYNC_TOKEN_KEY, token)
+                await self.store.set_meta(HEARD_AT_KEY, heard_at.isoformat())
             self.metrics.sync_succeeded(self.clock())
             if self.rooms.joins_owed:
                 await self.rooms.join_owed()
@@ -310,6 +339,10 @@ class Intake:
         incoming = incoming_event(event, room_id, self.client.user_id, room_names)
         if incoming is None:
             return
+        if isinstance(incoming, IncomingMessage) and incoming.sent_at is not None:
+            now = self.clock()
+            incoming = dataclasses.replace(
+                incoming, sent_at=trusted_send_time(incoming.sent_at, self._heard_at or now, now))
         if room_id in self.rooms.configured():
             await self._until_taken(listener, incoming)
         elif isinstance(incoming, IncomingMessage):

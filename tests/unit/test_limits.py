@@ -13,6 +13,7 @@ import pytest
 from chatbot.bot import IncomingMessage, IncomingReaction, MeetingBot
 from chatbot.config import parse_config
 from chatbot.limits import Bucket, FloodGate, Verdict, refill, slow_down_text, spend
+from chatbot.matrix.intake import trusted_send_time
 from chatbot.meetings import Rooms
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.store import OutboxItem, Store
@@ -196,11 +197,13 @@ class Room:
                               tmp_path / "notes", Transport(), clock=self.clock)
         self.sent = 0
 
-    async def say(self, sender: UserId, body: str, *, event: str | None = None) -> list[str]:
+    async def say(self, sender: UserId, body: str, *, event: str | None = None,
+                  sent_at: datetime | None = None) -> list[str]:
         """What the bot answers a message: ✅ or the replies' text."""
         self.sent += 1
         event_id = EventId(event or f"$e{self.sent}")
-        await self.bot.handle(IncomingMessage(ROOM, event_id, sender, sender[1:3], body))
+        await self.bot.handle(IncomingMessage(ROOM, event_id, sender, sender[1:3], body,
+                                              sent_at=sent_at))
         return [item.payload.get("key") or item.payload["text"]
                 for item in await self.bot.store.pending_outbox(limit=1000, per_room=1000)
                 if event_id in (item.payload.get("event_id"), item.payload.get("in_reply_to"))]
@@ -244,6 +247,40 @@ async def test_a_refused_command_is_claimed_so_a_replay_never_answers_it(
     outbox = await store.pending_outbox(limit=100, per_room=100)
     assert len(outbox) == 2, "one ✅ and one slow down, nothing more"
     assert await room.say(ADA, "!update a new one") == ["✅"], "a replay took no token"
+
+
+async def test_a_backlog_sent_at_a_calm_pace_is_not_a_flood(
+    store: Store, tmp_path: Path
+) -> None:
+    """Commands sent one every 2 s while the bot was down all arrive in one sync: they are
+    paced by when they were sent, not by when the bot gets to them."""
+    room = Room(store, tmp_path)
+    room.clock.now = at(600)
+    answers = [await room.say(ADA, f"!update sent while down {n}", sent_at=at(2 * n))
+               for n in range(30)]
+    assert answers == [["✅"]] * 30
+
+
+def test_a_send_time_is_trusted_only_while_the_bot_was_not_listening() -> None:
+    heard_at, now = at(100), at(160)
+    assert trusted_send_time(at(130), heard_at, now) == at(130)  # a backlog keeps its pace
+    assert trusted_send_time(at(-3600), heard_at, now) == heard_at  # forged into the past
+    assert trusted_send_time(at(10**6), heard_at, now) == now  # forged into the future
+
+
+async def test_forged_send_times_earn_no_more_than_real_time(
+    store: Store, tmp_path: Path
+) -> None:
+    """Times far apart, as a forger would set them, once the intake has clamped them to
+    the span since the bot last listened (here: 5 s) and to now."""
+    room = Room(store, tmp_path)
+    heard_at = room.clock.now = at(5)
+    forged = [at(-3600 + 100 * n) for n in range(15)] + [at(10**6 + n) for n in range(15)]
+    answers = [await room.say(ADA, f"!update {n}",
+                              sent_at=trusted_send_time(sent, at(0), heard_at))
+               for n, sent in enumerate(forged)]
+    assert answers.count(["✅"]) == 10 + 5  # ten, and one a second for the 5 s
+    assert sum(1 for answer in answers if answer and answer[0].startswith("Slow down")) == 1
 
 
 async def test_plain_messages_and_reactions_are_not_counted(
