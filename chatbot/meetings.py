@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId
+from chatbot.publish import Sitting, job_kinds
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
     escape_markdown,
@@ -75,7 +76,15 @@ class SaveNote:
     text: str
 
 
-Effect = React | Reply | Post | SaveNote
+@dataclass(frozen=True, slots=True)
+class PublishNote:
+    """Publish a held sitting's note to one target (a `chatbot.publish` job kind)."""
+
+    kind: str
+    sitting: Sitting
+
+
+Effect = React | Reply | Post | SaveNote | PublishNote
 
 
 # --- which meeting ------------------------------------------------------------------
@@ -281,10 +290,13 @@ async def close_meeting(
     if carried:
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
+    day = closed.held_at.astimezone(series.timezone).date()
+    sitting = Sitting(series.id, closed.title, day, path.stem, note)
     return [
         Post(meeting.room_id, closing),
         Post(meeting.room_id, note),
         SaveNote(path, note),
+        *(PublishNote(kind, sitting) for kind in job_kinds(series.publish)),
     ]
 
 
