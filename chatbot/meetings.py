@@ -212,6 +212,13 @@ async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> Pu
     return PurePosixPath(series.id, f"{day.isoformat()}{suffix}.md")
 
 
+def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
+               note: str) -> Sitting:
+    """A held meeting as the publishing targets see it; named like its note file."""
+    held_on = meeting.held_at.astimezone(series.timezone).date()
+    return Sitting(series.id, meeting.title, held_on, path.stem, note)
+
+
 async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
     record = await store.record(meeting)
     return render_note(record, series.timezone, links_of(series),
@@ -290,8 +297,7 @@ async def close_meeting(
     if carried:
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
-    day = closed.held_at.astimezone(series.timezone).date()
-    sitting = Sitting(series.id, closed.title, day, path.stem, note)
+    sitting = sitting_of(series, closed, path, note)
     return [
         Post(meeting.room_id, closing),
         Post(meeting.room_id, note),

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from chatbot.bot import IncomingMessage, MeetingBot
 from chatbot.config import ConfigError, parse_config
@@ -385,3 +387,42 @@ async def test_a_remote_that_cannot_work_is_told_to_the_chairs_once(tmp_path: Pa
         assert (tmp_path / "notes/team/2026-06-18.md").is_file()  # the rest went on
     finally:
         await bot.store.close()
+
+
+async def test_chatbot_publish_publishes_a_past_sitting_once_its_remote_is_fixed(
+    tmp_path: Path,
+) -> None:
+    remote = tmp_path / "remote.git"
+    data = meeting_config(remote.as_uri())
+    data["data_dir"] = str(tmp_path / "data")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    config = parse_config(data)
+    clock, transport = Clock(), RecordingTransport()
+    store = await Store.open(tmp_path / "data/chatbot.db")
+    bot = MeetingBot(Rooms(config, {"team": ROOM}), store, tmp_path / "notes", transport,
+                     clock=clock, targets=[GitArchive(config, tmp_path / "data/archive")])
+    try:
+        await hold_meeting(bot, "held-before-the-fix")
+        await drain(bot)  # the remote does not exist yet: refused, chairs told
+    finally:
+        await store.close()
+    bare_remote(tmp_path)
+
+    first = chatbot("publish", "-c", str(config_file), "team", "--date", "2026-06-18")
+    again = chatbot("publish", "-c", str(config_file), "team")
+    assert (first.returncode, again.returncode) == (0, 0), first.stderr + again.stderr
+    assert len(commits(remote)) == 1
+    assert "held-before-the-fix" in committed(remote, "docs/team/2026.md")
+    assert "the note of 2026-06-18 is in the git archive" in again.stdout
+
+    none = chatbot("publish", "-c", str(config_file), "team", "--date", "2026-06-25")
+    assert none.returncode == 1
+    assert "no team meeting was held and closed on 2026-06-25" in none.stderr
+
+
+def chatbot(*arguments: str) -> subprocess.CompletedProcess[str]:
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-m", "chatbot.cli", *arguments],
+                          capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(root)})
