@@ -71,7 +71,10 @@ def test_keep_leaves_the_note_and_the_databases_in_the_folder(tmp_path: Path) ->
 
     assert result.returncode == 0, result.stdout + result.stderr
     [saved] = (keep / "data" / "notes" / "demo").glob("*.md")
-    assert f"as the bot saved it in {saved}:" in result.stdout
+    assert (f"The bot saved the meeting note in {saved}, and committed it to the git "
+            f"repository {keep / 'archive.git'} (meetings/demo/{saved.name}, commit ") \
+        in result.stdout
+    assert (keep / "archive.git" / "HEAD").exists()
     assert saved.read_text(encoding="utf-8").rstrip("\n") in result.stdout
     assert (keep / "data" / "chatbot.db").exists()
     assert (keep / "homeserver" / "homeserver.db").exists()
