@@ -758,8 +758,11 @@ class MeetingBot:
                 return progressed, item.next_attempt_at
             progressed = True
             carrier = self._carriers.get(item.kind, self.transport.deliver)
+            # Publishing talks to other services, for minutes at worst: it must not
+            # take the places of messages to the homeserver.
+            limit = contextlib.nullcontext() if item.kind in PUBLISH_KINDS else in_flight
             try:
-                async with in_flight:
+                async with limit:
                     result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:

@@ -18,6 +18,7 @@ from chatbot.config import Config, ConfigError, load_config
 from chatbot.logs import LOG_FORMATS, RedactSecrets
 from chatbot.logs import configure as configure_logging
 from chatbot.model import Entry
+from chatbot.publish.git import without_credentials
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
 from chatbot.store import StoreError
@@ -131,6 +132,10 @@ def check(config: Config, path: Path) -> int:
     for meeting in config.meetings:
         zone = meeting.timezone
         print(f"\n{meeting.id}: {meeting.title} in {meeting.room}")
+        if meeting.publish.git is not None:
+            git = meeting.publish.git
+            print(f"  publishes to the git archive: {without_credentials(git.remote)}, "
+                  f"branch {git.branch}, {git.path} ({git.mode})")
         occurrences = meeting.schedule.next_occurrences(now, 3)
         if not occurrences:
             print("  no occurrences ahead")

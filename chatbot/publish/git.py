@@ -301,13 +301,15 @@ class _Git:
 
     def _failure(self, command: str, outcome: _Outcome) -> PublishFailed:
         said = outcome.output.lower()
-        log.warning("git %s with %s failed (exit %s): %s", command, self.shown_remote,
+        # What git said, for whoever runs the bot; the job's own failure is logged by
+        # the outbox, once.
+        log.info("git %s with %s failed (exit %s): %s", command, self.shown_remote,
                     outcome.code, without_credentials(outcome.output.strip()))
         for signs, advice in _PERMANENT:
             if any(sign in said for sign in signs):
                 return PublishFailed(advice, permanent=True)
-        return PublishFailed(f"git {command} could not reach {self.shown_remote}; "
-                             "I will keep trying", permanent=False)
+        return PublishFailed(f"git {command} could not reach {self.shown_remote}",
+                             permanent=False)
 
 
 def _read(file: Path) -> str | None:

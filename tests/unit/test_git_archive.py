@@ -426,3 +426,42 @@ def chatbot(*arguments: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "chatbot.cli", *arguments],
                           capture_output=True, text=True, timeout=60, check=False,
                           env={**os.environ, "PYTHONPATH": str(root)})
+
+
+async def test_a_remote_unreachable_for_too_long_is_retried_quietly_then_told_once(
+    tmp_path: Path,
+) -> None:
+    bot, transport, clock = await make_bot(tmp_path, "http://127.0.0.1:9/team/notes.git")
+
+    def chairs_told() -> list[str]:
+        return [item.payload["text"] for item in transport.sent
+                if item.payload.get("text", "").startswith("**Chairs:**")]
+
+    try:
+        await hold_meeting(bot, "x")
+        await drain(bot)
+        assert chairs_told() == []  # a network failure usually passes: not told yet
+        for _ in range(3):
+            clock.now += timedelta(minutes=30)
+            await drain(bot)
+        [told] = chairs_told()
+        assert told.startswith("**Chairs:** I gave up publishing the note of 2026-06-18 to "
+                               "the git archive (<http://127.0.0.1:9/team/notes.git>, branch "
+                               "main) after trying for 1h")
+        assert "`chatbot publish team --date 2026-06-18`" in told
+        assert not await bot.store.read.has_pending_outbox()
+        assert 'chatbot_jobs_parked_total{kind="git_archive"} 1.0' in \
+            bot.metrics.render().decode()
+    finally:
+        await bot.store.close()
+
+
+def test_check_lists_where_each_meeting_publishes(tmp_path: Path) -> None:
+    data = meeting_config("https://bot:s3cret@example.org/notes.git")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    result = chatbot("check", "-c", str(config_file))
+    assert result.returncode == 0, result.stderr
+    assert ("publishes to the git archive: https://***@example.org/notes.git, branch main, "
+            "docs/{id}/{year}.md (prepend)") in result.stdout
+    assert "s3cret" not in result.stdout
