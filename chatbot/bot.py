@@ -846,8 +846,9 @@ class MeetingBot:
         where = escape_markdown(self._targets[item.kind].label(sitting.series_id))
         again = f"`chatbot publish {sitting.series_id} --date {sitting.held_on.isoformat()}`"
         if failure is Failure.PARKED:
+            waited = format_duration(self.jobs.park_after)
             return (f"**Chairs:** I gave up publishing the note of {sitting.name} to {where} "
-                    f"after trying for {format_duration(self.jobs.park_after)} ({escape_markdown(error)}). "
+                    f"after trying for {waited} ({escape_markdown(error)}). "
                     f"Once that is fixed, whoever runs this bot can publish it with {again}.")
         return (f"**Chairs:** I could not publish the note of {sitting.name} to {where}: "
                 f"{escape_markdown(error)}. Whoever runs this bot: once that is fixed, "

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -105,6 +106,10 @@ def place_note(existing: str | None, sitting: Sitting, mode: str) -> str:
     return "".join(lines[:at]) + entry + "".join(lines[at:])
 
 
+class _LocalFailure(PublishFailed):
+    """git failed in the working copy itself (not talking to the remote)."""
+
+
 @dataclass(frozen=True, slots=True)
 class _Outcome:
     code: int
@@ -142,30 +147,45 @@ class GitArchive:
     async def publish(self, sitting: Sitting) -> str:
         """Commit the note unless the branch has it already, and push; the commit id."""
         settings = self._settings(sitting.series_id)
-        path = archive_path(settings, sitting)
         async with self._exclusive(sitting.series_id):
-            git = _Git(self.work_dir / sitting.series_id, self._environment(settings),
-                       settings.timeout.total_seconds(), settings.remote)
-            await self._check_key(settings)
-            await git.prepare(settings.remote)
-            for _ in range(PUSH_TRIES):
-                await git.start_from_remote(settings.branch)
-                file = git.file(path)
-                existing = await asyncio.to_thread(_read, file)
-                if existing is not None and marker(sitting) in existing:
-                    commit = await git.head()
-                    log.info("note %s of %s is already in %s at %s", sitting.name,
-                             sitting.series_id, path, commit[:12])
-                    return commit
-                await asyncio.to_thread(_write, file, place_note(existing, sitting, settings.mode))
-                await git.commit(path, commit_message(settings, sitting))
-                if await git.push(settings.branch):
-                    commit = await git.head()
-                    log.info("note %s of %s committed to %s as %s and pushed", sitting.name,
-                             sitting.series_id, path, commit[:12])
-                    return commit
-                log.info("push of note %s of %s refused: the branch moved; trying again",
-                         sitting.name, sitting.series_id)
+            try:
+                try:
+                    return await self._publish(sitting, settings)
+                except OSError as error:  # writing the file
+                    raise _LocalFailure(f"cannot write in the bot's working copy "
+                                        f"({error.strerror or error})", permanent=False) from error
+            except _LocalFailure:
+                # A working copy git cannot use (a crash left it half made, a disk
+                # error): the next attempt starts afresh from the remote.
+                await asyncio.to_thread(shutil.rmtree, self.work_dir / sitting.series_id,
+                                        ignore_errors=True)
+                raise
+
+    async def _publish(self, sitting: Sitting, settings: GitArchiveConfig) -> str:
+        path = archive_path(settings, sitting)
+        git = _Git(self.work_dir / sitting.series_id, self._environment(settings),
+                   settings.timeout.total_seconds(), settings.remote)
+        await self._check_key(settings)
+        await git.prepare(settings.remote)
+        for _ in range(PUSH_TRIES):
+            await git.start_from_remote(settings.branch)
+            file = git.file(path)
+            existing = await asyncio.to_thread(_read, file)
+            if existing is not None and marker(sitting) in existing:
+                commit = await git.head()
+                log.info("note %s of %s is already in %s at %s", sitting.name,
+                         sitting.series_id, path, commit[:12])
+                return commit
+            text = place_note(existing, sitting, settings.mode)
+            await asyncio.to_thread(_write, file, text)
+            await git.commit(path, commit_message(settings, sitting))
+            if await git.push(settings.branch):
+                commit = await git.head()
+                log.info("note %s of %s committed to %s as %s and pushed", sitting.name,
+                         sitting.series_id, path, commit[:12])
+                return commit
+            log.info("push of note %s of %s refused: the branch moved; trying again",
+                     sitting.name, sitting.series_id)
         raise PublishFailed(f"the branch {settings.branch} kept moving while I pushed",
                             permanent=False)
 
@@ -239,8 +259,10 @@ class _Git:
             self.directory.mkdir(parents=True, exist_ok=True)
             await self.run("init", "-q")
             await self.run("remote", "add", "origin", remote)
-        else:  # the config may have changed the remote since
-            await self.run("remote", "set-url", "origin", remote)
+        elif (await self.run("remote", "set-url", "origin", remote, check=False)).code != 0:
+            # the config may have changed the remote since; or a first attempt stopped
+            # between `init` and `remote add`
+            await self.run("remote", "add", "origin", remote)
 
     async def start_from_remote(self, branch: str) -> None:
         """Check out the remote's branch as it is now (an empty one if it has none yet),
@@ -294,7 +316,7 @@ class _Git:
         assert process.returncode is not None
         outcome = _Outcome(process.returncode, output.decode("utf-8", "replace"))
         if check and outcome.code != 0:
-            raise self._failure(arguments[0], outcome) if network else PublishFailed(
+            raise self._failure(arguments[0], outcome) if network else _LocalFailure(
                 f"git {arguments[0]} failed in the bot's working copy "
                 f"({_last_line(outcome.output)})", permanent=False)
         return outcome

@@ -465,3 +465,17 @@ def test_check_lists_where_each_meeting_publishes(tmp_path: Path) -> None:
     assert ("publishes to the git archive: https://***@example.org/notes.git, branch main, "
             "docs/{id}/{year}.md (prepend)") in result.stdout
     assert "s3cret" not in result.stdout
+
+
+async def test_a_working_copy_left_broken_is_made_afresh(tmp_path: Path) -> None:
+    remote = bare_remote(tmp_path)
+    work = tmp_path / "archive/team"
+    work.mkdir(parents=True)
+    git("init", "-q", cwd=work)  # a first attempt stopped before `remote add`
+    await archive(tmp_path, remote.as_uri()).publish(sitting(11))
+    (work / ".git/HEAD").write_text("garbage\n")  # and a disk that went wrong
+    with pytest.raises(PublishFailed) as failed:
+        await archive(tmp_path, remote.as_uri()).publish(sitting(18))
+    assert not failed.value.permanent
+    await archive(tmp_path, remote.as_uri()).publish(sitting(18))
+    assert len(commits(remote)) == 2
