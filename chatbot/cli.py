@@ -48,8 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     with_config("run", "run the bot until stopped (Ctrl-C or SIGTERM)")
-    with_config("check", "validate the configuration and print each meeting's next three "
-                         "occurrences with their reminder times")
+    check_command = with_config(
+        "check", "validate the configuration and print each meeting's next three "
+                 "occurrences with their reminder times")
+    check_command.add_argument(
+        "--online", action="store_true",
+        help="also try each publishing target live (the git archive's remote and key), "
+             "changing nothing")
     notes = with_config("notes", "print a meeting's note from the database")
     notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
     notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     redaction.add(config.matrix.access_token)
     try:
         if args.command == "check":
-            return check(config, args.config)
+            code = check(config, args.config)
+            return asyncio.run(check_online(config)) if args.online else code
         if args.command == "notes":
             return asyncio.run(print_note(config, args.meeting_id, args.date))
         if args.command == "publish":
@@ -146,6 +152,28 @@ def check(config: Config, path: Path) -> int:
                 print(f"    reminder {format_duration(lead)} before: "
                       f"{format_date(due.astimezone(zone))}, {format_time(due, zone)}")
     return 0
+
+
+async def check_online(config: Config) -> int:
+    """Try every meeting's publishing targets; 1 if any cannot work as configured."""
+    from chatbot.app import publish_targets
+    from chatbot.publish import PublishFailed, job_kinds
+
+    targets = publish_targets(config)
+    failed = False
+    print()
+    for series in config.meetings:
+        kinds = job_kinds(series.publish)
+        for target in (target for target in targets if target.kind in kinds):
+            where = target.label(series.id)
+            try:
+                found = await target.check(series.id)
+            except PublishFailed as error:
+                failed = True
+                print(f"{series.id}: {where}: FAILED: {error}")
+            else:
+                print(f"{series.id}: {where}: {found}")
+    return 1 if failed else 0
 
 
 async def print_note(config: Config, meeting_id: str, on: date | None) -> int:

@@ -70,6 +70,10 @@ class Target(Protocol):
         """Publish the sitting's note unless it is there already; return what was done
         (a commit id, a URL). Raises PublishFailed."""
 
+    async def check(self, series_id: str) -> str:
+        """Try the series' settings live without changing anything (for `chatbot check
+        --online`); say what was found. Raises PublishFailed."""
+
 
 def job_kinds(publish: PublishConfig) -> list[str]:
     """The outbox job kinds a meeting with this `publish:` section queues at close."""

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -160,6 +161,20 @@ class GitArchive:
                 await asyncio.to_thread(shutil.rmtree, self.work_dir / sitting.series_id,
                                         ignore_errors=True)
                 raise
+
+    async def check(self, series_id: str) -> str:
+        """Whether the remote answers, with the configured key, by listing the branch:
+        nothing is written, here or there. Raises PublishFailed."""
+        settings = self._settings(series_id)
+        await self._check_key(settings)
+        with tempfile.TemporaryDirectory(prefix="chatbot-check-") as scratch:
+            git = _Git(Path(scratch), self._environment(settings) | {"HOME": scratch},
+                       settings.timeout.total_seconds(), settings.remote)
+            outcome = await git.run("ls-remote", "--heads", settings.remote,
+                                    f"refs/heads/{settings.branch}", network=True)
+        if outcome.output.strip():
+            return f"reachable, branch {settings.branch} found"
+        return f"reachable, no branch {settings.branch} yet (the first note makes it)"
 
     async def _publish(self, sitting: Sitting, settings: GitArchiveConfig) -> str:
         path = archive_path(settings, sitting)

@@ -479,3 +479,23 @@ async def test_a_working_copy_left_broken_is_made_afresh(tmp_path: Path) -> None
     assert not failed.value.permanent
     await archive(tmp_path, remote.as_uri()).publish(sitting(18))
     assert len(commits(remote)) == 2
+
+
+def test_check_online_tries_the_remote_without_writing(tmp_path: Path) -> None:
+    remote = bare_remote(tmp_path)
+    data = meeting_config(remote.as_uri())
+    data["data_dir"] = str(tmp_path / "data")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(data))
+    good = chatbot("check", "-c", str(config_file), "--online")
+    assert good.returncode == 0, good.stderr
+    assert "team: the git archive (file://" in good.stdout
+    assert "reachable, no branch main yet (the first note makes it)" in good.stdout
+    assert not (tmp_path / "data").exists()
+    assert commits_or_none(remote) is None
+
+    data["meetings"][0]["publish"]["git"]["remote"] = (tmp_path / "nowhere.git").as_uri()
+    config_file.write_text(yaml.safe_dump(data))
+    bad = chatbot("check", "-c", str(config_file), "--online")
+    assert bad.returncode == 1
+    assert "FAILED: there is no git repository at the remote" in bad.stdout
