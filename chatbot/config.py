@@ -197,6 +197,10 @@ class GitArchiveConfig(_Frozen):
     def _one_line(cls, value: str) -> str:
         if value.strip() != value or any(c.isspace() for c in value) or value.startswith("-"):
             raise ValueError(f"expected a git URL without spaces, got {value!r}")
+        if re.match(r"[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+            # Secrets never live in the YAML (it is shared, copied, and shown in logs).
+            raise ValueError("expected a URL without a password in it; use an SSH remote "
+                             "with `ssh_key_file`")
         return value
 
     @field_validator("path")
