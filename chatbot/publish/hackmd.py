@@ -445,6 +445,10 @@ class HackMDClient:
             team=team, note_id=note_id)
         return Note.from_api(data, headers.get("ETag"))
 
+    async def delete_note(self, note_id: str, team: str | None = None) -> None:
+        await self._call("DELETE", self._note_path(note_id, team),
+                         what=f"delete note {note_id}", team=team, note_id=note_id)
+
     async def write_regions(self, note_id: str, regions: Mapping[str, str], *,
                             team: str | None = None,
                             insert_before: str | None = None,
