@@ -243,6 +243,12 @@ class WriteThrottle:
     def wrote(self, note_id: str, digest: str, now: datetime) -> None:
         self._last[note_id] = (now, digest)
 
+    def settled(self, note_id: str, digest: str) -> None:
+        """The page already says `digest` though nothing was written: no pacing due."""
+        last = self._last.get(note_id)
+        self._last[note_id] = (last[0] if last else datetime.min.replace(tzinfo=UTC),
+                               digest)
+
 
 # ---------------------------------------------------------------------------------
 # Errors, secrets, rate-limit bookkeeping
@@ -424,17 +430,39 @@ class HackMDClient:
         return dict(data)
 
     async def create_note(self, title: str, content: str, read: Permission,
-                          write: Permission, team: str | None = None) -> Note:
-        """A new note in the user's workspace, or in `team`'s."""
+                          write: Permission, team: str | None = None, *,
+                          key: str | None = None) -> Note:
+        """A new note in the user's workspace, or in `team`'s.
+
+        With `key` (say "chatbot hubs-team 2026-12-03"), creating is idempotent: the key
+        goes in the note's description, and a note already carrying it (made by an
+        attempt whose answer was lost) is returned instead of a second one. That costs
+        one listing call per creation.
+        """
         for label, value in (("read", read), ("write", write)):
             if value not in PERMISSIONS:
                 raise ValueError(f"{label} permission must be one of {PERMISSIONS}, "
                                  f"not {value!r}")
+        if key is not None:
+            _, _, listed = await self._call("GET", self._notes_path(team),
+                                            what=f"list notes in {_workspace(team)}",
+                                            team=team)
+            for item in listed if isinstance(listed, list) else []:
+                if isinstance(item, dict) and item.get("description") == key:
+                    log.info("HackMD note %s for %s exists already", item.get("id"), key)
+                    return await self.read_note(str(item["id"]), team)
         body = {"title": title, "content": content,
                 "readPermission": read, "writePermission": write}
-        _, headers, data = await self._call(
+        if key is not None:
+            body["description"] = key
+        status, headers, data = await self._call(
             "POST", self._notes_path(team), json_body=body,
             what=f"create a note in {_workspace(team)}", team=team)
+        if status == 207:
+            # Documented: the note was made, something secondary failed; never retry.
+            log.warning("HackMD made note %s with a partial failure: %s",
+                        data.get("note", {}).get("id"), data.get("error"))
+            data = data.get("note", {})
         note = Note.from_api(data, headers.get("ETag"))
         self._placed[note.id] = set(region_bodies(content))
         return note
@@ -474,7 +502,7 @@ class HackMDClient:
             merge = merge_regions(note.content, regions, insert_before=insert_before,
                                   placed=placed)
             if merge.text == note.content:
-                self.throttle.wrote(note_id, digest, self._clock())
+                self.throttle.settled(note_id, digest)
                 return WriteResult("already", skipped=merge.skipped,
                                    placed=frozenset(remembered))
             moved = await self._changed_since(note, team)

@@ -151,6 +151,8 @@ class HackMDContract:
         self.calls: list[Call] = []
         self._faults: list[Fault] = []
         self._after_read: dict[str, list[Callable[[str], str]]] = {}
+        # Documented 207 on create: the note is made, a secondary step (folder) failed.
+        self.create_multi_status = False
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -298,6 +300,9 @@ class HackMDContract:
         note.permalink = body.get("permalink")
         if not body.get("title"):
             note.title = _title_of(note.content)
+        if self.create_multi_status:
+            return web.json_response({"note": self._shape(note, content=True),
+                                      "error": "Folder unavailable"}, status=207)
         return web.json_response(self._shape(note, content=True), status=201,
                                  headers={"ETag": note.etag})
 

@@ -263,3 +263,28 @@ def test_token_comes_from_the_environment_or_a_file(tmp_path):
         HackMDToken.load(env="T", environ={})
     with pytest.raises(ValueError, match="cannot read"):
         HackMDToken.load(file=tmp_path / "missing")
+
+
+async def test_creating_with_a_key_finds_the_note_an_earlier_attempt_made(client, hackmd):
+    key = "chatbot hubs-team 2026-12-03"
+    first = await client.create_note("t", TEMPLATE, read="guest", write="signed_in",
+                                     key=key)
+    # The answer to that POST was lost; the durable job tries again.
+    again = await client.create_note("t", TEMPLATE, read="guest", write="signed_in",
+                                     key=key)
+    assert again.id == first.id and len(hackmd.notes) == 1
+    assert len(hackmd.calls_to("POST")) == 1
+
+
+async def test_a_207_on_create_still_gives_the_note(client, hackmd):
+    hackmd.create_multi_status = True
+    note = await client.create_note("t", TEMPLATE, read="guest", write="signed_in")
+    assert note.id in hackmd.notes and note.content == TEMPLATE
+
+
+async def test_a_page_already_saying_it_costs_no_pacing(client, hackmd, clock):
+    note = await client.create_note("t", TEMPLATE, read="guest", write="signed_in")
+    result = await client.write_regions(note.id, {"agenda-1": "### 1. Release plan (@min)"})
+    assert result.outcome == "already"
+    changed = await client.write_regions(note.id, {"roll-call": "- Min"})
+    assert changed.outcome == "written"
