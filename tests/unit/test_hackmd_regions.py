@@ -79,7 +79,7 @@ def test_a_region_whose_markers_were_broken_is_left_to_people(page, why):
 
 def test_markers_with_other_spacing_still_count():
     page = "x\n<!--chatbot:r-->\nold\n<!--   /chatbot:r   -->\ny\n"
-    assert render_regions(page, {"r": "new"}) == "x\n<!--chatbot:r-->\nnew\n<!--   /chatbot:r   -->\ny\n"
+    assert render_regions(page, {"r": "new"}) == page.replace("old", "new")
 
 
 def test_a_pasted_copy_of_a_region_is_the_teams_text():
