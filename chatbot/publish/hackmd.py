@@ -2,8 +2,14 @@
 
 The bot owns only marked regions of the page, each between `<!-- chatbot:NAME -->` and
 `<!-- /chatbot:NAME -->`; every byte outside them is the team's and is written back
-exactly as read. The region logic below is pure; `HackMDClient` is the only part that
-talks to HackMD (REST API v1, https://hackmd.io/@hackmd-api/developer-portal).
+exactly as read. Text a person types *inside* a region is the bot's to replace at its
+next write, so the note template should keep people's space (discussion bullets under
+an agenda heading) just outside the markers. A region whose marker a person deleted or
+moved is given up, never re-inserted: see `find_regions` and `merge_regions`. At close,
+`final_note` is the page as the team left it, markers removed.
+
+The region logic is pure; `HackMDClient` is the only part that talks to HackMD (REST
+API v1, https://hackmd.io/@hackmd-api/developer-portal).
 
 What HackMD documents, and what follows from it:
 
@@ -589,8 +595,13 @@ class HackMDClient:
             limit = RateLimit.from_headers(headers)
             retry_at = limit.reset_at if limit is not None else _retry_after(
                 headers, self._clock())
-            return HackMDTransient(f"HackMD rate limit or monthly quota reached (429); "
-                                   f"could not {what}", retry_at=retry_at)
+            if limit is not None and limit.remaining > 0:
+                # Room left in the 5-minute window, so it is the monthly quota.
+                return HackMDTransient(
+                    f"HackMD's monthly API quota is used up (429); could not {what}: it "
+                    "renews next month, or a paid plan raises it", retry_at=retry_at)
+            return HackMDTransient(f"HackMD rate limit reached (429); could not {what}",
+                                   retry_at=retry_at)
         if status >= 500:
             return HackMDTransient(f"HackMD failed ({status}); could not {what}")
         source = self._token.source

@@ -194,7 +194,7 @@ async def test_429_is_transient_until_the_window_resets_and_no_call_is_wasted(
 
 async def test_a_429_from_hackmd_carries_the_reset_time(client, hackmd, clock):
     hackmd.monthly_quota = 0
-    with pytest.raises(HackMDTransient, match="429") as raised:
+    with pytest.raises(HackMDTransient, match="monthly API quota is used up") as raised:
         await client.whoami()
     assert raised.value.retry_at == clock.now + timedelta(minutes=5)
 
