@@ -1,0 +1,1 @@
+"""Publishing a meeting to where the team keeps it."""
