@@ -15,8 +15,8 @@ from chatbot.publish.hackmd import (
     find_regions,
     merge_regions,
     open_marker,
-    region_bodies,
     region_block,
+    region_bodies,
     regions_digest,
     render_regions,
 )
