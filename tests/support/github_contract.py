@@ -102,7 +102,8 @@ class Repo:
 @dataclass(slots=True)
 class Fault:
     """The next `times` requests matching `method` and `path` (a regex searched in the
-    path) are answered with `status` (0: the connection is dropped unanswered)."""
+    path) are answered with `status` (0: the connection is dropped unanswered; note that
+    aiohttp's client retries an idempotent request once on a dropped connection)."""
 
     method: str
     path: re.Pattern[str]
@@ -122,6 +123,10 @@ class Call:
     login: str | None
     body: Any = None
     if_none_match: str | None = None
+
+
+ACCOUNT = web.RequestKey("account", Account)
+BODY = web.RequestKey("body", object)
 
 
 class _Answer(Exception):
@@ -311,8 +316,8 @@ class GitHubContract:
                 status = fault.status
                 return self._faulty(request, fault, account)
             self._spend(account)
-            request["account"] = account
-            request["body"] = body
+            request[ACCOUNT] = account
+            request[BODY] = body
             answer = await handler(request)
             status = self._conditional(request, answer)
             if status == 304:
@@ -426,13 +431,13 @@ class GitHubContract:
     def _repo(self, request: web.Request) -> Repo:
         full_name = f"{request.match_info['owner']}/{request.match_info['repo']}"
         repo = self.repos.get(full_name.lower())
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         if repo is None or (account.repos is not None and repo.full_name not in account.repos):
             raise _Answer(404, "Not Found")
         return repo
 
     def _writable(self, request: web.Request) -> None:
-        if not request["account"].can_write:
+        if not request[ACCOUNT].can_write:
             raise _Answer(403, "Resource not accessible by personal access token")
 
     def _issue(self, request: web.Request, repo: Repo) -> StoredIssue:
@@ -446,18 +451,18 @@ class GitHubContract:
         return issue
 
     async def _get_user(self, request: web.Request) -> web.Response:
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         return web.json_response(self._user_json(account.login, account.id))
 
     async def _get_rate_limit(self, request: web.Request) -> web.Response:
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         core = {"limit": RATE_LIMIT, "remaining": account.remaining,
                 "reset": account.reset, "used": RATE_LIMIT - account.remaining}
         return web.json_response({"resources": {"core": core}, "rate": core})
 
     async def _get_repo(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         return web.json_response({
             "id": repo.id, "node_id": _node_id("R", repo.id), "name": repo.name,
             "full_name": repo.full_name, "private": False,
@@ -503,13 +508,13 @@ class GitHubContract:
     async def _post_issue(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
         self._writable(request)
-        body = _check_body(CREATE_ISSUE, request["body"], required=("title",))
+        body = _check_body(CREATE_ISSUE, request[BODY], required=("title",))
         if not repo.has_issues:
             raise _Answer(410, "Issues are disabled for this repo")
         labels = [label if isinstance(label, str) else label.get("name", "")
                   for label in body.get("labels", [])]
         issue = self._create_issue(repo, str(body["title"]), body.get("body"),
-                                   request["account"].login, labels)
+                                   request[ACCOUNT].login, labels)
         return web.json_response(self._issue_json(repo, issue), status=201, headers={
             "Location": f"{self.url}/repos/{repo.full_name}/issues/{issue.number}"})
 
@@ -521,7 +526,7 @@ class GitHubContract:
         repo = self._repo(request)
         self._writable(request)
         issue = self._issue(request, repo)
-        body = _check_body(UPDATE_ISSUE, request["body"])
+        body = _check_body(UPDATE_ISSUE, request[BODY])
         if "state" in body and body["state"] not in STATES:
             raise _Answer(422, "Validation Failed", errors=[
                 {"value": body["state"], "resource": "Issue", "field": "state",
@@ -560,12 +565,12 @@ class GitHubContract:
         repo = self._repo(request)
         self._writable(request)
         issue = self._issue(request, repo)
-        body = _check_body(CREATE_COMMENT, request["body"], required=("body",))
+        body = _check_body(CREATE_COMMENT, request[BODY], required=("body",))
         if len(body["body"]) > COMMENT_LIMIT:
             raise _Answer(422, "Validation Failed", errors=[
                 {"resource": "IssueComment", "code": "custom", "field": "body",
                  "message": f"body is too long (maximum is {COMMENT_LIMIT} characters)"}])
-        comment = self._create_comment(issue, body["body"], request["account"].login)
+        comment = self._create_comment(issue, body["body"], request[ACCOUNT].login)
         return web.json_response(self._comment_json(repo, issue, comment), status=201)
 
     # -- state and shapes -------------------------------------------------------------
