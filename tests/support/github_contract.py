@@ -111,6 +111,8 @@ class Fault:
     times: int = 1
     retry_after: int | None = None
     secondary: bool = False
+    # This many matching requests pass untouched before the fault strikes.
+    skip: int = 0
     hits: int = 0
 
 
@@ -256,10 +258,12 @@ class GitHubContract:
         return self._create_comment(issue, body, user)
 
     def fail(self, method: str, path: str, status: int, *, times: int = 1,
-             retry_after: int | None = None, secondary: bool = False) -> Fault:
-        """Answer the next `times` requests matching `method` ("*" for any) and the path
-        regex with `status`; `secondary` makes a 403/429 GitHub's secondary rate limit."""
-        fault = Fault(method, re.compile(path), status, times, retry_after, secondary)
+             retry_after: int | None = None, secondary: bool = False,
+             skip: int = 0) -> Fault:
+        """Answer `times` requests matching `method` ("*" for any) and the path regex
+        with `status`, after letting `skip` of them through; `secondary` makes a 403/429
+        GitHub's secondary rate limit."""
+        fault = Fault(method, re.compile(path), status, times, retry_after, secondary, skip)
         self.faults.append(fault)
         return fault
 
@@ -378,6 +382,9 @@ class GitHubContract:
         for fault in self.faults:
             if fault.hits < fault.times and fault.method in ("*", request.method) \
                     and fault.path.search(request.path):
+                if fault.skip > 0:
+                    fault.skip -= 1
+                    continue
                 fault.hits += 1
                 return fault
         return None
