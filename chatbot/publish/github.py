@@ -325,16 +325,17 @@ class GitHubClient:
     async def post_note(self, ref: IssueRef, text: str) -> tuple[Comment, ...]:
         """`text` as one comment, or several only past GitHub's 65,536-character limit.
         A part already on the issue (a retry after a crash) is not posted again."""
-        existing: dict[str, Comment] = {}
+        # Each existing comment vouches for one part only: two equal parts need two.
+        existing: dict[str, list[Comment]] = {}
         async for item in self._pages(f"{_issue_path(ref)}/comments",
                                       {"per_page": str(PER_PAGE)},
                                       what=f"read comments on #{ref.number}", repo=ref.repo):
             comment = Comment.from_json(item)
-            existing.setdefault(comment.body, comment)
+            existing.setdefault(comment.body, []).append(comment)
         posted: list[Comment] = []
         for part in split_note(text):
-            if part in existing:
-                posted.append(existing[part])
+            if existing.get(part):
+                posted.append(existing[part].pop(0))
                 continue
             data = (await self._call("POST", f"{_issue_path(ref)}/comments",
                                      json={"body": part},

@@ -220,7 +220,7 @@ async def test_the_note_is_one_comment_up_to_65536_characters(
 async def test_a_long_note_is_split_and_a_retry_posts_only_what_is_missing(
         client: GitHubClient, github: GitHubContract) -> None:
     issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
-    note = "- item\n" * (COMMENT_LIMIT // 7 * 3)
+    note = "".join(f"- item {n}\n" for n in range(15000))
     parts = split_note(note)
     assert len(parts) == 3
     github.add_comment(REPO, issue.number, "!agenda late item", user="carol")
@@ -237,6 +237,18 @@ async def test_a_long_note_is_split_and_a_retry_posts_only_what_is_missing(
     again = await client.post_note(issue, note)
     assert [c.id for c in again] == [c.id for c in posted]
     assert len(stored) == 1 + len(parts)
+
+
+async def test_equal_parts_are_each_posted(client: GitHubClient,
+                                           github: GitHubContract) -> None:
+    issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
+    note = "x" * (2 * COMMENT_LIMIT)
+    github.fail("POST", "/comments$", 502, skip=1)
+    with pytest.raises(GitHubTransientError):
+        await client.post_note(issue, note)
+    posted = await client.post_note(issue, note)
+    assert len({c.id for c in posted}) == 2
+    assert len(github.repos[REPO.lower()].issues[issue.number].comments) == 2
 
 
 async def test_a_crash_between_parts_leaves_the_posted_part_alone(
