@@ -458,8 +458,7 @@ class GitHubContract:
         return issue
 
     async def _get_user(self, request: web.Request) -> web.Response:
-        account: Account = request[ACCOUNT]
-        return web.json_response(self._user_json(account.login, account.id))
+        return web.json_response(self._private_user_json(request[ACCOUNT]))
 
     async def _get_rate_limit(self, request: web.Request) -> web.Response:
         account: Account = request[ACCOUNT]
@@ -468,18 +467,7 @@ class GitHubContract:
         return web.json_response({"resources": {"core": core}, "rate": core})
 
     async def _get_repo(self, request: web.Request) -> web.Response:
-        repo = self._repo(request)
-        account: Account = request[ACCOUNT]
-        return web.json_response({
-            "id": repo.id, "node_id": _node_id("R", repo.id), "name": repo.name,
-            "full_name": repo.full_name, "private": False,
-            "owner": self._user_json(repo.owner, repo.id + 1),
-            "html_url": f"{self.html_root}/{repo.full_name}",
-            "url": f"{self.url}/repos/{repo.full_name}",
-            "has_issues": repo.has_issues, "default_branch": "main",
-            "permissions": {"admin": False, "maintain": False, "push": account.can_write,
-                            "triage": account.can_write, "pull": True},
-        })
+        return web.json_response(self._repo_json(self._repo(request), request[ACCOUNT]))
 
     async def _list_issues(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -605,10 +593,60 @@ class GitHubContract:
         return comment
 
     def _user_json(self, login: str, user_id: int) -> dict[str, Any]:
+        """GitHub's `simple-user`."""
+        api = f"{self.url}/users/{login}"
         return {"login": login, "id": user_id, "node_id": _node_id("U", user_id),
-                "type": "User", "site_admin": False,
-                "html_url": f"{self.html_root}/{login}",
-                "url": f"{self.url}/users/{login}"}
+                "avatar_url": f"{self.html_root}/avatars/{user_id}", "gravatar_id": "",
+                "url": api, "html_url": f"{self.html_root}/{login}",
+                "followers_url": f"{api}/followers",
+                "following_url": f"{api}/following{{/other_user}}",
+                "gists_url": f"{api}/gists{{/gist_id}}",
+                "starred_url": f"{api}/starred{{/owner}}{{/repo}}",
+                "subscriptions_url": f"{api}/subscriptions",
+                "organizations_url": f"{api}/orgs", "repos_url": f"{api}/repos",
+                "events_url": f"{api}/events{{/privacy}}",
+                "received_events_url": f"{api}/received_events",
+                "type": "User", "site_admin": False}
+
+    def _private_user_json(self, account: Account) -> dict[str, Any]:
+        """GitHub's `private-user`: what `GET /user` answers for the token's owner."""
+        since = _iso(datetime(2020, 1, 1, tzinfo=UTC))
+        return {**self._user_json(account.login, account.id),
+                "name": None, "company": None, "blog": "", "location": None,
+                "email": None, "hireable": None, "bio": None, "public_repos": 0,
+                "public_gists": 0, "followers": 0, "following": 0,
+                "created_at": since, "updated_at": since, "private_gists": 0,
+                "total_private_repos": 0, "owned_private_repos": 0, "disk_usage": 0,
+                "collaborators": 0, "two_factor_authentication": True}
+
+    def _repo_json(self, repo: Repo, account: Account) -> dict[str, Any]:
+        """GitHub's `full-repository`."""
+        api = f"{self.url}/repos/{repo.full_name}"
+        html = f"{self.html_root}/{repo.full_name}"
+        since = _iso(datetime(2020, 1, 1, tzinfo=UTC))
+        shape: dict[str, Any] = {
+            "id": repo.id, "node_id": _node_id("R", repo.id), "name": repo.name,
+            "full_name": repo.full_name, "private": False,
+            "owner": self._user_json(repo.owner, repo.id + 1), "html_url": html,
+            "description": None, "fork": False, "url": api, "homepage": None,
+            "language": None, "forks_count": 0, "stargazers_count": 0,
+            "watchers_count": 0, "size": 0, "default_branch": "main",
+            "open_issues_count": sum(issue.state == "open" for issue in repo.issues.values()),
+            "has_issues": repo.has_issues, "has_projects": False, "has_wiki": False,
+            "has_pages": False, "has_discussions": False, "archived": False,
+            "disabled": False, "pushed_at": since, "created_at": since, "updated_at": since,
+            "subscribers_count": 0, "network_count": 0, "license": None, "forks": 0,
+            "watchers": 0, "mirror_url": None,
+            "git_url": f"git://{self.html_root.split('://')[-1]}/{repo.full_name}.git",
+            "ssh_url": f"git@{self.html_root.split('://')[-1]}:{repo.full_name}.git",
+            "clone_url": f"{html}.git", "svn_url": html,
+            "permissions": {"admin": False, "maintain": False, "push": account.can_write,
+                            "triage": account.can_write, "pull": True},
+        }
+        shape["open_issues"] = shape["open_issues_count"]
+        for name, tail in _REPO_URLS.items():
+            shape[f"{name}_url"] = f"{api}/{tail}"
+        return shape
 
     def _issue_json(self, repo: Repo, issue: StoredIssue) -> dict[str, Any]:
         api = f"{self.url}/repos/{repo.full_name}/issues/{issue.number}"
@@ -616,7 +654,8 @@ class GitHubContract:
         shape: dict[str, Any] = {
             "id": issue.id, "node_id": _node_id("I", issue.id), "url": api,
             "repository_url": f"{self.url}/repos/{repo.full_name}",
-            "comments_url": f"{api}/comments",
+            "labels_url": f"{api}/labels{{/name}}", "comments_url": f"{api}/comments",
+            "events_url": f"{api}/events", "timeline_url": f"{api}/timeline",
             "html_url": f"{self.html_root}/{repo.full_name}/{kind}/{issue.number}",
             "number": issue.number, "state": issue.state,
             "state_reason": issue.state_reason, "title": issue.title, "body": issue.body,
@@ -674,6 +713,26 @@ class GitHubContract:
             headers["Link"] = ", ".join(links)
         start = (page - 1) * per_page
         return web.json_response(items[start:start + per_page], headers=headers)
+
+
+# The URL templates a `full-repository` carries, after `/repos/{owner}/{repo}/`.
+_REPO_URLS = {
+    "archive": "{archive_format}{/ref}", "assignees": "assignees{/user}",
+    "blobs": "git/blobs{/sha}", "branches": "branches{/branch}",
+    "collaborators": "collaborators{/collaborator}", "comments": "comments{/number}",
+    "commits": "commits{/sha}", "compare": "compare/{base}...{head}",
+    "contents": "contents/{+path}", "contributors": "contributors",
+    "deployments": "deployments", "downloads": "downloads", "events": "events",
+    "forks": "forks", "git_commits": "git/commits{/sha}", "git_refs": "git/refs{/sha}",
+    "git_tags": "git/tags{/sha}", "issue_comment": "issues/comments{/number}",
+    "issue_events": "issues/events{/number}", "issues": "issues{/number}",
+    "keys": "keys{/key_id}", "labels": "labels{/name}", "languages": "languages",
+    "merges": "merges", "milestones": "milestones{/number}",
+    "notifications": "notifications{?since,all,participating}", "pulls": "pulls{/number}",
+    "releases": "releases{/id}", "stargazers": "stargazers", "statuses": "statuses/{sha}",
+    "subscribers": "subscribers", "subscription": "subscription", "tags": "tags",
+    "teams": "teams", "trees": "git/trees{/sha}", "hooks": "hooks",
+}
 
 
 def _node_id(prefix: str, number: int) -> str:

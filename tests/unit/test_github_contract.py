@@ -306,3 +306,47 @@ async def test_every_call_is_recorded(wire: Wire, github: GitHubContract) -> Non
         ("POST", 201, GitHubContract.LOGIN), ("GET", 200, GitHubContract.LOGIN)]
     assert github.calls[0].body == {"title": "x"}
     assert github.calls_to("GET", "/issues$")[0].query == {"state": "all"}
+
+
+# githubkit ships GitHub's OpenAPI description as pydantic models. It is not a dependency
+# of the bot, so this check runs where it is importable (see the module's docstring).
+@pytest.fixture
+def models() -> Any:
+    return pytest.importorskip(
+        "githubkit_schemas.latest.models",
+        reason="githubkit (0.16.1 with hishel<2) not installed: answers not checked "
+               "against GitHub's own models")
+
+
+async def test_answers_validate_against_githubs_own_models(
+        wire: Wire, github: GitHubContract, models: Any) -> None:
+    issue = github.add_issue(REPO, "Topic", "text", labels=("meeting-agenda",))
+    github.add_issue(REPO, "A PR", pull_request=True)
+    github.add_comment(REPO, issue.number, "!agenda Budget")
+    _, body, _ = await wire.send("GET", f"/repos/{REPO}")
+    models.FullRepository.model_validate(body)
+    _, body, _ = await wire.send("GET", "/user")
+    models.PrivateUser.model_validate(body)
+    _, body, _ = await wire.send("GET", f"/repos/{REPO}/issues")
+    for item in body:
+        models.Issue.model_validate(item)
+    _, body, _ = await wire.send("POST", f"/repos/{REPO}/issues/{issue.number}/comments",
+                                 json={"body": "note"})
+    models.IssueComment.model_validate(body)
+    _, body, _ = await wire.send("GET", "/repos/nobody/nothing")
+    models.BasicError.model_validate(body)
+    _, body, _ = await wire.send("POST", f"/repos/{REPO}/issues/{issue.number}/comments",
+                                 json={"body": "x" * (COMMENT_LIMIT + 1)})
+    models.ValidationError.model_validate(body)
+
+
+@pytest.mark.parametrize(("model", "payload"), [
+    ("ReposOwnerRepoIssuesPostBody", {"title": "Team meeting", "body": "agenda",
+                                      "labels": ["meeting"]}),
+    ("ReposOwnerRepoIssuesIssueNumberPatchBody", {"state": "closed",
+                                                  "state_reason": "completed"}),
+    ("ReposOwnerRepoIssuesIssueNumberCommentsPostBody", {"body": "note"}),
+])
+def test_what_the_stand_in_accepts_githubs_models_accept(models: Any, model: str,
+                                                        payload: dict[str, Any]) -> None:
+    getattr(models, model).model_validate(payload)
