@@ -396,7 +396,8 @@ class GitHubClient:
             async with self._session.request(method, url, params=params, json=json,
                                              headers=headers,
                                              timeout=self._timeout) as response:
-                next_url = response.links.get("next", {}).get("url")
+                next_link = response.links.get("next")
+                next_url = next_link.get("url") if next_link is not None else None
                 reply_etag = response.headers.get("ETag")
                 if response.status == 304:
                     return _Reply(304, None, reply_etag or etag, None)

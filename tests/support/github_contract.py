@@ -11,9 +11,11 @@ It serves only what the bot uses, and rejects what GitHub would reject:
   carry): a missing, unknown or mistyped key → 422 "Invalid request." with the reason,
   as GitHub's schema validation answers; a comment body past 65,536 characters → 422
   "Validation Failed" with an `errors` list; JSON that does not parse → 400;
-* answers in the documented shapes (`id`, `node_id`, `number`, `html_url`, `user.login`,
-  `labels`, `pull_request` on pull requests, ISO 8601 timestamps), errors as
-  `{"message", "documentation_url", "status"}`;
+* answers in the documented shapes: `full-repository`, `private-user`, `issue` (with
+  `pull_request` on pull requests), `issue-comment`, `simple-user`, ISO 8601 timestamps;
+  errors as `basic-error` / `validation-error` (`{"message", "documentation_url",
+  "status"[, "errors"]}`). tests/unit/test_github_contract.py checks them against
+  githubkit's models where githubkit is importable;
 * `per_page` (≤ 100) / `page` pagination with a `Link` header, `state`, `labels`,
   `since`, `sort`, `direction`, `creator` filters on issue lists, `since` on comments;
 * a weak `ETag` on every GET and 304 on a matching `If-None-Match`; a 304 costs no rate
@@ -30,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -180,7 +182,7 @@ def _parse_since(value: str) -> datetime:
     return moment
 
 
-def _check_body(schema: dict[str, tuple[type, ...]], body: Any,
+def _check_body(schema: Mapping[str, tuple[type, ...]], body: Any,
                 required: tuple[str, ...] = ()) -> dict[str, Any]:
     """GitHub's JSON-schema check of a request body: 422 "Invalid request." naming the
     first key that is missing, not permitted or of the wrong type."""
@@ -193,12 +195,12 @@ def _check_body(schema: dict[str, tuple[type, ...]], body: Any,
         if key not in schema:
             raise _Answer(422, f'Invalid request.\n\n"{key}" is not a permitted key.')
         allowed = schema[key]
-        # JSON has no separate boolean type from GitHub's point of view: true is not 1.
+        # Python counts True as an int; to JSON Schema, true is no integer.
         if isinstance(value, bool) or not isinstance(value, allowed):
             names = " or ".join(_TYPE_NAMES[kind] for kind in allowed)
             raise _Answer(422, f"Invalid request.\n\nFor 'properties/{key}', "
                                f"{json.dumps(value)} is not {names}.")
-        if allowed is _LIST or list in allowed:
+        if isinstance(value, list):
             for item in value:
                 if not isinstance(item, str) and not (key == "labels" and isinstance(
                         item, dict)):
