@@ -194,6 +194,26 @@ class Access:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """GitHub's primary rate limit as its last answer stated it (`X-RateLimit-*`)."""
+
+    limit: int
+    remaining: int
+    reset: datetime
+    resource: str
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, str]) -> RateLimit | None:
+        try:
+            return cls(int(headers["X-RateLimit-Limit"]),
+                       int(headers["X-RateLimit-Remaining"]),
+                       datetime.fromtimestamp(int(headers["X-RateLimit-Reset"]), UTC),
+                       headers.get("X-RateLimit-Resource", "core"))
+        except (KeyError, ValueError):
+            return None
+
+
+@dataclass(frozen=True, slots=True)
 class _Reply:
     status: int
     data: Any
@@ -217,6 +237,9 @@ class GitHubClient:
         self._owns_session = session is None
         self._clock = clock
         self._timeout = aiohttp.ClientTimeout(total=timeout)
+        # The `core` limit as last seen, for /metrics and to hold back a request that
+        # GitHub would refuse anyway.
+        self.rate_limit: RateLimit | None = None
 
     def __repr__(self) -> str:
         return f"GitHubClient({self.api_url}, {self._token!r})"
@@ -277,6 +300,9 @@ class GitHubClient:
         `marker`; found by listing, since titles repeat and search lags."""
         params = {"state": "all", "sort": "created", "direction": "desc",
                   "per_page": str(PER_PAGE)}
+        if created_after is not None:
+            # Created after it means updated after it too, so GitHub may filter.
+            params["since"] = _format_time(created_after)
         async for item in self._pages(f"{_repo_path(repo)}/issues", params,
                                       what="list issues", repo=repo):
             issue = Issue.from_json(repo, item)
@@ -392,10 +418,17 @@ class GitHubClient:
                    "X-GitHub-Api-Version": API_VERSION, "User-Agent": USER_AGENT}
         if etag:
             headers["If-None-Match"] = etag
+        spent = self.rate_limit
+        if spent is not None and spent.remaining <= 0 and self._clock() < spent.reset:
+            # GitHub asks not to call again before the reset once the limit is spent.
+            raise GitHubTransientError(f"could not {what}: GitHub's rate limit is spent "
+                                       f"until {spent.reset:%H:%M:%S} UTC",
+                                       retry_at=spent.reset)
         try:
             async with self._session.request(method, url, params=params, json=json,
                                              headers=headers,
                                              timeout=self._timeout) as response:
+                self.rate_limit = RateLimit.from_headers(response.headers) or self.rate_limit
                 next_link = response.links.get("next")
                 next_url = next_link.get("url") if next_link is not None else None
                 reply_etag = response.headers.get("ETag")

@@ -2,6 +2,7 @@
 
 It serves only what the bot uses, and rejects what GitHub would reject:
 
+* `X-GitHub-Api-Version`: absent or a supported version, else 400; `Accept` is free;
 * auth: `Authorization: Bearer <token>` or `token <token>`; missing → 401 "Requires
   authentication", unknown → 401 "Bad credentials"; a read-only token writing → 403
   "Resource not accessible by personal access token"; a repository the token cannot
@@ -47,6 +48,8 @@ COMMENT_LIMIT = 65536
 RATE_LIMIT = 5000
 MAX_PER_PAGE = 100
 DEFAULT_PER_PAGE = 30
+# Without the header GitHub answers as 2022-11-28; a version it does not support is a 400.
+API_VERSIONS = ("2022-11-28", "2026-03-10")
 
 
 @dataclass(slots=True)
@@ -345,6 +348,9 @@ class GitHubContract:
                                    request.headers.get("If-None-Match")))
 
     def _authenticate(self, request: web.Request) -> Account:
+        version = request.headers.get("X-GitHub-Api-Version", API_VERSIONS[0])
+        if version not in API_VERSIONS:
+            raise _Answer(400, f"API version {version} is not supported.")
         if not request.headers.get("User-Agent"):
             raise _Answer(403, "Request forbidden by administrative rules. Please make "
                                "sure your request has a User-Agent header "

@@ -101,10 +101,12 @@ async def test_the_search_pages_through_and_stops_at_created_after(
     github.calls.clear()
     clock.now += timedelta(days=1)
     again = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER,
-                                            created_after=clock.now - timedelta(days=7))
+                                            created_after=clock.now - timedelta(days=1))
     assert again.number == issue.number
-    assert len(github.calls_to("GET", "/issues$")) == 1
-    assert github.calls_to("GET", "/issues$")[0].query["per_page"] == "100"
+    listed = github.calls_to("GET", "/issues$")
+    assert len(listed) == 1
+    assert listed[0].query["per_page"] == "100"
+    assert listed[0].query["since"] == "2026-03-03T16:00:00Z"
 
 
 async def test_the_body_is_written_only_when_it_changed_and_keeps_the_marker(
@@ -334,6 +336,24 @@ async def test_a_spent_primary_rate_limit_waits_for_the_reset(
     with pytest.raises(GitHubTransientError, match="rate limit") as raised:
         await client.labelled_issues(REPO, "meeting-agenda")
     assert raised.value.retry_at == datetime.fromtimestamp(account.reset, UTC)
+
+
+async def test_a_spent_limit_holds_back_further_calls_until_the_reset(
+        client: GitHubClient, github: GitHubContract, clock: Clock) -> None:
+    await client.check_access(REPO)
+    account = github.accounts[github.token]
+    assert client.rate_limit is not None
+    assert client.rate_limit.remaining == account.remaining
+    account.remaining = 0
+    with pytest.raises(GitHubTransientError):
+        await client.labelled_issues(REPO, "meeting-agenda")
+    calls = len(github.calls)
+    with pytest.raises(GitHubTransientError, match="spent") as raised:
+        await client.labelled_issues(REPO, "meeting-agenda")
+    assert len(github.calls) == calls  # not even asked
+    assert raised.value.retry_at == client.rate_limit.reset
+    clock.now = client.rate_limit.reset + timedelta(seconds=1)
+    assert (await client.labelled_issues(REPO, "meeting-agenda")).changed
 
 
 async def test_an_unreachable_github_is_transient(client: GitHubClient,

@@ -147,6 +147,15 @@ async def test_json_that_does_not_parse_is_400(wire: Wire) -> None:
     assert_error_shape(body, "Problems parsing JSON")
 
 
+@pytest.mark.parametrize(("version", "status"), [
+    (None, 200), ("2022-11-28", 200), ("2026-03-10", 200), ("2099-01-01", 400)])
+async def test_an_unsupported_api_version_is_400(wire: Wire, version: str | None,
+                                                 status: int) -> None:
+    headers = {} if version is None else {"X-GitHub-Api-Version": version}
+    got, _, _ = await wire.send("GET", "/user", headers=headers)
+    assert got == status
+
+
 async def test_a_request_without_user_agent_is_refused(wire: Wire) -> None:
     status, _, _ = await wire.send("GET", "/user", headers={"User-Agent": ""})
     assert status == 403
