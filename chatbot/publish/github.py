@@ -282,8 +282,7 @@ class GitHubClient:
         older than the moment the bot first could have opened it)."""
         found = await self.find_meeting_issue(repo, marker, created_after=created_after)
         if found is not None:
-            log.info("meeting issue for %s already open in %s: %s", marker, repo,
-                     found.html_url)
+            log.info("meeting issue for %s found in %s: %s", marker, repo, found.html_url)
             return found
         if marker not in body:
             body = f"{body.rstrip()}\n\n{marker}\n"

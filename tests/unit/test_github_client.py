@@ -4,6 +4,7 @@ every failure sorted into "try again later" or "someone must fix this"."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from chatbot.publish.github import (
     split_note,
 )
 from tests.support.github_contract import GitHubContract
+from tests.support.ports import free_port
 
 REPO = "jupyterhub/team-compass"
 TITLE = "Team meeting: 2026-03-05"
@@ -365,7 +367,6 @@ async def test_an_unreachable_github_is_transient(client: GitHubClient,
 
 
 async def test_nothing_listens_is_transient(clock: Clock) -> None:
-    from tests.support.ports import free_port
     async with GitHubClient(Token("t", "test"), api_url=f"http://127.0.0.1:{free_port()}",
                             clock=clock) as nowhere:
         with pytest.raises(GitHubTransientError):
@@ -400,3 +401,28 @@ async def test_check_access_reports_login_repository_and_write_access(
     assert access.login == GitHubContract.LOGIN
     assert access.repo_html_url == f"https://ghe.example.test/{REPO}"
     assert access.has_issues and access.can_write_issues
+
+
+async def test_a_link_to_another_host_never_receives_the_token(
+        client: GitHubClient, github: GitHubContract) -> None:
+    issue = github.add_issue(REPO, TITLE)
+    for n in range(101):
+        github.add_comment(REPO, issue.number, f"comment {n}")
+    real_url, github.url = github.url, "http://127.0.0.2:9"  # Link headers now point away
+    try:
+        with pytest.raises(GitHubPermanentError, match="another host"):
+            await client.comments_since(IssueRef(REPO, issue.number))
+    finally:
+        github.url = real_url
+
+
+async def test_the_token_never_reaches_the_log(github: GitHubContract, clock: Clock,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with client_for(github, clock) as client:
+        issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
+        github.fail("*", "/issues", 401)
+        with pytest.raises(GitHubPermanentError):
+            await client.update_issue_body(issue, "changed")
+    assert caplog.records
+    assert github.token not in caplog.text
