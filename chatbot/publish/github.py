@@ -240,6 +240,8 @@ class GitHubClient:
         # The `core` limit as last seen, for /metrics and to hold back a request that
         # GitHub would refuse anyway.
         self.rate_limit: RateLimit | None = None
+        self._login: str | None = None
+        self._login_known = False
 
     def __repr__(self) -> str:
         return f"GitHubClient({self.api_url}, {self._token!r})"
@@ -261,18 +263,25 @@ class GitHubClient:
 
     async def check_access(self, repo: str) -> Access:
         """The token works and sees `repo`; whether it may write issues there."""
-        login: str | None = None
-        try:
-            login = (await self._call("GET", "/user", what="check the token")).data["login"]
-        except GitHubPermanentError as error:
-            # A GitHub App installation token has no user behind it: 403 here is fine.
-            if error.status != 403:
-                raise
+        login = await self.own_login()
         data = (await self._call("GET", _repo_path(repo), what="read the repository",
                                  repo=repo)).data
         permissions = data.get("permissions") or {}
         return Access(login, str(data["html_url"]), bool(data.get("has_issues", True)),
                       bool(permissions.get("triage") or permissions.get("push")))
+
+    async def own_login(self) -> str | None:
+        """The login the token acts as, asked once; None for a GitHub App installation
+        token, which has no user behind it (GitHub answers 403)."""
+        if not self._login_known:
+            try:
+                reply = await self._call("GET", "/user", what="check the token")
+                self._login = str(reply.data["login"])
+            except GitHubPermanentError as error:
+                if error.status != 403:
+                    raise
+            self._login_known = True
+        return self._login
 
     async def open_meeting_issue(self, repo: str, title: str, body: str, marker: str, *,
                                  created_after: datetime | None = None) -> Issue:
@@ -295,10 +304,15 @@ class GitHubClient:
 
     async def find_meeting_issue(self, repo: str, marker: str, *,
                                  created_after: datetime | None = None) -> Issue | None:
-        """The newest issue (open or closed, never a pull request) whose body holds
-        `marker`; found by listing, since titles repeat and search lags."""
+        """The newest issue (open or closed, never a pull request) that the token's own
+        user opened and whose body holds `marker`; found by listing, since titles repeat
+        and search lags. Only its own: in a public repository anyone can open an issue
+        quoting the marker."""
         params = {"state": "all", "sort": "created", "direction": "desc",
                   "per_page": str(PER_PAGE)}
+        login = await self.own_login()
+        if login is not None:
+            params["creator"] = login
         if created_after is not None:
             # Created after it means updated after it too, so GitHub may filter.
             params["since"] = _format_time(created_after)
@@ -307,7 +321,8 @@ class GitHubClient:
             issue = Issue.from_json(repo, item)
             if created_after is not None and issue.created_at < created_after:
                 return None
-            if not issue.is_pull_request and marker in issue.body:
+            if not issue.is_pull_request and marker in issue.body and (
+                    login is None or issue.author == login):
                 return issue
         return None
 

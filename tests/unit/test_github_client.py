@@ -93,10 +93,30 @@ async def test_a_closed_issue_with_the_marker_still_counts_and_a_pull_request_ne
     assert not github.calls_to("POST", "/issues$")
 
 
+async def test_someone_elses_issue_quoting_the_marker_is_not_adopted(
+        client: GitHubClient, github: GitHubContract) -> None:
+    planted = github.add_issue(REPO, TITLE, f"not the bot's\n{MARKER}", user="mallory")
+    issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
+    assert issue.number != planted.number
+    assert issue.author == GitHubContract.LOGIN
+    assert github.calls_to("GET", "/issues$")[0].query["creator"] == GitHubContract.LOGIN
+
+
+async def test_an_app_token_without_a_user_still_finds_its_issue(
+        client: GitHubClient, github: GitHubContract) -> None:
+    # A GitHub App installation token gets 403 from GET /user.
+    github.fail("GET", "^/user$", 403)
+    planted = github.add_issue(REPO, TITLE, f"agenda\n{MARKER}", user="meeting-app[bot]")
+    found = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
+    assert found.number == planted.number
+    assert "creator" not in github.calls_to("GET", "/issues$")[0].query
+    assert (await client.check_access(REPO)).login is None
+
+
 async def test_the_search_pages_through_and_stops_at_created_after(
         client: GitHubClient, github: GitHubContract, clock: Clock) -> None:
     for n in range(150):
-        github.add_issue(REPO, f"old {n}")
+        github.add_issue(REPO, f"old {n}", user=GitHubContract.LOGIN)
     clock.now += timedelta(days=1)
     issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
     assert len(github.calls_to("GET", "/issues$")) == 2  # 150 issues, 100 a page
