@@ -1,9 +1,9 @@
 """The GitHub REST calls behind a meeting's issue, with errors sorted for the job runner.
 
 A small aiohttp client against the documented REST API (version 2022-11-28), not
-githubkit: githubkit is not installed in the project's environment, the registry holds
-only 0.16.1 (which the issue reports failing at import with hishel 2.0), and the bot needs
-eight calls, no models. Every failure is one of two kinds:
+githubkit: githubkit 0.16.1 (the registry's only version) fails at import with hishel 2.0
+and needs `hishel<2`, and brings httpx and 56 MB of schemas, while the bot makes eight
+calls and reads a few fields. Every failure is one of two kinds:
 
 * `GitHubTransientError`: the network, a 5xx, a 429 or a secondary/primary rate limit;
   `retry_at` carries the earliest moment GitHub allows another try (`Retry-After` or
