@@ -1,1 +1,1 @@
-"""Publishing a meeting to where the team keeps it."""
+"""Where a meeting's note goes beyond the room: a GitHub issue, a HackMD page, a git archive."""
