@@ -35,8 +35,8 @@ import yaml
 
 from benchmarks.growth import growth
 from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
-from chatbot.matrix import first_sync_filter, sync_filter
 from chatbot.demo.person import Person
+from chatbot.matrix import first_sync_filter, sync_filter
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

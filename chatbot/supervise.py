@@ -29,7 +29,7 @@ async def supervise(
     `fatal` (re-raised) or cancellation."""
     loop = asyncio.get_running_loop()
     failures = 0
-    generation = 0
+    crashes = [0]  # how many so far; a list, so a timer set at a restart reads it later
     while True:
         started = loop.time()
         try:
@@ -41,7 +41,7 @@ async def supervise(
             if loop.time() - started >= healthy_after:
                 failures = 0
             failures += 1
-            generation += 1
+            crashes[0] += 1
             delay = backoff_delay(failures, cap=cap)
             metrics.task_crashed(name, _reason(error), clock())
             log.exception("task %s crashed (%s time(s) in a row); restarting it in %.1f s",
@@ -49,11 +49,15 @@ async def supervise(
         await asyncio.sleep(delay)
         log.info("restarting task %s", name)
 
-        def recovered(expected: int = generation) -> None:
-            if expected == generation:
-                metrics.task_running(name)
+        loop.call_later(healthy_after, _clear_if_still_running, crashes, crashes[0], name,
+                        metrics)
 
-        loop.call_later(healthy_after, recovered)
+
+def _clear_if_still_running(crashes: list[int], crashes_then: int, name: str,
+                            metrics: Metrics) -> None:
+    """A restarted task that has not crashed again since counts as working again."""
+    if crashes[0] == crashes_then:
+        metrics.task_running(name)
 
 
 def _reason(error: BaseException) -> str:

@@ -21,9 +21,9 @@ from chatbot.agenda_feed import next_agenda
 from chatbot.app import database_path
 from chatbot.config import Config, MeetingConfig, parse_config
 from chatbot.meetings import upcoming
+from chatbot.metrics import Metrics
 from chatbot.model import Entry, EntryKind, EventId, RoomId, UserId
 from chatbot.store import Store
-from chatbot.metrics import Metrics
 from chatbot.web import AgendaSource, ListenFailed, WebServer
 
 from .support.ports import on_a_free_port

@@ -229,9 +229,9 @@ async def rig(homeserver: LocalHomeserver, tmp_path: Path) -> AsyncIterator[Rig]
         try:
             yield made
         finally:
-            if made.process is not None and made.process.process is not None:
-                if made.process.process.returncode is None:
-                    await made.process.terminate()
+            if (made.process is not None and made.process.process is not None
+                    and made.process.process.returncode is None):
+                await made.process.terminate()
             await asyncio.gather(chair.close(), ada.close())
 
 

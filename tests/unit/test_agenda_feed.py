@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-
-import pytest
 
 from chatbot.agenda_feed import next_agenda
 from chatbot.config import MeetingConfig, parse_config
@@ -26,15 +22,6 @@ def weekly(series_id: str = "team") -> MeetingConfig:
         "meetings": [{"id": series_id, "title": "Team", "room": "#team:example.org",
                       "timezone": "UTC", "start": "2026-06-18 09:00", "rrule": "FREQ=WEEKLY"}],
     }).meetings[0]
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "bot.db")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 async def add(store: Store, start: datetime, kind: EntryKind, text: str,

@@ -28,10 +28,9 @@ from nio import (
 )
 
 from chatbot import retry
-from chatbot.matrix import encryption, intake, rooms
 from chatbot.bot import DeliveryError, HomeserverUnavailable, IncomingMessage, MeetingBot
 from chatbot.config import parse_config
-from chatbot.matrix import MatrixEdge, exchange_keys, sent_since
+from chatbot.matrix import MatrixEdge, encryption, exchange_keys, intake, rooms, sent_since
 from chatbot.meetings import Rooms
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.retry import call_homeserver, is_transient

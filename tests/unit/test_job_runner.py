@@ -21,6 +21,8 @@ from chatbot.model import RoomId, UserId
 from chatbot.store import OutboxItem, Store
 from chatbot.supervise import supervise
 
+from ..support.clock import ManualClock
+
 ROOM, OTHER = RoomId("!room:example.org"), RoomId("!other:example.org")
 T0 = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
 
@@ -47,17 +49,6 @@ class FlakyTransport:
         return 0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
 def config(**jobs: str) -> dict:
     return {
         "matrix": {"homeserver": "https://m.example.org", "user_id": "@bot:example.org",
@@ -72,7 +63,7 @@ def config(**jobs: str) -> dict:
 @pytest.fixture
 async def world(tmp_path: Path):
     store = await Store.open(tmp_path / "bot.db")
-    clock, transport = Clock(), FlakyTransport()
+    clock, transport = ManualClock(T0), FlakyTransport()
     bot = MeetingBot(Rooms(parse_config(config(retry_cap="10s", park_after="1h")),
                            {"team": ROOM}),
                      store, tmp_path / "notes", transport, clock=clock, metrics=Metrics(clock))
@@ -223,7 +214,8 @@ async def test_a_crashing_task_is_restarted_counted_and_reported_until_it_recove
         runs.append(len(runs))
         if len(runs) < 3:
             raise RuntimeError(f"boom {len(runs)}")
-        assert metrics.unhealthy_reason(T0) == "task outbox is failing (RuntimeError: boom 2, since 08:00:00 UTC)"
+        assert metrics.unhealthy_reason(T0) == (
+            "task outbox is failing (RuntimeError: boom 2, since 08:00:00 UTC)")
         await recovered.wait()
 
     task = asyncio.create_task(supervise("outbox", flaky, metrics=metrics, clock=lambda: T0,

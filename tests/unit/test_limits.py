@@ -3,7 +3,6 @@ the per-meeting caps, on the core with real SQLite and a clock the test moves.""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from chatbot.matrix.intake import trusted_send_time
 from chatbot.meetings import Rooms
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.store import OutboxItem, Store
+
+from ..support.clock import ManualClock
 
 T0 = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
 TEN_S = timedelta(seconds=10)
@@ -160,14 +161,6 @@ class Transport:
         return 0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 def config(**limits: Any) -> Any:
     return parse_config({
         "matrix": {"homeserver": "https://m.example.org", "user_id": "@bot:example.org",
@@ -179,20 +172,11 @@ def config(**limits: Any) -> Any:
     })
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "bot.db")
-    try:
-        yield opened
-    finally:
-        await opened.close()
-
-
 class Room:
     """The bot on real SQLite; people's messages in, the outbox read back."""
 
     def __init__(self, store: Store, tmp_path: Path, **limits: Any) -> None:
-        self.clock = Clock()
+        self.clock = ManualClock(T0)
         self.bot = MeetingBot(Rooms(config(**limits), {"team": ROOM}), store,
                               tmp_path / "notes", Transport(), clock=self.clock)
         self.sent = 0

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from chatbot.config import parse_config
 from chatbot.meetings import Rooms, resolve_target
@@ -45,15 +42,6 @@ class Recording:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "bot.db")
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def rooms() -> Rooms:

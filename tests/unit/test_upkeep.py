@@ -19,6 +19,8 @@ from chatbot.model import EventId, RoomId, UserId
 from chatbot.store import Pruned, Store, Undecrypted
 from chatbot.upkeep import LEAVE, prune_before, run_upkeep
 
+from ..support.clock import ManualClock
+
 ROOM = RoomId("!room:example.org")
 DIRECT, QUIET = RoomId("!direct:example.org"), RoomId("!quiet:example.org")
 ADA = UserId("@ada:example.org")
@@ -40,14 +42,6 @@ class Transport:
 
     async def leave(self, room_id: RoomId) -> None:
         self.left.append(room_id)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def config(**retention: str) -> dict:
@@ -72,7 +66,7 @@ async def store(tmp_path: Path):
 
 @pytest.fixture
 async def world(store: Store, tmp_path: Path):
-    clock, transport = Clock(), Transport()
+    clock, transport = ManualClock(T0), Transport()
     bot = MeetingBot(ROOMS, store, tmp_path / "notes", transport, clock=clock,
                      metrics=Metrics(clock))
     return bot, clock, transport
@@ -222,7 +216,7 @@ async def test_a_meeting_room_is_never_left(store: Store) -> None:
 
 
 async def test_answering_in_a_direct_chat_keeps_it(world) -> None:
-    bot, clock, transport = world
+    bot, clock, _transport = world
     async with bot.store.transaction():
         await bot.store.add_direct_room(DIRECT, T0 - 60 * DAY)
     clock.now = T0 - DAY
@@ -235,7 +229,7 @@ async def test_answering_in_a_direct_chat_keeps_it(world) -> None:
 
 
 async def test_the_leave_job_leaves_the_room_once(world) -> None:
-    bot, clock, transport = world
+    bot, _clock, transport = world
     async with bot.store.transaction():
         await bot.store.add_direct_room(QUIET, T0 - 60 * DAY)
         await bot.store.add_known_room(QUIET, T0 - 60 * DAY)
@@ -267,7 +261,7 @@ async def test_a_leave_is_called_off_when_someone_writes_before_it_runs(world) -
 
 
 async def test_a_leave_queued_for_a_room_configured_since_is_not_carried_out(world) -> None:
-    bot, clock, transport = world
+    bot, _clock, transport = world
     async with bot.store.transaction():
         await bot.store.enqueue(ROOM, LEAVE, {}, T0)  # say, queued before a config change
 
@@ -281,7 +275,7 @@ async def test_a_leave_queued_for_a_room_configured_since_is_not_carried_out(wor
 
 
 async def test_the_upkeep_is_planned_a_day_after_the_first_start_then_daily(world) -> None:
-    bot, clock, transport = world
+    bot, clock, _transport = world
     first_start = await bot.owed_since()
     [upkeep] = [job for job in await bot.plan() if job.kind is JobKind.UPKEEP]
     assert upkeep.run_at == first_start + DAY
@@ -296,7 +290,7 @@ async def test_the_upkeep_is_planned_a_day_after_the_first_start_then_daily(worl
 
 
 async def test_the_upkeep_job_prunes_and_counts(world) -> None:
-    bot, clock, transport = world
+    bot, _clock, _transport = world
     await handled(bot.store, "$old", T0 - 40 * DAY)
     await handled(bot.store, "$new", T0)
 
@@ -307,7 +301,7 @@ async def test_the_upkeep_job_prunes_and_counts(world) -> None:
 
 
 async def test_an_upkeep_that_fails_is_retried_with_backoff(world, monkeypatch) -> None:
-    bot, clock, transport = world
+    bot, clock, _transport = world
 
     async def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
