@@ -220,13 +220,64 @@ class GitArchiveConfig(_Frozen):
         return value
 
 
+_ISSUE_TITLE_FIELDS = frozenset({"title", "date", "id"})
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _issue_title(value: str) -> str:
+    _template_fields(value, _ISSUE_TITLE_FIELDS)
+    if not value.format(**_SAMPLE_FIELDS).strip() or "\n" in value:
+        raise ValueError("expected a one-line title such as \"{title}: {date}\"")
+    return value
+
+
+def _github_repo(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", value):
+        raise ValueError(f"expected owner/name such as jupyterhub/team-compass, got {value!r}")
+    return value
+
+
+class GitHubIssueConfig(_Frozen):
+    """`publish.github`: a GitHub issue per sitting, opened ahead, closed with the note."""
+
+    repo: Annotated[str, AfterValidator(_github_repo)]
+    # The token comes from the environment or a file, never from this file.
+    token_env: str | None = None
+    token_file: Path | None = None
+    # GitHub Enterprise: https://HOST/api/v3.
+    api_url: Url = "https://api.github.com"
+    issue_ahead: PositiveDuration = timedelta(days=7)
+    # {title} {date} {id}: the meeting's title, the sitting's date and the meeting's `id`.
+    title: Annotated[str, AfterValidator(_issue_title)] = "{title}: {date}"
+    agenda_label: Annotated[str, Field(min_length=1, max_length=50)] | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        # GitHub's tokens start with these; a name that does is a pasted token.
+        if value is not None and (not _ENV_NAME.fullmatch(value) or value.startswith(
+                ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"))):
+            # Not echoed: a token pasted here by mistake must not reach the log.
+            raise ValueError("expected the name of an environment variable such as "
+                             "GITHUB_TOKEN, not the token itself")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> GitHubIssueConfig:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("expected exactly one of `token_env` (an environment variable's "
+                             "name) or `token_file` (a file holding the token)")
+        return self
+
+
 class PublishConfig(_Frozen):
     """Where a meeting's note goes after the close, besides the room and the notes folder.
 
-    One optional subsection per target; `github:` and `hackmd:` are to come.
+    One optional subsection per target; `hackmd:` is to come.
     """
 
     git: GitArchiveConfig | None = None
+    github: GitHubIssueConfig | None = None
 
 
 class MeetingConfig(_Frozen):
@@ -502,10 +553,18 @@ def _resolve_key_files(config: Config, base_dir: Path) -> Config:
     meetings = []
     for meeting in config.meetings:
         git = meeting.publish.git
+        github = meeting.publish.github
+        update: dict[str, Any] = {}
         if git is not None and git.ssh_key_file is not None \
                 and not git.ssh_key_file.is_absolute():
-            git = git.model_copy(update={"ssh_key_file": base_dir / git.ssh_key_file})
-            publish = meeting.publish.model_copy(update={"git": git})
+            update["git"] = git.model_copy(
+                update={"ssh_key_file": base_dir / git.ssh_key_file})
+        if github is not None and github.token_file is not None \
+                and not github.token_file.is_absolute():
+            update["github"] = github.model_copy(
+                update={"token_file": base_dir / github.token_file})
+        if update:
+            publish = meeting.publish.model_copy(update=update)
             source = meeting.template_source
             meeting = meeting.model_copy(update={"publish": publish})
             meeting._template_source = source
