@@ -19,6 +19,7 @@ from chatbot.metrics import Metrics
 from chatbot.model import RoomId
 from chatbot.publish import Target
 from chatbot.publish.git import GitArchive
+from chatbot.publish.issue import GitHubIssues
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
 from chatbot.supervise import supervise
@@ -50,6 +51,8 @@ def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
     targets: list[Target] = []
     if any(series.publish.git is not None for series in config.meetings):
         targets.append(GitArchive(config, archive_dir(config), clock=clock))
+    if any(series.publish.github is not None for series in config.meetings):
+        targets.append(GitHubIssues(config, clock=clock))
     return targets
 
 

@@ -36,6 +36,7 @@ from chatbot.meetings import (
     JobKind,
     Post,
     PublishNote,
+    QueueIssue,
     React,
     Reply,
     Rooms,
@@ -43,6 +44,7 @@ from chatbot.meetings import (
     plan_jobs,
     resolve_target,
     run_close,
+    run_issue,
     run_overrun,
     run_reminder,
     run_start,
@@ -50,7 +52,8 @@ from chatbot.meetings import (
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
-from chatbot.publish import PUBLISH_KINDS, PublishFailed, Sitting, Target
+from chatbot.publish import GITHUB_ISSUE, PUBLISH_KINDS, PublishFailed, Sitting, Target
+from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
@@ -221,9 +224,14 @@ class MeetingBot:
                                               LEAVE: self._leave_room}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
+        self._issues: GitHubIssues | None = None
         for target in targets:
             self._carriers[target.kind] = self._publish
             self._chairs_notices[target.kind] = self._publish_notice
+            if isinstance(target, GitHubIssues):
+                self._issues = target
+                self._carriers[GITHUB_ISSUE] = self._open_issue
+                self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -577,6 +585,8 @@ class MeetingBot:
                         "path": relative_path.as_posix(), "text": text}, now)
                 case PublishNote(kind, sitting):
                     await self.store.enqueue(room_id, kind, sitting.payload(), now)
+                case QueueIssue(job):
+                    await self.store.enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -595,6 +605,21 @@ class MeetingBot:
             return await target.publish(Sitting.from_payload(item.payload))
         except PublishFailed as error:
             raise DeliveryError(str(error), permanent=error.permanent) from error
+
+    async def _open_issue(self, item: OutboxItem) -> str:
+        """Open a sitting's GitHub issue (or find it again) and remember its link."""
+        job = OpenIssue.from_payload(item.payload)
+        assert self._issues is not None
+        try:
+            issue = await self._issues.open_issue(job)
+        except PublishFailed as error:
+            raise DeliveryError(str(error), permanent=error.permanent) from error
+        async with self.store.transaction():
+            await self.store.set_github_issue(job.meeting_id, issue.repo, issue.number,
+                                              issue.html_url, self.clock())
+        log.info("the GitHub issue of meeting %s is %s", job.meeting_id, issue.html_url,
+                 extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
+        return issue.html_url
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
@@ -669,7 +694,10 @@ class MeetingBot:
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:
-                    if job.kind is JobKind.START:
+                    if job.kind is JobKind.ISSUE:
+                        effects = await run_issue(self.store, self.rooms, series, job.start,
+                                                  now)
+                    elif job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:
                         decision, effects = await run_reminder(
@@ -853,6 +881,18 @@ class MeetingBot:
         return (f"**Chairs:** I could not publish the note of {sitting.name} to {where}: "
                 f"{escape_markdown(error)}. Whoever runs this bot: once that is fixed, "
                 f"{again} publishes it.")
+
+    def _issue_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
+        """Told once, when opening the issue failed for good or for too long."""
+        if failure is Failure.RETRYING:
+            return None
+        job = OpenIssue.from_payload(item.payload)
+        assert self._issues is not None
+        where = escape_markdown(self._issues.label(job.series_id))
+        return (f"**Chairs:** I could not open the GitHub issue of the meeting on {job.name} "
+                f"on {where}: {escape_markdown(error)}. The meeting goes ahead without it; "
+                "whoever runs this bot: once that is fixed, the note is still posted there "
+                "at the close (or with `chatbot publish`).")
 
     async def outbox_empty(self) -> bool:
         return not await self.store.read.has_pending_outbox()

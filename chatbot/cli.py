@@ -142,6 +142,10 @@ def check(config: Config, path: Path) -> int:
             git = meeting.publish.git
             print(f"  publishes to the git archive: {without_credentials(git.remote)}, "
                   f"branch {git.branch}, {git.path} ({git.mode})")
+        if meeting.publish.github is not None:
+            github = meeting.publish.github
+            print(f"  opens an issue {format_duration(github.issue_ahead)} ahead in "
+                  f"{github.repo} ({github.api_url}), closed with the note")
         occurrences = meeting.schedule.next_occurrences(now, 3)
         if not occurrences:
             print("  no occurrences ahead")

@@ -16,6 +16,7 @@ from pathlib import PurePosixPath
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId
 from chatbot.publish import Sitting, job_kinds
+from chatbot.publish.issue import OpenIssue, issue_body, issue_title
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
     escape_markdown,
@@ -84,7 +85,14 @@ class PublishNote:
     sitting: Sitting
 
 
-Effect = React | Reply | Post | SaveNote | PublishNote
+@dataclass(frozen=True, slots=True)
+class QueueIssue:
+    """Open a scheduled sitting's GitHub issue (the `github_issue` job)."""
+
+    job: OpenIssue
+
+
+Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue
 
 
 # --- which meeting ------------------------------------------------------------------
@@ -165,6 +173,17 @@ def links_of(series: MeetingConfig) -> dict[str, str | None]:
     return series.links.model_dump()
 
 
+async def sitting_links(store: Store, series: MeetingConfig,
+                        meeting: Meeting | None) -> dict[str, str | None]:
+    """The series' links, with the sitting's own GitHub issue once it is open."""
+    links = links_of(series)
+    if meeting is not None and series.publish.github is not None:
+        url = await store.github_issue_url(meeting.id)
+        if url is not None:
+            links["issue"] = url
+    return links
+
+
 # --- opening and closing ------------------------------------------------------------
 
 
@@ -181,8 +200,8 @@ async def open_meeting(
     log.info("meeting %s opened in %s (closes at %s)", meeting.id, meeting.room_id, closes_at,
              extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     return [Post(meeting.room_id, render_start(
-        title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
-        prefix=rooms.config.command_prefix,
+        title=title, links=await sitting_links(store, series, meeting), closes_at=closes_at,
+        zone=series.timezone, prefix=rooms.config.command_prefix,
     ), announces=meeting.id)]
 
 
@@ -221,7 +240,7 @@ def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
 
 async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
     record = await store.record(meeting)
-    return render_note(record, series.timezone, links_of(series),
+    return render_note(record, series.timezone, await sitting_links(store, series, meeting),
                        template=series.template_source)
 
 
@@ -315,6 +334,7 @@ class JobKind(enum.StrEnum):
     CLOSE = "close"
     OVERRUN = "overrun"
     UPKEEP = "upkeep"  # daily: prune old bookkeeping, leave idle direct chats
+    ISSUE = "issue"  # `issue_ahead` before a sitting: open its GitHub issue
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,13 +374,20 @@ def plan_series(
     next_occurrence: Occurrence,
     decided_leads: set[int],
     owed_since: datetime,
+    *, issue_queued: bool = False,
 ) -> list[Job]:
-    """The reminders and start of a series' next sitting that is not yet held.
+    """The reminders and start of a series' next sitting that is not yet held, and the
+    opening of its GitHub issue unless that was queued already.
 
     Reminders that fell due before `owed_since` (the bot's first start) are not owed.
+    An issue is owed whenever: a bot started within `issue_ahead` opens it at once.
     """
     start = next_occurrence.start
     jobs = [Job(JobKind.START, start, series.id, start=start)]
+    github = series.publish.github
+    if github is not None and not issue_queued:
+        jobs.append(Job(JobKind.ISSUE, elapsed(start, -github.issue_ahead), series.id,
+                        start=start))
     for lead in series.reminders:
         due = elapsed(start, -lead)
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
@@ -399,7 +426,12 @@ async def plan_jobs(
         if pending:
             occurrence, _ = pending[0]
             decided = await store.decided_reminders(series.id, occurrence.start)
-            jobs.extend(plan_series(series, occurrence, decided, owed_since))
+            queued = False
+            if series.publish.github is not None:
+                meeting = await store.find_scheduled(series.id, occurrence.start)
+                queued = meeting is not None and await store.github_issue_queued(meeting.id)
+            jobs.extend(plan_series(series, occurrence, decided, owed_since,
+                                    issue_queued=queued))
     last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
     jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
                             owed_since))
@@ -434,8 +466,35 @@ async def run_reminder(
              extra={"room_id": room_id})
     return decision, [Post(room_id, render_reminder(
         title=series.title, start=start, zone=series.timezone, now=now,
-        links=links_of(series), agenda=agenda, prefix=rooms.config.command_prefix,
+        links=await sitting_links(store, series, meeting), agenda=agenda,
+        prefix=rooms.config.command_prefix,
     ))]
+
+
+async def run_issue(
+    store: Store, rooms: Rooms, series: MeetingConfig, start: datetime, now: datetime
+) -> list[Effect]:
+    """Queue the opening of a scheduled sitting's GitHub issue, once, unless the sitting
+    is already over; the body shows the agenda as it stands now."""
+    github = series.publish.github
+    if github is None or now >= elapsed(start, series.duration + series.grace):
+        return []
+    room_id = rooms.room_of_series[series.id]
+    meeting = await store.ensure_scheduled(series.id, room_id, series.title, start)
+    if not await store.queue_github_issue(meeting.id, now):
+        return []
+    day = start.astimezone(series.timezone).date()
+    agenda = (await store.record(meeting)).agenda
+    body = issue_body(title=series.title, start=start, zone=series.timezone,
+                      duration=series.duration, links=links_of(series), agenda=agenda,
+                      room=series.room, prefix=rooms.config.command_prefix)
+    log.info("opening the GitHub issue of %s at %s in %s", series.id, start, github.repo,
+             extra={"room_id": room_id, "meeting_id": meeting.id})
+    # The issue cannot be older than this job: listing stops there (a minute of slack
+    # for GitHub's clock).
+    return [QueueIssue(OpenIssue(series.id, meeting.id, day.isoformat(),
+                                 issue_title(github, series.id, series.title, day), body,
+                                 now - timedelta(minutes=1)))]
 
 
 async def run_start(

@@ -232,6 +232,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX processed_events_by_age ON processed_events (processed_at)",
         "ALTER TABLE direct_rooms ADD COLUMN last_used_at TEXT",
     ),
+    (  # 4: each sitting's GitHub issue: queued once, then where it is
+        """
+        CREATE TABLE github_issues (
+            meeting_id INTEGER PRIMARY KEY REFERENCES meetings (id) ON DELETE CASCADE,
+            queued_at TEXT NOT NULL,
+            repo TEXT,
+            number INTEGER,
+            html_url TEXT
+        )
+        """,
+    ),
 )
 
 
@@ -882,6 +893,31 @@ class Store:
             ),
             entries=tuple(_entry_from_row(r) for r in entry_rows),
         )
+
+    # --- the meeting's GitHub issue ---------------------------------------------------
+
+    async def queue_github_issue(self, meeting_id: int, now: datetime) -> bool:
+        """Note that the sitting's issue is being opened; False if it was before."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO github_issues (meeting_id, queued_at) VALUES (?, ?)",
+            meeting_id, _stamp(now)) == 1
+
+    async def github_issue_queued(self, meeting_id: int) -> bool:
+        return await self._scalar(
+            "SELECT COUNT(*) FROM github_issues WHERE meeting_id = ?", meeting_id) > 0
+
+    async def set_github_issue(self, meeting_id: int, repo: str, number: int,
+                               html_url: str, now: datetime) -> None:
+        await self._db.execute(
+            "INSERT INTO github_issues (meeting_id, queued_at, repo, number, html_url) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (meeting_id) DO UPDATE SET "
+            "repo = excluded.repo, number = excluded.number, html_url = excluded.html_url",
+            (meeting_id, _stamp(now), repo, number, html_url))
+
+    async def github_issue_url(self, meeting_id: int) -> str | None:
+        """The sitting's issue link once it is open (GitHub's `html_url`)."""
+        return await self._scalar(
+            "SELECT html_url FROM github_issues WHERE meeting_id = ?", meeting_id)
 
     # --- reminders ----------------------------------------------------------------
 

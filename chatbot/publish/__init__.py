@@ -1,6 +1,6 @@
 """Publishing a held meeting's note beyond the room: one module per target.
 
-Each target (`git` now; `github` and `hackmd` to come) is one module with one class
+Each target (`git`, `github`; `hackmd` to come) is one module with one class
 behind the `Target` interface, and one outbox job kind. At close the core queues one
 job per target configured under the meeting's `publish:`, in the transaction that
 closes the meeting; the outbox runs it through `Target.publish` after the commit, with
@@ -17,9 +17,12 @@ from typing import Any, Protocol
 from chatbot.config import PublishConfig
 
 GIT_ARCHIVE = "git_archive"
+GITHUB_NOTE = "github_note"
+# Opening a sitting's GitHub issue ahead of it: a publishing job, but not one per close.
+GITHUB_ISSUE = "github_issue"
 # The `publish:` key of each target, and the outbox job kind that carries it out.
-TARGET_KINDS: dict[str, str] = {"git": GIT_ARCHIVE}
-PUBLISH_KINDS = frozenset(TARGET_KINDS.values())
+TARGET_KINDS: dict[str, str] = {"git": GIT_ARCHIVE, "github": GITHUB_NOTE}
+PUBLISH_KINDS = frozenset(TARGET_KINDS.values()) | {GITHUB_ISSUE}
 
 
 @dataclass(frozen=True, slots=True)

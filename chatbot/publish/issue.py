@@ -1,0 +1,199 @@
+"""The meeting's GitHub issue: opened ahead of each sitting, closed with its note.
+
+Two outbox job kinds, one class. `github_issue` opens the sitting's issue ahead of time
+(queued by the scheduled `issue` job, its body built by `issue_body` at that moment);
+`github_note` is the `Target` queued at the close: it posts the note as a comment and
+closes the issue. Both find the issue by the hidden marker in its body before they
+create one, so a job run again after a crash never opens a second issue.
+
+The body's "in your time zone" link goes to timeanddate.com's fixed-time page
+(`worldclock/fixedtime.html?iso=...&p1=1440`): a documented, long-lived URL form that
+shows the moment in the reader's own local time, next to UTC, without any script of
+ours and without the reader having to know the meeting's zone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
+
+from chatbot.config import Config, GitHubIssueConfig
+from chatbot.model import Entry
+from chatbot.publish import GITHUB_NOTE, PublishFailed, Sitting
+from chatbot.publish.github import (
+    GitHubClient,
+    GitHubError,
+    GitHubPermanentError,
+    Issue,
+    Token,
+)
+from chatbot.render import LINK_LABELS, format_clock, format_date
+
+# How much older than its sitting's date minus `issue_ahead` an issue may be and still
+# be found: room for a clock that was off, or an `issue_ahead` that was shortened since.
+FIND_SLACK = timedelta(days=2)
+
+
+def sitting_marker(series_id: str, name: str) -> str:
+    """The hidden line that makes an issue one sitting's: the meeting's id and the
+    sitting's name (its date, `-2` for a second sitting that day, as the note file)."""
+    return f"<!-- chatbot:meeting:{series_id}:{name} -->"
+
+
+def issue_title(settings: GitHubIssueConfig, series_id: str, title: str, day: date) -> str:
+    return settings.title.format(title=title, date=day.isoformat(), id=series_id)
+
+
+def reader_zone_link(start: datetime, title: str) -> str:
+    """A page that shows `start` in the reader's own time zone (see the module's doc)."""
+    utc = start.astimezone(UTC)
+    query = urlencode({"msg": title, "iso": f"{utc:%Y%m%dT%H%M}", "p1": "1440"})
+    return f"https://www.timeanddate.com/worldclock/fixedtime.html?{query}"
+
+
+def _no_mentions(text: str) -> str:
+    # An @name on GitHub notifies that user; text from the chat must not ping anyone.
+    return text.replace("@", "@\u200b")
+
+
+def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedelta,
+               links: Mapping[str, str | None], agenda: Sequence[Entry], room: str,
+               prefix: str) -> str:
+    """The issue's body: when (meeting zone, UTC, the reader's zone), the links, the
+    agenda so far and how to add to it. The marker is added by the client."""
+    local = start.astimezone(zone)
+    utc = start.astimezone(UTC)
+    lines = [
+        f"**{_no_mentions(title)}**: {format_date(local)}, {format_clock(local)} "
+        f"{zone.key} ({utc:%H:%M} UTC), for {int(duration.total_seconds() // 60)} minutes. "
+        f"[In your time zone]({reader_zone_link(start, title)}).",
+        "",
+    ]
+    shown = [(label, links[key]) for key, label in LINK_LABELS
+             if key != "issue" and links.get(key)]
+    lines += [f"- **{label}:** <{url}>" for label, url in shown]
+    if shown:
+        lines.append("")
+    lines += ["## Agenda", ""]
+    if agenda:
+        for number, item in enumerate(agenda, start=1):
+            box = f" ({item.minutes} min)" if item.minutes is not None else ""
+            lines.append(f"{number}. {_no_mentions(item.text)}{box}, "
+                         f"by {_no_mentions(item.sender_name)}")
+    else:
+        lines.append("_Nothing yet._")
+    lines += ["", f"To add an item, write `{prefix}agenda your topic (10 min)` in the Matrix "
+              f"room {_no_mentions(room)}. This issue is kept up to date by the meeting bot; "
+              "the note will be posted here after the meeting.", ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenIssue:
+    """One `github_issue` job: everything needed to open the issue, fixed when queued."""
+
+    series_id: str
+    meeting_id: int
+    name: str
+    title: str
+    body: str
+    created_after: datetime
+
+    def payload(self) -> dict[str, Any]:
+        return {"series": self.series_id, "meeting_id": self.meeting_id, "name": self.name,
+                "title": self.title, "body": self.body,
+                "created_after": self.created_after.isoformat()}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> OpenIssue:
+        return cls(payload["series"], int(payload["meeting_id"]), payload["name"],
+                   payload["title"], payload["body"],
+                   datetime.fromisoformat(payload["created_after"]))
+
+
+
+class GitHubIssues:
+    """The `github_note` target, and the opener of each sitting's issue."""
+
+    kind = GITHUB_NOTE
+
+    def __init__(self, config: Config, *, clock: Callable[[], datetime] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.environ = environ
+
+    def _settings(self, series_id: str) -> GitHubIssueConfig:
+        series = self.config.meeting(series_id)
+        settings = series.publish.github if series is not None else None
+        if settings is None:
+            raise PublishFailed(f"meeting {series_id!r} no longer has `publish.github` in the "
+                                "config", permanent=True)
+        return settings
+
+    def label(self, series_id: str) -> str:
+        series = self.config.meeting(series_id)
+        settings = series.publish.github if series is not None else None
+        return "GitHub" if settings is None else f"GitHub ({settings.repo})"
+
+    def _client(self, settings: GitHubIssueConfig) -> GitHubClient:
+        try:
+            token = (Token.from_env(settings.token_env, self.environ)
+                     if settings.token_env is not None
+                     else Token.from_file(Path(str(settings.token_file))))
+        except GitHubPermanentError as error:
+            raise PublishFailed(f"{error}; set it where the bot runs", permanent=True) from None
+        return GitHubClient(token, api_url=settings.api_url, clock=self.clock)
+
+    async def open_issue(self, job: OpenIssue) -> Issue:
+        """The sitting's issue, opened unless it exists. Raises PublishFailed."""
+        settings = self._settings(job.series_id)
+        try:
+            async with self._client(settings) as github:
+                return await github.open_meeting_issue(
+                    settings.repo, job.title, job.body, sitting_marker(job.series_id, job.name),
+                    created_after=job.created_after)
+        except GitHubError as error:
+            raise _failed(error) from error
+
+    async def publish(self, sitting: Sitting) -> str:
+        """Post the note on the sitting's issue (opened now if it never was) and close
+        it; the issue's URL."""
+        settings = self._settings(sitting.series_id)
+        created_after = (datetime.combine(sitting.held_on, datetime.min.time(), UTC)
+                         - settings.issue_ahead - FIND_SLACK)
+        title = issue_title(settings, sitting.series_id, sitting.title, sitting.held_on)
+        try:
+            async with self._client(settings) as github:
+                issue = await github.open_meeting_issue(
+                    settings.repo, title, f"**{_no_mentions(sitting.title)}**: the note "
+                    "follows.\n", sitting_marker(sitting.series_id, sitting.name),
+                    created_after=created_after)
+                await github.post_note(issue, sitting.text)
+                await github.close_issue(issue)
+        except GitHubError as error:
+            raise _failed(error) from error
+        return issue.html_url
+
+    async def check(self, series_id: str) -> str:
+        settings = self._settings(series_id)
+        try:
+            async with self._client(settings) as github:
+                access = await github.check_access(settings.repo)
+        except GitHubError as error:
+            raise _failed(error) from error
+        if not access.has_issues:
+            raise PublishFailed(f"{settings.repo} has issues turned off", permanent=True)
+        if not access.can_write_issues:
+            raise PublishFailed(f"the token ({access.login or 'an app'}) may read "
+                                f"{settings.repo} but not write its issues", permanent=True)
+        return f"the token ({access.login or 'an app'}) may open issues in {settings.repo}"
+
+
+def _failed(error: GitHubError) -> PublishFailed:
+    return PublishFailed(str(error), permanent=isinstance(error, GitHubPermanentError))
