@@ -6,10 +6,11 @@ Two outbox job kinds, one class. `github_issue` opens the sitting's issue ahead 
 closes the issue. Both find the issue by the hidden marker in its body before they
 create one, so a job run again after a crash never opens a second issue.
 
-The body's "in your time zone" link goes to timeanddate.com's fixed-time page
-(`worldclock/fixedtime.html?iso=...&p1=1440`): a documented, long-lived URL form that
-shows the moment in the reader's own local time, next to UTC, without any script of
-ours and without the reader having to know the meeting's zone.
+The body's "in your time zone" link is the one the reminders already carry
+(`render.time_zone_link`): timeanddate.com's fixed-time page, a documented, long-lived
+URL form that shows the moment in the reader's own local time next to UTC, with no
+script of ours and no need for the reader to know the meeting's zone. One link for the
+same moment in the room and on GitHub.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 from chatbot.config import Config, GitHubIssueConfig
@@ -32,7 +32,7 @@ from chatbot.publish.github import (
     Issue,
     Token,
 )
-from chatbot.render import LINK_LABELS, format_clock, format_date
+from chatbot.render import LINK_LABELS, format_clock, format_date, time_zone_link
 
 # How much older than its sitting's date minus `issue_ahead` an issue may be and still
 # be found: room for a clock that was off, or an `issue_ahead` that was shortened since.
@@ -47,13 +47,6 @@ def sitting_marker(series_id: str, name: str) -> str:
 
 def issue_title(settings: GitHubIssueConfig, series_id: str, title: str, day: date) -> str:
     return settings.title.format(title=title, date=day.isoformat(), id=series_id)
-
-
-def reader_zone_link(start: datetime, title: str) -> str:
-    """A page that shows `start` in the reader's own time zone (see the module's doc)."""
-    utc = start.astimezone(UTC)
-    query = urlencode({"msg": title, "iso": f"{utc:%Y%m%dT%H%M}", "p1": "1440"})
-    return f"https://www.timeanddate.com/worldclock/fixedtime.html?{query}"
 
 
 def _no_mentions(text: str) -> str:
@@ -71,7 +64,7 @@ def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedel
     lines = [
         f"**{_no_mentions(title)}**: {format_date(local)}, {format_clock(local)} "
         f"{zone.key} ({utc:%H:%M} UTC), for {int(duration.total_seconds() // 60)} minutes. "
-        f"[In your time zone]({reader_zone_link(start, title)}).",
+        f"[In your time zone]({time_zone_link(start)}).",
         "",
     ]
     shown = [(label, links[key]) for key, label in LINK_LABELS
@@ -87,9 +80,9 @@ def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedel
                          f"by {_no_mentions(item.sender_name)}")
     else:
         lines.append("_Nothing yet._")
-    lines += ["", f"To add an item, write `{prefix}agenda your topic (10 min)` in the Matrix "
-              f"room {_no_mentions(room)}. This issue is kept up to date by the meeting bot; "
-              "the note will be posted here after the meeting.", ""]
+    lines += ["", "The agenda as it stood when this issue was opened. To add an item, write "
+              f"`{prefix}agenda (10 min) topic` in the Matrix room {_no_mentions(room)}. "
+              "The meeting's note will be posted here afterwards, and the issue closed.", ""]
     return "\n".join(lines)
 
 

@@ -1,0 +1,303 @@
+"""The meeting's GitHub issue through the bot, against the contract server: opened once
+`issue_ahead` before the sitting whatever crashes in between, its link in the reminder,
+the start and the note, the note posted and the issue closed at the close; a token or
+repository that cannot work told to the chairs once, a GitHub hiccup retried quietly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatbot.bot import IncomingMessage, MeetingBot
+from chatbot.config import parse_config
+from chatbot.meetings import JobKind, Rooms
+from chatbot.metrics import Metrics
+from chatbot.model import EventId, RoomId, UserId
+from chatbot.publish import GITHUB_ISSUE, GITHUB_NOTE
+from chatbot.publish.issue import GitHubIssues, sitting_marker
+from chatbot.store import OutboxItem, Store
+from tests.support.github_contract import GitHubContract
+
+ROOM = RoomId("!room:example.org")
+CHAIR = UserId("@chair:example.org")
+REPO = "jupyterhub/team-compass"
+START = datetime(2026, 6, 18, 9, 0, tzinfo=UTC)
+# An hour before the issue is due (7 days ahead of the sitting).
+T0 = START - timedelta(days=7, hours=1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.sent: list[OutboxItem] = []
+
+    async def deliver(self, item: OutboxItem) -> str:
+        self.sent.append(item)
+        return f"$sent{len(self.sent)}"
+
+    async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
+        return 100 if user_id == CHAIR else 0
+
+    def texts(self) -> list[str]:
+        return [str(item.payload.get("text", "")) for item in self.sent]
+
+    def chairs_told(self) -> list[str]:
+        return [text for text in self.texts() if text.startswith("**Chairs:**")]
+
+
+def config_data(api_url: str, **github: Any) -> dict[str, Any]:
+    return {
+        "matrix": {"homeserver": "https://m.example.org", "user_id": "@bot:example.org",
+                   "password": "x"},
+        "jobs": {"retry_cap": "10s", "park_after": "1h"},
+        "meetings": [{"id": "team", "title": "Team", "room": "#team:example.org",
+                      "timezone": "Europe/Paris", "start": "2026-06-18 11:00",
+                      "rrule": "FREQ=WEEKLY", "chairs": [CHAIR], "reminders": ["1h"],
+                      "links": {"notes": "https://notes.example.org/team",
+                                "issue": "https://example.org/static-issue"},
+                      "publish": {"github": {"repo": REPO, "token_env": "GH_TOKEN",
+                                             "api_url": api_url, **github}}}],
+    }
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def github(clock: Clock) -> AsyncIterator[GitHubContract]:
+    async with GitHubContract(clock=clock) as server:
+        server.add_repo(REPO)
+        yield server
+
+
+class Harness:
+    def __init__(self, bot: MeetingBot, transport: RecordingTransport, clock: Clock) -> None:
+        self.bot, self.transport, self.clock = bot, transport, clock
+
+    async def say(self, body: str, tag: str) -> None:
+        await self.bot.handle(IncomingMessage(ROOM, EventId(f"${tag}"), CHAIR, "Chair", body))
+
+    async def run(self, kind: JobKind) -> bool:
+        """Run the planned job of `kind` if it is due; whether it was."""
+        for job in await self.bot.plan():
+            if job.kind is kind and job.due_at <= self.clock.now:
+                await self.bot.run_job(job)
+                return True
+        return False
+
+    async def planned(self, kind: JobKind) -> list[Any]:
+        return [job for job in await self.bot.plan() if job.kind is kind]
+
+    async def drain(self) -> None:
+        for _ in range(10):
+            if not (await self.bot.deliver_due())[0]:
+                return
+
+
+@pytest.fixture
+async def harness(tmp_path: Path, github: GitHubContract, clock: Clock
+                  ) -> AsyncIterator[Harness]:
+    async with make_harness(tmp_path, github, clock) as made:
+        yield made
+
+
+class make_harness:  # noqa: N801 - used as a context manager
+    def __init__(self, tmp_path: Path, github: GitHubContract, clock: Clock, *,
+                 token: str | None = None, **settings: Any) -> None:
+        self.args = tmp_path, github, clock, token, settings
+
+    async def __aenter__(self) -> Harness:
+        tmp_path, github, clock, token, settings = self.args
+        config = parse_config(config_data(github.url, **settings))
+        transport = RecordingTransport()
+        self.store = await Store.open(tmp_path / "bot.db")
+        issues = GitHubIssues(config, clock=clock,
+                              environ={"GH_TOKEN": token or github.token})
+        bot = MeetingBot(Rooms(config, {"team": ROOM}), self.store, tmp_path / "notes",
+                         transport, clock=clock, metrics=Metrics(clock), targets=[issues])
+        return Harness(bot, transport, clock)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.store.close()
+
+
+def the_issue(github: GitHubContract) -> Any:
+    [issue] = github.repos[REPO].issues.values()
+    return issue
+
+
+async def test_the_issue_opens_issue_ahead_before_with_when_links_and_agenda(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    await harness.say("!agenda Release plan (10 min)", "a1")
+    assert not await harness.run(JobKind.ISSUE)  # not due for another hour
+    clock.now += timedelta(hours=1)
+    assert await harness.run(JobKind.ISSUE)
+    assert await harness.planned(JobKind.ISSUE) == []  # queued once, never planned again
+    await harness.drain()
+    issue = the_issue(github)
+    assert issue.title == "Team: 2026-06-18"
+    assert issue.body.startswith(
+        "**Team**: Thursday 18th June 2026, 11AM Europe/Paris (09:00 UTC), for 60 minutes. "
+        "[In your time zone](https://www.timeanddate.com/worldclock/fixedtime.html"
+        "?iso=20260618T0900&p1=1440).")
+    assert "- **Notes:** <https://notes.example.org/team>" in issue.body
+    assert "static-issue" not in issue.body
+    assert "1. Release plan (10 min), by Chair" in issue.body
+    assert "`!agenda (10 min) topic` in the Matrix room #team:example.org" in issue.body
+    assert issue.body.rstrip().endswith(sitting_marker("team", "2026-06-18"))
+    assert await harness.bot.store.read.github_issue_url(1) == \
+        f"https://ghe.example.test/{REPO}/issues/{issue.number}"
+
+
+async def test_a_bot_started_within_issue_ahead_opens_the_issue_at_once(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    clock.now = START - timedelta(days=2)
+    [job] = await harness.planned(JobKind.ISSUE)
+    assert job.due_at < clock.now  # the scheduler runs a past job at once
+    assert await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    assert len(github.repos[REPO].issues) == 1
+
+
+async def test_the_issue_is_opened_once_across_a_crash_after_github_made_it(
+        harness: Harness, github: GitHubContract, clock: Clock,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    github.add_issue(REPO, "Team: 2026-06-18", "someone's issue with the same title")
+    clock.now = START - timedelta(days=1)
+    await harness.run(JobKind.ISSUE)
+    store = harness.bot.store
+    real = store.set_github_issue
+
+    async def crash(*args: Any) -> None:
+        monkeypatch.setattr(store, "set_github_issue", real)
+        raise RuntimeError("the process died here")
+
+    monkeypatch.setattr(store, "set_github_issue", crash)
+    await harness.drain()  # GitHub made the issue; the bot never wrote it down
+    assert await store.read.github_issue_url(1) is None
+    clock.now += timedelta(minutes=1)
+    await harness.drain()
+    assert len(github.calls_to("POST", r"/issues$")) == 1
+    ours = [issue for issue in github.repos[REPO].issues.values() if issue.user != "octocat"]
+    [issue] = ours
+    assert await store.read.github_issue_url(1) == \
+        f"https://ghe.example.test/{REPO}/issues/{issue.number}"
+
+
+async def test_the_issue_link_replaces_the_static_one_in_reminder_start_and_note(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    url = f"https://ghe.example.test/{REPO}/issues/{the_issue(github).number}"
+    clock.now = START - timedelta(hours=1)
+    assert await harness.run(JobKind.REMINDER)
+    clock.now = START
+    assert await harness.run(JobKind.START)
+    await harness.say("!here", "h1")
+    await harness.say("!update shipped it", "u1")
+    await harness.say("!endmeeting", "e1")
+    await harness.drain()
+    texts = harness.transport.texts()
+    reminder = next(text for text in texts if text.startswith("**Reminder:**"))
+    start = next(text for text in texts if "is starting now" in text)
+    note = next(text for text in texts if text.startswith("# Team"))
+    for text in (reminder, start, note):
+        assert f"- **GitHub issue:** <{url}>" in text, text
+        assert "static-issue" not in text
+
+    issue = the_issue(github)
+    assert issue.state == "closed" and issue.state_reason == "completed"
+    [comment] = issue.comments
+    assert "shipped it" in comment.body
+    assert not harness.transport.chairs_told()
+    [note_job] = [item for item in await harness.bot.store.read.pending_outbox()
+                  if item.kind == GITHUB_NOTE] or [None]
+    assert note_job is None  # done
+
+
+async def test_one_whole_meeting_makes_few_calls(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    await harness.say("!agenda Release plan", "a1")
+    clock.now = START - timedelta(days=7)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    clock.now = START
+    await harness.run(JobKind.START)
+    await harness.say("!endmeeting", "e1")
+    await harness.drain()
+    calls = [f"{call.method} {call.path} {call.status}" for call in github.calls]
+    print("\n".join(calls))
+    assert calls == [
+        "GET /user 200",
+        f"GET /repos/{REPO}/issues 200",
+        f"POST /repos/{REPO}/issues 201",
+        "GET /user 200",
+        f"GET /repos/{REPO}/issues 200",
+        f"GET /repos/{REPO}/issues/1/comments 200",
+        f"POST /repos/{REPO}/issues/1/comments 201",
+        f"PATCH /repos/{REPO}/issues/1 200",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("break_it", "expected"),
+    [
+        pytest.param({"token": "ghp_wrong"}, "401", id="401 bad token"),
+        pytest.param({"repo": "jupyterhub/nowhere"}, "404", id="404 no repository"),
+    ],
+)
+async def test_a_token_or_repository_that_cannot_work_is_told_to_the_chairs_once(
+        tmp_path: Path, github: GitHubContract, clock: Clock, break_it: dict[str, str],
+        expected: str) -> None:
+    async with make_harness(tmp_path, github, clock, **break_it) as harness:
+        clock.now = START - timedelta(days=2)
+        await harness.run(JobKind.ISSUE)
+        await harness.drain()
+        [told] = harness.transport.chairs_told()
+        assert told.startswith("**Chairs:** I could not open the GitHub issue of the meeting "
+                               "on 2026-06-18 on GitHub (")
+        assert "ghp_" not in told
+        clock.now += timedelta(hours=2)
+        await harness.drain()
+        assert await harness.planned(JobKind.ISSUE) == []  # not tried again and again
+        # The meeting goes on; the note job is refused too, and told once more.
+        clock.now = START
+        await harness.run(JobKind.START)
+        await harness.say("!endmeeting", "e1")
+        await harness.drain()
+        assert len(harness.transport.chairs_told()) == 2
+        assert any(text.startswith("# Team") for text in harness.transport.texts())
+        assert not await harness.bot.store.read.has_pending_outbox()
+        assert expected  # the status each case plays
+
+
+@pytest.mark.parametrize("status", [500, 502, 429])
+async def test_a_github_hiccup_is_retried_quietly(
+        harness: Harness, github: GitHubContract, clock: Clock, status: int) -> None:
+    github.fail("POST", r"/issues$", status, times=2,
+                retry_after=1 if status == 429 else None)
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    assert github.repos[REPO].issues == {}
+    for _ in range(3):
+        clock.now += timedelta(seconds=30)
+        await harness.drain()
+    assert len(github.repos[REPO].issues) == 1
+    assert harness.transport.chairs_told() == []
+    [item] = [item for item in harness.transport.sent if item.kind == GITHUB_ISSUE] or [None]
+    assert item is None  # publishing never goes through the Matrix transport
