@@ -262,6 +262,14 @@ class GitHubIssueConfig(_Frozen):
                              "GITHUB_TOKEN, not the token itself")
         return value
 
+    @field_validator("agenda_label")
+    @classmethod
+    def _not_yet(cls, value: str | None) -> str | None:
+        if value is not None:
+            raise ValueError("listing labelled issues as agenda items is not available in "
+                             "this version; leave `agenda_label` out")
+        return value
+
     @model_validator(mode="after")
     def _one_token_source(self) -> GitHubIssueConfig:
         if (self.token_env is None) == (self.token_file is None):

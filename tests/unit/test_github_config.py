@@ -56,6 +56,8 @@ def test_a_relative_token_file_is_found_from_the_config_file() -> None:
          "meetings[0].publish.github.title", "expected only {date} {id} {title}"),
         ({"repo": "a/b", "token_env": "T", "agenda_label": ""},
          "meetings[0].publish.github.agenda_label", ""),
+        ({"repo": "a/b", "token_env": "T", "agenda_label": "meeting-agenda"},
+         "meetings[0].publish.github.agenda_label", "not available in this version"),
     ],
 )
 def test_a_mistake_names_its_key(github: dict[str, Any], key: str, expected: str) -> None:

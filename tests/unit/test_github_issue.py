@@ -17,7 +17,7 @@ from chatbot.config import parse_config
 from chatbot.meetings import JobKind, Rooms
 from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
-from chatbot.publish import GITHUB_ISSUE, GITHUB_NOTE
+from chatbot.publish import GITHUB_ISSUE, GITHUB_NOTE, PublishFailed, Sitting
 from chatbot.publish.issue import GitHubIssues, sitting_marker
 from chatbot.store import OutboxItem, Store
 from tests.support.github_contract import GitHubContract
@@ -301,3 +301,46 @@ async def test_a_github_hiccup_is_retried_quietly(
     assert harness.transport.chairs_told() == []
     [item] = [item for item in harness.transport.sent if item.kind == GITHUB_ISSUE] or [None]
     assert item is None  # publishing never goes through the Matrix transport
+
+
+async def test_publishing_again_posts_the_note_once(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    """`chatbot publish` after the bot did it, or a job run twice: one comment."""
+    clock.now = START
+    await harness.run(JobKind.START)
+    await harness.say("!endmeeting", "e1")
+    await harness.drain()  # no issue was opened ahead (the bot started late): made now
+    [sitting_job] = [item for item in await harness.bot.store.read.pending_outbox()
+                     if item.kind == GITHUB_NOTE] or [None]
+    assert sitting_job is None
+    issues = harness.bot._targets[GITHUB_NOTE]
+    note = next(text for text in harness.transport.texts() if text.startswith("# Team"))
+    url = await issues.publish(Sitting("team", "Team", START.date(), "2026-06-18", note))
+    issue = the_issue(github)
+    assert url.endswith(f"/issues/{issue.number}")
+    assert len(issue.comments) == 1 and issue.state == "closed"
+
+
+@pytest.mark.parametrize(
+    ("token_kind", "expected"),
+    [
+        ("writer", "the token (meeting-bot) may open issues in jupyterhub/team-compass"),
+        ("reader", "may read jupyterhub/team-compass but not write its issues"),
+        ("wrong", "401"),
+    ],
+)
+async def test_check_online_tries_the_token_and_repository(
+        github: GitHubContract, clock: Clock, token_kind: str, expected: str) -> None:
+    token = {"writer": github.token, "reader": "ghp_reader", "wrong": "ghp_wrong"}[token_kind]
+    github.add_account("ghp_reader", "reader", can_write=False)
+    issues = GitHubIssues(parse_config(config_data(github.url)), clock=clock,
+                          environ={"GH_TOKEN": token})
+    try:
+        found = await issues.check("team")
+    except PublishFailed as error:
+        found = f"FAILED {error}"
+    assert github.repos[REPO].issues == {}
+    if token_kind == "wrong":
+        assert found.startswith("FAILED") and "token" in found.lower(), found
+    else:
+        assert expected in found, found
