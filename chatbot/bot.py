@@ -41,10 +41,12 @@ from chatbot.meetings import (
     Reply,
     Rooms,
     SaveNote,
+    UpdateIssueBody,
     plan_jobs,
     resolve_target,
     run_close,
     run_issue,
+    run_issue_body,
     run_overrun,
     run_reminder,
     run_start,
@@ -52,7 +54,14 @@ from chatbot.meetings import (
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
-from chatbot.publish import GITHUB_ISSUE, PUBLISH_KINDS, PublishFailed, Sitting, Target
+from chatbot.publish import (
+    GITHUB_ISSUE,
+    GITHUB_ISSUE_BODY,
+    PUBLISH_KINDS,
+    PublishFailed,
+    Sitting,
+    Target,
+)
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
@@ -231,6 +240,7 @@ class MeetingBot:
             if isinstance(target, GitHubIssues):
                 self._issues = target
                 self._carriers[GITHUB_ISSUE] = self._open_issue
+                self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
                 self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
@@ -486,7 +496,8 @@ class MeetingBot:
         self._outbox_ready.set()
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
-        if any(isinstance(effect, Post) for effect in effects):
+        # With GitHub issues, any command may change an agenda an issue shows.
+        if self._issues is not None or any(isinstance(effect, Post) for effect in effects):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -587,6 +598,10 @@ class MeetingBot:
                     await self.store.enqueue(room_id, kind, sitting.payload(), now)
                 case QueueIssue(job):
                     await self.store.enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
+                case UpdateIssueBody(series_id, meeting_id, repo, number, body):
+                    await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
+                        "series": series_id, "meeting_id": meeting_id, "repo": repo,
+                        "number": number, "body": body}, now)
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -620,6 +635,19 @@ class MeetingBot:
         log.info("the GitHub issue of meeting %s is %s", job.meeting_id, issue.html_url,
                  extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
         return issue.html_url
+
+    async def _update_issue_body(self, item: OutboxItem) -> str:
+        """Write the issue's body, unless a newer one was queued since (body jobs run
+        side by side, and an older one retried late must not undo a newer one)."""
+        payload = item.payload
+        if await self.store.read.github_issue_body(payload["meeting_id"]) != payload["body"]:
+            return "superseded"
+        assert self._issues is not None
+        try:
+            return await self._issues.update_body(payload["series"], payload["repo"],
+                                                  payload["number"], payload["body"])
+        except PublishFailed as error:
+            raise DeliveryError(str(error), permanent=error.permanent) from error
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
@@ -691,6 +719,8 @@ class MeetingBot:
                 series = self.rooms.series(job.series_id)
                 if job.kind is JobKind.CLOSE and job.meeting_id is not None:
                     effects = await run_close(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
+                    effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:

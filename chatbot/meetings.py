@@ -92,7 +92,20 @@ class QueueIssue:
     job: OpenIssue
 
 
-Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue
+@dataclass(frozen=True, slots=True)
+class UpdateIssueBody:
+    """Make a sitting's GitHub issue body show the agenda as it is now."""
+
+    series_id: str
+    meeting_id: int
+    repo: str
+    number: int
+    body: str
+
+
+Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
+# The issue's body follows the agenda at most this often.
+ISSUE_BODY_EVERY = timedelta(minutes=1)
 
 
 # --- which meeting ------------------------------------------------------------------
@@ -335,6 +348,7 @@ class JobKind(enum.StrEnum):
     OVERRUN = "overrun"
     UPKEEP = "upkeep"  # daily: prune old bookkeeping, leave idle direct chats
     ISSUE = "issue"  # `issue_ahead` before a sitting: open its GitHub issue
+    ISSUE_BODY = "issue_body"  # the agenda changed: the issue's body follows
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +378,8 @@ class Job:
             return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
         if self.kind is JobKind.UPKEEP:
             return f"upkeep:{self.run_at.isoformat()}"
+        if self.kind is JobKind.ISSUE_BODY:
+            return f"issue_body:{self.meeting_id}"
         lead = "" if self.lead is None else f":{int(self.lead.total_seconds())}"
         assert self.start is not None
         return f"{self.kind}:{self.series_id}:{self.start.isoformat()}{lead}"
@@ -432,6 +448,14 @@ async def plan_jobs(
                 queued = meeting is not None and await store.github_issue_queued(meeting.id)
             jobs.extend(plan_series(series, occurrence, decided, owed_since,
                                     issue_queued=queued))
+    for meeting_id, _, _, body, body_at in await store.open_github_issues():
+        meeting = await store.get_meeting(meeting_id)
+        series = rooms.series(meeting.series_id) if meeting is not None else None
+        if meeting is None or series is None or series.id not in rooms.room_of_series:
+            continue
+        if await issue_body_of(store, rooms, series, meeting) != body:
+            jobs.append(Job(JobKind.ISSUE_BODY, body_at + ISSUE_BODY_EVERY, series.id,
+                            meeting_id=meeting_id))
     last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
     jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
                             owed_since))
@@ -471,6 +495,35 @@ async def run_reminder(
     ))]
 
 
+async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
+                        meeting: Meeting) -> str:
+    """The body of a sitting's GitHub issue, with its agenda as it is now."""
+    start = meeting.held_at
+    agenda = (await store.record(meeting)).agenda
+    return issue_body(title=series.title, start=start, zone=series.timezone,
+                      duration=series.duration, links=links_of(series), agenda=agenda,
+                      room=series.room, prefix=rooms.config.command_prefix)
+
+
+async def run_issue_body(store: Store, rooms: Rooms, meeting_id: int,
+                         now: datetime) -> list[Effect]:
+    """Queue the issue's new body if the agenda changed and a minute has passed since
+    the last; record it as the body last queued."""
+    for found_id, repo, number, body, body_at in await store.open_github_issues():
+        if found_id != meeting_id:
+            continue
+        meeting = await store.get_meeting(meeting_id)
+        series = rooms.series(meeting.series_id) if meeting is not None else None
+        if meeting is None or series is None or now < body_at + ISSUE_BODY_EVERY:
+            return []
+        new = await issue_body_of(store, rooms, series, meeting)
+        if new == body:
+            return []
+        await store.set_github_issue_body(meeting_id, new, now)
+        return [UpdateIssueBody(series.id, meeting_id, repo, number, new)]
+    return []
+
+
 async def run_issue(
     store: Store, rooms: Rooms, series: MeetingConfig, start: datetime, now: datetime
 ) -> list[Effect]:
@@ -481,13 +534,10 @@ async def run_issue(
         return []
     room_id = rooms.room_of_series[series.id]
     meeting = await store.ensure_scheduled(series.id, room_id, series.title, start)
-    if not await store.queue_github_issue(meeting.id, now):
+    body = await issue_body_of(store, rooms, series, meeting)
+    if not await store.queue_github_issue(meeting.id, now, body):
         return []
     day = start.astimezone(series.timezone).date()
-    agenda = (await store.record(meeting)).agenda
-    body = issue_body(title=series.title, start=start, zone=series.timezone,
-                      duration=series.duration, links=links_of(series), agenda=agenda,
-                      room=series.room, prefix=rooms.config.command_prefix)
     log.info("opening the GitHub issue of %s at %s in %s", series.id, start, github.repo,
              extra={"room_id": room_id, "meeting_id": meeting.id})
     # The issue cannot be older than this job: listing stops there (a minute of slack

@@ -239,7 +239,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             queued_at TEXT NOT NULL,
             repo TEXT,
             number INTEGER,
-            html_url TEXT
+            html_url TEXT,
+            -- the body last queued for the issue, and when: it follows the agenda
+            body TEXT,
+            body_at TEXT
         )
         """,
     ),
@@ -896,11 +899,31 @@ class Store:
 
     # --- the meeting's GitHub issue ---------------------------------------------------
 
-    async def queue_github_issue(self, meeting_id: int, now: datetime) -> bool:
-        """Note that the sitting's issue is being opened; False if it was before."""
+    async def queue_github_issue(self, meeting_id: int, now: datetime, body: str) -> bool:
+        """Note that the sitting's issue is being opened with `body`; False if it was
+        before."""
         return await self._changes(
-            "INSERT OR IGNORE INTO github_issues (meeting_id, queued_at) VALUES (?, ?)",
-            meeting_id, _stamp(now)) == 1
+            "INSERT OR IGNORE INTO github_issues (meeting_id, queued_at, body, body_at) "
+            "VALUES (?, ?, ?, ?)", meeting_id, _stamp(now), body, _stamp(now)) == 1
+
+    async def open_github_issues(self) -> list[tuple[int, str, int, str | None, datetime]]:
+        """Issues of sittings not yet closed: meeting id, repository, number, the body
+        last queued and when."""
+        rows = await self._rows(
+            "SELECT g.meeting_id, g.repo, g.number, g.body, COALESCE(g.body_at, g.queued_at) "
+            "AS body_at FROM github_issues g JOIN meetings m ON m.id = g.meeting_id "
+            "WHERE g.number IS NOT NULL AND m.ended_at IS NULL ORDER BY g.meeting_id")
+        return [(row[0], row[1], row[2], row[3], _instant(row[4]) or datetime.min)
+                for row in rows]
+
+    async def github_issue_body(self, meeting_id: int) -> str | None:
+        return await self._scalar(
+            "SELECT body FROM github_issues WHERE meeting_id = ?", meeting_id)
+
+    async def set_github_issue_body(self, meeting_id: int, body: str, now: datetime) -> None:
+        await self._db.execute(
+            "UPDATE github_issues SET body = ?, body_at = ? WHERE meeting_id = ?",
+            (body, _stamp(now), meeting_id))
 
     async def github_issue_queued(self, meeting_id: int) -> bool:
         return await self._scalar(

@@ -20,9 +20,11 @@ GIT_ARCHIVE = "git_archive"
 GITHUB_NOTE = "github_note"
 # Opening a sitting's GitHub issue ahead of it: a publishing job, but not one per close.
 GITHUB_ISSUE = "github_issue"
+# The issue's body, following the agenda.
+GITHUB_ISSUE_BODY = "github_issue_body"
 # The `publish:` key of each target, and the outbox job kind that carries it out.
 TARGET_KINDS: dict[str, str] = {"git": GIT_ARCHIVE, "github": GITHUB_NOTE}
-PUBLISH_KINDS = frozenset(TARGET_KINDS.values()) | {GITHUB_ISSUE}
+PUBLISH_KINDS = frozenset(TARGET_KINDS.values()) | {GITHUB_ISSUE, GITHUB_ISSUE_BODY}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,10 +1,12 @@
 """The meeting's GitHub issue: opened ahead of each sitting, closed with its note.
 
-Two outbox job kinds, one class. `github_issue` opens the sitting's issue ahead of time
-(queued by the scheduled `issue` job, its body built by `issue_body` at that moment);
-`github_note` is the `Target` queued at the close: it posts the note as a comment and
-closes the issue. Both find the issue by the hidden marker in its body before they
-create one, so a job run again after a crash never opens a second issue.
+Three outbox job kinds, one class. `github_issue` opens the sitting's issue ahead of
+time (queued by the scheduled `issue` job, its body built by `issue_body` then);
+`github_issue_body` rewrites the body when the agenda changed, at most once a minute
+(the scheduled `issue_body` job, planned from the database); `github_note` is the
+`Target` queued at the close: it posts the note as a comment and closes the issue. The
+first and last find the issue by the hidden marker in its body before they create one,
+so a job run again after a crash never opens a second issue.
 
 The body's "in your time zone" link is the one the reminders already carry
 (`render.time_zone_link`): timeanddate.com's fixed-time page, a documented, long-lived
@@ -30,6 +32,7 @@ from chatbot.publish.github import (
     GitHubError,
     GitHubPermanentError,
     Issue,
+    IssueRef,
     Token,
 )
 from chatbot.render import LINK_LABELS, format_clock, format_date, time_zone_link
@@ -80,7 +83,7 @@ def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedel
                          f"by {_no_mentions(item.sender_name)}")
     else:
         lines.append("_Nothing yet._")
-    lines += ["", "The agenda as it stood when this issue was opened. To add an item, write "
+    lines += ["", "This agenda follows the meeting's as it changes. To add an item, write "
               f"`{prefix}agenda (10 min) topic` in the Matrix room {_no_mentions(room)}. "
               "The meeting's note will be posted here afterwards, and the issue closed.", ""]
     return "\n".join(lines)
@@ -153,6 +156,17 @@ class GitHubIssues:
                     created_after=job.created_after)
         except GitHubError as error:
             raise _failed(error) from error
+
+    async def update_body(self, series_id: str, repo: str, number: int, body: str) -> str:
+        """Make the issue's body `body` (its marker kept); no write when it is already."""
+        settings = self._settings(series_id)
+        try:
+            async with self._client(settings) as github:
+                issue = await github.get_issue(IssueRef(repo, number))
+                await github.update_issue_body(issue, body)
+        except GitHubError as error:
+            raise _failed(error) from error
+        return issue.html_url
 
     async def publish(self, sitting: Sitting) -> str:
         """Post the note on the sitting's issue (opened now if it never was) and close

@@ -344,3 +344,30 @@ async def test_check_online_tries_the_token_and_repository(
         assert found.startswith("FAILED") and "token" in found.lower(), found
     else:
         assert expected in found, found
+
+
+async def test_the_body_follows_the_agenda_at_most_once_a_minute_and_only_when_changed(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    assert await harness.planned(JobKind.ISSUE_BODY) == []  # nothing changed
+    await harness.say("!agenda Release plan (10 min)", "a1")
+    assert not await harness.run(JobKind.ISSUE_BODY)  # not a minute since it was opened
+    clock.now += timedelta(minutes=1)
+    await harness.say("!agenda Budget", "a2")
+    assert await harness.run(JobKind.ISSUE_BODY)  # both items in one write
+    await harness.drain()
+    body = the_issue(github).body
+    assert "1. Release plan (10 min), by Chair\n2. Budget, by Chair" in body
+    assert body.rstrip().endswith(sitting_marker("team", "2026-06-18"))
+    assert len(github.calls_to("PATCH", r"/issues/\d+$")) == 1
+    await harness.say("!agenda Hiring", "a3")
+    [job] = await harness.planned(JobKind.ISSUE_BODY)
+    assert job.due_at == clock.now + timedelta(minutes=1)
+    clock.now += timedelta(minutes=1)
+    assert await harness.run(JobKind.ISSUE_BODY)
+    await harness.drain()
+    assert "3. Hiring, by Chair" in the_issue(github).body
+    assert await harness.planned(JobKind.ISSUE_BODY) == []
+    assert len(github.calls_to("PATCH", r"/issues/\d+$")) == 2
