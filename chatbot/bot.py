@@ -25,6 +25,7 @@ from chatbot.commands import (
     Unknown,
     UsageError,
     chairs_are,
+    parse_agenda_item,
     handle_help,
     parse_invocation,
     strip_reply_fallback,
@@ -47,6 +48,7 @@ from chatbot.meetings import (
     run_close,
     run_issue,
     run_issue_body,
+    take_issue_comments,
     run_overrun,
     run_reminder,
     run_start,
@@ -62,6 +64,7 @@ from chatbot.publish import (
     Sitting,
     Target,
 )
+from chatbot.publish.github import Comment, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
@@ -636,6 +639,34 @@ class MeetingBot:
                  extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
         return issue.html_url
 
+    async def _poll_comments(self, meeting_id: int) -> Polled[Comment] | None:
+        """The issue's comments if they changed since the last poll; None if unchanged
+        or unreadable now (logged; the next poll tries again)."""
+        issue = next((row for row in await self.store.read.open_github_issues()
+                      if row[0] == meeting_id), None)
+        meeting = await self.store.read.get_meeting(meeting_id)
+        if issue is None or meeting is None or self._issues is None:
+            return None
+        _, etag = await self.store.read.github_issue_poll(meeting_id)
+        try:
+            return await self._issues.comments(meeting.series_id, issue[1], issue[2], etag)
+        except PublishFailed as error:
+            log.warning("could not read the comments of %s#%s: %s", issue[1], issue[2], error,
+                        extra={"room_id": meeting.room_id, "meeting_id": meeting_id})
+            return None
+
+    async def _take_comments(self, meeting_id: int, polled: Polled[Comment] | None,
+                             now: datetime) -> None:
+        """Record a poll: its time and ETag, and the `!agenda` comments it found."""
+        _, etag = await self.store.github_issue_poll(meeting_id)
+        if polled is not None and polled.changed:
+            prefix = self.rooms.config.command_prefix
+            items = [(comment, item.text, item.minutes) for comment in polled.items
+                     if (item := parse_agenda_item(comment.body, prefix)) is not None]
+            await take_issue_comments(self.store, self.rooms, meeting_id, items, now)
+            etag = polled.etag
+        await self.store.set_github_issue_poll(meeting_id, now, etag)
+
     async def _update_issue_body(self, item: OutboxItem) -> str:
         """Write the issue's body, unless a newer one was queued since (body jobs run
         side by side, and an older one retried late must not undo a newer one)."""
@@ -714,11 +745,18 @@ class MeetingBot:
                 await self._upkeep(now)
                 self._job_failures.pop(job.id, None)
                 return
+            # Reading the issue's comments is the one job that talks to another service
+            # itself: a read changes nothing there, and what it finds is recorded below.
+            polled = (await self._poll_comments(job.meeting_id)
+                      if job.kind is JobKind.ISSUE_POLL and job.meeting_id is not None
+                      else None)
             async with self.store.transaction():
                 effects: list[Effect] = []
                 series = self.rooms.series(job.series_id)
                 if job.kind is JobKind.CLOSE and job.meeting_id is not None:
                     effects = await run_close(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.ISSUE_POLL and job.meeting_id is not None:
+                    await self._take_comments(job.meeting_id, polled, now)
                 elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
                     effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:

@@ -676,6 +676,19 @@ def strip_reply_fallback(body: str) -> str:
     return ""
 
 
+def parse_agenda_item(body: str, prefix: str) -> AgendaItem | None:
+    """An `agenda [(N min)] topic` command that adds an item, in the chat's grammar;
+    None for anything else (a listing, a change, another command, a mistake)."""
+    invocation = parse_invocation(body, prefix)
+    if not isinstance(invocation, Invocation) or invocation.spec.name != "agenda":
+        return None
+    try:
+        parsed = invocation.spec.parse(invocation.arguments)
+    except UsageError:
+        return None
+    return parsed if isinstance(parsed, AgendaItem) else None
+
+
 def parse_invocation(body: str, prefix: str) -> Invocation | Unknown | None:
     """A message's command and its raw arguments; None if the message is not a command."""
     text = body.lstrip()

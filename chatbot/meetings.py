@@ -14,8 +14,9 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
-from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId
+from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId, UserId
 from chatbot.publish import Sitting, job_kinds
+from chatbot.publish.github import Comment
 from chatbot.publish.issue import OpenIssue, issue_body, issue_title
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
@@ -106,6 +107,23 @@ class UpdateIssueBody:
 Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
+# Its comments are read this often, and every minute from an hour before the start.
+POLL_AHEAD_EVERY = timedelta(minutes=15)
+POLL_CLOSE_EVERY = timedelta(minutes=1)
+POLL_CLOSE_FROM = timedelta(hours=1)
+# Whom an item added on GitHub belongs to: not a Matrix id, never a chair.
+GITHUB_SENDER_PREFIX = "github:"
+
+
+def next_poll(polled_at: datetime | None, start: datetime, opened_at: datetime) -> datetime:
+    """When to read an issue's comments next: at once the first time, then every 15
+    minutes ahead of the sitting, every minute from an hour before it."""
+    if polled_at is None:
+        return opened_at
+    closing_from = elapsed(start, -POLL_CLOSE_FROM)
+    if polled_at >= closing_from:
+        return polled_at + POLL_CLOSE_EVERY
+    return min(polled_at + POLL_AHEAD_EVERY, max(closing_from, polled_at + POLL_CLOSE_EVERY))
 
 
 # --- which meeting ------------------------------------------------------------------
@@ -349,6 +367,7 @@ class JobKind(enum.StrEnum):
     UPKEEP = "upkeep"  # daily: prune old bookkeeping, leave idle direct chats
     ISSUE = "issue"  # `issue_ahead` before a sitting: open its GitHub issue
     ISSUE_BODY = "issue_body"  # the agenda changed: the issue's body follows
+    ISSUE_POLL = "issue_poll"  # read the issue's comments for `!agenda`
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,8 +397,8 @@ class Job:
             return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
         if self.kind is JobKind.UPKEEP:
             return f"upkeep:{self.run_at.isoformat()}"
-        if self.kind is JobKind.ISSUE_BODY:
-            return f"issue_body:{self.meeting_id}"
+        if self.kind in (JobKind.ISSUE_BODY, JobKind.ISSUE_POLL):
+            return f"{self.kind}:{self.meeting_id}"
         lead = "" if self.lead is None else f":{int(self.lead.total_seconds())}"
         assert self.start is not None
         return f"{self.kind}:{self.series_id}:{self.start.isoformat()}{lead}"
@@ -456,6 +475,9 @@ async def plan_jobs(
         if await issue_body_of(store, rooms, series, meeting) != body:
             jobs.append(Job(JobKind.ISSUE_BODY, body_at + ISSUE_BODY_EVERY, series.id,
                             meeting_id=meeting_id))
+        polled_at, _ = await store.github_issue_poll(meeting_id)
+        jobs.append(Job(JobKind.ISSUE_POLL, next_poll(polled_at, meeting.held_at, body_at),
+                        series.id, meeting_id=meeting_id))
     last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
     jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
                             owed_since))
@@ -522,6 +544,35 @@ async def run_issue_body(store: Store, rooms: Rooms, meeting_id: int,
         await store.set_github_issue_body(meeting_id, new, now)
         return [UpdateIssueBody(series.id, meeting_id, repo, number, new)]
     return []
+
+
+async def take_issue_comments(
+    store: Store, rooms: Rooms, meeting_id: int,
+    items: Sequence[tuple[Comment, str, int | None]], now: datetime,
+) -> int:
+    """Add each `!agenda` comment (with the topic and estimate parsed from it) as an item
+    owned by its GitHub author, once (keyed by the comment's id); how many were added.
+    The room's agenda limit applies."""
+    meeting = await store.get_meeting(meeting_id)
+    if meeting is None or meeting.ended_at is not None:
+        return 0
+    added = 0
+    for comment, text, minutes in items:
+        event_id = EventId(f"github-comment:{comment.id}")
+        if await store.entry_by_event(event_id) is not None:
+            continue
+        if await store.count_agenda(meeting_id) >= rooms.config.limits.agenda_items:
+            log.info("agenda of meeting %s full: GitHub comment %s not added", meeting_id,
+                     comment.html_url)
+            continue
+        await store.add_entry(meeting_id, EntryKind.AGENDA,
+                              UserId(f"{GITHUB_SENDER_PREFIX}{comment.author}"),
+                              f"{comment.author} (GitHub)", text, minutes, event_id, now)
+        added += 1
+    if added:
+        log.info("meeting %s: %s agenda items added from GitHub comments", meeting_id, added,
+                 extra={"room_id": meeting.room_id, "meeting_id": meeting_id})
+    return added
 
 
 async def run_issue(

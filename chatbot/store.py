@@ -242,7 +242,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             html_url TEXT,
             -- the body last queued for the issue, and when: it follows the agenda
             body TEXT,
-            body_at TEXT
+            body_at TEXT,
+            -- polling its comments for `!agenda`: when last, and the answer's ETag
+            polled_at TEXT,
+            comments_etag TEXT
         )
         """,
     ),
@@ -915,6 +918,19 @@ class Store:
             "WHERE g.number IS NOT NULL AND m.ended_at IS NULL ORDER BY g.meeting_id")
         return [(row[0], row[1], row[2], row[3], _instant(row[4]) or datetime.min)
                 for row in rows]
+
+    async def github_issue_poll(self, meeting_id: int) -> tuple[datetime | None, str | None]:
+        """When the issue's comments were last polled, and the ETag of that answer."""
+        rows = await self._rows(
+            "SELECT polled_at, comments_etag FROM github_issues WHERE meeting_id = ?",
+            meeting_id)
+        return (_instant(rows[0][0]), rows[0][1]) if rows else (None, None)
+
+    async def set_github_issue_poll(self, meeting_id: int, now: datetime,
+                                    etag: str | None) -> None:
+        await self._db.execute(
+            "UPDATE github_issues SET polled_at = ?, comments_etag = ? WHERE meeting_id = ?",
+            (_stamp(now), etag, meeting_id))
 
     async def github_issue_body(self, meeting_id: int) -> str | None:
         return await self._scalar(

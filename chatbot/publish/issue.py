@@ -28,11 +28,13 @@ from chatbot.config import Config, GitHubIssueConfig
 from chatbot.model import Entry
 from chatbot.publish import GITHUB_NOTE, PublishFailed, Sitting
 from chatbot.publish.github import (
+    Comment,
     GitHubClient,
     GitHubError,
     GitHubPermanentError,
     Issue,
     IssueRef,
+    Polled,
     Token,
 )
 from chatbot.render import LINK_LABELS, format_clock, format_date, time_zone_link
@@ -83,9 +85,10 @@ def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedel
                          f"by {_no_mentions(item.sender_name)}")
     else:
         lines.append("_Nothing yet._")
-    lines += ["", "This agenda follows the meeting's as it changes. To add an item, write "
-              f"`{prefix}agenda (10 min) topic` in the Matrix room {_no_mentions(room)}. "
-              "The meeting's note will be posted here afterwards, and the issue closed.", ""]
+    lines += ["", "This agenda follows the meeting's as it changes. To add an item, comment "
+              f"here with `{prefix}agenda (10 min) topic` (the item is yours), or write the "
+              f"same in the Matrix room {_no_mentions(room)}. The meeting's note will be "
+              "posted here afterwards, and the issue closed.", ""]
     return "\n".join(lines)
 
 
@@ -167,6 +170,16 @@ class GitHubIssues:
         except GitHubError as error:
             raise _failed(error) from error
         return issue.html_url
+
+    async def comments(self, series_id: str, repo: str, number: int,
+                       etag: str | None) -> Polled[Comment]:
+        """The issue's comments, conditionally: an unchanged answer is a free 304."""
+        settings = self._settings(series_id)
+        try:
+            async with self._client(settings) as github:
+                return await github.comments_since(IssueRef(repo, number), etag=etag)
+        except GitHubError as error:
+            raise _failed(error) from error
 
     async def publish(self, sitting: Sitting) -> str:
         """Post the note on the sitting's issue (opened now if it never was) and close

@@ -156,7 +156,8 @@ async def test_the_issue_opens_issue_ahead_before_with_when_links_and_agenda(
     assert "- **Notes:** <https://notes.example.org/team>" in issue.body
     assert "static-issue" not in issue.body
     assert "1. Release plan (10 min), by Chair" in issue.body
-    assert "`!agenda (10 min) topic` in the Matrix room #team:example.org" in issue.body
+    assert "comment here with `!agenda (10 min) topic` (the item is yours), or write the " \
+        "same in the Matrix room #team:example.org" in issue.body
     assert issue.body.rstrip().endswith(sitting_marker("team", "2026-06-18"))
     assert await harness.bot.store.read.github_issue_url(1) == \
         f"https://ghe.example.test/{REPO}/issues/{issue.number}"
@@ -371,3 +372,35 @@ async def test_the_body_follows_the_agenda_at_most_once_a_minute_and_only_when_c
     assert "3. Hiring, by Chair" in the_issue(github).body
     assert await harness.planned(JobKind.ISSUE_BODY) == []
     assert len(github.calls_to("PATCH", r"/issues/\d+$")) == 2
+
+
+async def test_an_agenda_comment_on_the_issue_becomes_an_item_owned_by_its_author(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    number = the_issue(github).number
+    assert await harness.run(JobKind.ISSUE_POLL)  # at once: nothing there yet
+    github.add_comment(REPO, number, "!agenda (15 min) Docs sprint", user="octocat")
+    github.add_comment(REPO, number, "Looking forward to it!", user="hubot")
+    github.add_comment(REPO, number, "!agenda remove 1", user="mallory")
+    [job] = await harness.planned(JobKind.ISSUE_POLL)
+    assert job.due_at == clock.now + timedelta(minutes=15)  # a few times an hour ahead
+    clock.now += timedelta(minutes=15)
+    assert await harness.run(JobKind.ISSUE_POLL)
+    record = await harness.bot.store.read.record(
+        await harness.bot.store.read.get_meeting(1))  # type: ignore[arg-type]
+    [item] = record.agenda
+    assert (item.text, item.minutes, item.sender_name) == ("Docs sprint", 15,
+                                                           "octocat (GitHub)")
+    clock.now += timedelta(minutes=15)
+    assert await harness.run(JobKind.ISSUE_POLL)  # unchanged: a free 304, nothing doubled
+    assert [call.status for call in github.calls_to("GET", r"/comments$")] == [200, 200, 304]
+    assert len((await harness.bot.store.read.record(record.meeting)).agenda) == 1
+    clock.now += timedelta(minutes=1)
+    assert await harness.run(JobKind.ISSUE_BODY)  # the issue shows it too
+    await harness.drain()
+    assert "1. Docs sprint (15 min), by octocat (GitHub)" in the_issue(github).body
+    clock.now = START - timedelta(minutes=50)
+    [job] = await harness.planned(JobKind.ISSUE_POLL)
+    assert job.due_at <= clock.now  # every minute in the last hour
