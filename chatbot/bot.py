@@ -221,9 +221,11 @@ class MeetingBot:
                                               LEAVE: self._leave_room}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
-        for target in targets:
-            self._carriers[target.kind] = self._publish
-            self._chairs_notices[target.kind] = self._publish_notice
+        # Every publishing kind, configured or not: a job queued before its target was
+        # taken out of the config must fail here, never reach the transport.
+        for kind in PUBLISH_KINDS | self._targets.keys():
+            self._carriers[kind] = self._publish
+            self._chairs_notices[kind] = self._publish_notice
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -590,7 +592,10 @@ class MeetingBot:
         return relative_path
 
     async def _publish(self, item: OutboxItem) -> str:
-        target = self._targets[item.kind]
+        target = self._targets.get(item.kind)
+        if target is None:
+            raise DeliveryError(f"{item.kind} is no longer in the config's `publish:`",
+                                permanent=True)
         try:
             return await target.publish(Sitting.from_payload(item.payload))
         except PublishFailed as error:
@@ -843,7 +848,8 @@ class MeetingBot:
         if failure is Failure.RETRYING:
             return None
         sitting = Sitting.from_payload(item.payload)
-        where = escape_markdown(self._targets[item.kind].label(sitting.series_id))
+        target = self._targets.get(item.kind)
+        where = escape_markdown(target.label(sitting.series_id) if target else item.kind)
         again = f"`chatbot publish {sitting.series_id} --date {sitting.held_on.isoformat()}`"
         if failure is Failure.PARKED:
             waited = format_duration(self.jobs.park_after)
