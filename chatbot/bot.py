@@ -236,15 +236,18 @@ class MeetingBot:
                                               LEAVE: self._leave_room}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
-        self._issues: GitHubIssues | None = None
-        for target in targets:
-            self._carriers[target.kind] = self._publish
-            self._chairs_notices[target.kind] = self._publish_notice
-            if isinstance(target, GitHubIssues):
-                self._issues = target
-                self._carriers[GITHUB_ISSUE] = self._open_issue
-                self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
-                self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
+        # Every publishing kind, configured or not: a job queued before its target was
+        # taken out of the config must fail here, never reach the transport.
+        for kind in PUBLISH_KINDS | self._targets.keys():
+            self._carriers[kind] = self._publish
+            self._chairs_notices[kind] = self._publish_notice
+        # The GitHub issue's own jobs carry no note (their payloads are not a Sitting).
+        self._issues = next((target for target in targets
+                             if isinstance(target, GitHubIssues)), None)
+        self._carriers[GITHUB_ISSUE] = self._open_issue
+        self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
+        self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
+        del self._chairs_notices[GITHUB_ISSUE_BODY]  # the next change writes it again
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -618,7 +621,10 @@ class MeetingBot:
         return relative_path
 
     async def _publish(self, item: OutboxItem) -> str:
-        target = self._targets[item.kind]
+        target = self._targets.get(item.kind)
+        if target is None:
+            raise DeliveryError(f"{item.kind} is no longer in the config's `publish:`",
+                                permanent=True)
         try:
             return await target.publish(Sitting.from_payload(item.payload))
         except PublishFailed as error:
@@ -627,7 +633,8 @@ class MeetingBot:
     async def _open_issue(self, item: OutboxItem) -> str:
         """Open a sitting's GitHub issue (or find it again) and remember its link."""
         job = OpenIssue.from_payload(item.payload)
-        assert self._issues is not None
+        if self._issues is None:
+            raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
         try:
             issue = await self._issues.open_issue(job)
         except PublishFailed as error:
@@ -673,7 +680,8 @@ class MeetingBot:
         payload = item.payload
         if await self.store.read.github_issue_body(payload["meeting_id"]) != payload["body"]:
             return "superseded"
-        assert self._issues is not None
+        if self._issues is None:
+            raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
         try:
             return await self._issues.update_body(payload["series"], payload["repo"],
                                                   payload["number"], payload["body"])
@@ -939,7 +947,8 @@ class MeetingBot:
         if failure is Failure.RETRYING:
             return None
         sitting = Sitting.from_payload(item.payload)
-        where = escape_markdown(self._targets[item.kind].label(sitting.series_id))
+        target = self._targets.get(item.kind)
+        where = escape_markdown(target.label(sitting.series_id) if target else item.kind)
         again = f"`chatbot publish {sitting.series_id} --date {sitting.held_on.isoformat()}`"
         if failure is Failure.PARKED:
             waited = format_duration(self.jobs.park_after)
@@ -955,8 +964,8 @@ class MeetingBot:
         if failure is Failure.RETRYING:
             return None
         job = OpenIssue.from_payload(item.payload)
-        assert self._issues is not None
-        where = escape_markdown(self._issues.label(job.series_id))
+        where = escape_markdown(self._issues.label(job.series_id)
+                                if self._issues is not None else "GitHub")
         return (f"**Chairs:** I could not open the GitHub issue of the meeting on {job.name} "
                 f"on {where}: {escape_markdown(error)}. The meeting goes ahead without it; "
                 "whoever runs this bot: once that is fixed, the note is still posted there "

@@ -500,3 +500,22 @@ def test_check_online_tries_the_remote_without_writing(tmp_path: Path) -> None:
     bad = chatbot("check", "-c", str(config_file), "--online")
     assert bad.returncode == 1
     assert "FAILED: there is no git repository at the remote" in bad.stdout
+
+
+async def test_a_publish_job_whose_target_left_the_config_fails_without_reaching_the_room(
+    tmp_path: Path,
+) -> None:
+    data = meeting_config("file:///x.git")
+    del data["meetings"][0]["publish"]
+    clock, transport = Clock(), RecordingTransport()
+    store = await Store.open(tmp_path / "bot.db")
+    bot = MeetingBot(Rooms(parse_config(data), {"team": ROOM}), store, tmp_path / "notes",
+                     transport, clock=clock)
+    try:
+        async with store.transaction():
+            await store.enqueue(ROOM, GIT_ARCHIVE, sitting().payload(), T0)
+        await drain(bot)
+        assert [item.kind for item in transport.sent] == ["post"]  # only the chairs' notice
+        assert "no longer in the config" in transport.sent[0].payload["text"]
+    finally:
+        await store.close()

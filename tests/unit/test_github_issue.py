@@ -404,3 +404,29 @@ async def test_an_agenda_comment_on_the_issue_becomes_an_item_owned_by_its_autho
     clock.now = START - timedelta(minutes=50)
     [job] = await harness.planned(JobKind.ISSUE_POLL)
     assert job.due_at <= clock.now  # every minute in the last hour
+
+
+async def test_issue_jobs_whose_target_left_the_config_fail_once_and_never_reach_the_room(
+        tmp_path: Path) -> None:
+    data = config_data("http://127.0.0.1:9")
+    del data["meetings"][0]["publish"]
+    clock, transport = Clock(), RecordingTransport()
+    store = await Store.open(tmp_path / "bot.db")
+    bot = MeetingBot(Rooms(parse_config(data), {"team": ROOM}), store, tmp_path / "notes",
+                     transport, clock=clock)
+    try:
+        async with store.transaction():
+            meeting = await store.ensure_scheduled("team", ROOM, "Team", START)
+            await store.enqueue(ROOM, GITHUB_ISSUE, {
+                "series": "team", "meeting_id": meeting.id, "name": "2026-06-18",
+                "title": "Team: 2026-06-18", "body": "b", "created_after": T0.isoformat()}, T0)
+            await store.enqueue(ROOM, "github_issue_body", {
+                "series": "team", "meeting_id": meeting.id, "repo": REPO, "number": 1,
+                "body": "b"}, T0)
+        for _ in range(5):
+            await bot.deliver_due()
+        assert [item.kind for item in transport.sent] == ["post"]  # the chairs, once
+        assert "no longer in the config" in transport.sent[0].payload["text"]
+        assert not await store.read.has_pending_outbox()
+    finally:
+        await store.close()
