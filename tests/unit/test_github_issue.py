@@ -430,3 +430,25 @@ async def test_issue_jobs_whose_target_left_the_config_fail_once_and_never_reach
         assert not await store.read.has_pending_outbox()
     finally:
         await store.close()
+
+
+async def test_an_older_body_retried_late_never_undoes_a_newer_one(
+        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    github.fail("PATCH", r"/issues/\d+$", 502, times=1)
+    await harness.say("!agenda First", "a1")
+    clock.now += timedelta(minutes=1)
+    await harness.run(JobKind.ISSUE_BODY)
+    await harness.drain()  # refused with a 502: waits for its retry
+    await harness.say("!agenda Second", "a2")
+    clock.now += timedelta(minutes=1)
+    await harness.run(JobKind.ISSUE_BODY)
+    for _ in range(3):
+        clock.now += timedelta(seconds=30)
+        await harness.drain()
+    body = the_issue(github).body
+    assert "1. First, by Chair\n2. Second, by Chair" in body
+    patches = [call for call in github.calls_to("PATCH", r"/issues/\d+$") if call.status == 200]
+    assert len(patches) == 1  # the first body's retry found itself superseded
