@@ -17,6 +17,8 @@ from chatbot.matrix import LoginFailed, MatrixEdge
 from chatbot.meetings import Rooms
 from chatbot.metrics import Metrics
 from chatbot.model import RoomId
+from chatbot.publish import Target
+from chatbot.publish.git import GitArchive
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
 from chatbot.supervise import supervise
@@ -36,6 +38,19 @@ def database_path(config: Config) -> Path:
 
 def notes_dir(config: Config) -> Path:
     return config.data_dir / "notes"
+
+
+def archive_dir(config: Config) -> Path:
+    """The git archive's working copies, one per meeting."""
+    return config.data_dir / "archive"
+
+
+def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
+    """Every target some meeting publishes to; each carries out its own job kind."""
+    targets: list[Target] = []
+    if any(series.publish.git is not None for series in config.meetings):
+        targets.append(GitArchive(config, archive_dir(config), clock=clock))
+    return targets
 
 
 class BotApp:
@@ -73,7 +88,8 @@ class BotApp:
             rooms = Rooms(self.config, room_ids)
             replan_needed = asyncio.Event()
             bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,
-                             on_schedule_change=replan_needed.set, metrics=self.metrics)
+                             on_schedule_change=replan_needed.set, metrics=self.metrics,
+                             targets=publish_targets(self.config, self.clock))
             scheduler = JobScheduler(bot.run_job)
             scheduler.start()
             scheduler.replace_all(await bot.plan())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 from collections import OrderedDict
@@ -34,6 +35,7 @@ from chatbot.meetings import (
     Job,
     JobKind,
     Post,
+    PublishNote,
     React,
     Reply,
     Rooms,
@@ -48,7 +50,8 @@ from chatbot.meetings import (
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
-from chatbot.recurrence import ReminderDecision
+from chatbot.publish import PUBLISH_KINDS, PublishFailed, Sitting, Target
+from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
 from chatbot.store import OutboxItem, Store, is_storage_full
@@ -139,12 +142,24 @@ class Transport(Protocol):
 MAX_SENDS_IN_FLIGHT = 4
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
-INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE})
+INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
 # handled again after a failed save does not answer them twice.
 STORAGE_FULL_MEMORY = 1000
 
 Carrier = Callable[[OutboxItem], Awaitable[str]]
+
+
+class Failure(enum.Enum):
+    """How far a job's failure has gone, for telling the chairs."""
+
+    RETRYING = "retrying"  # the first failure; backing off
+    PARKED = "parked"  # failed for `jobs.park_after`; no longer tried
+    REFUSED = "refused"  # failed for good at once (a permanent DeliveryError)
+
+
+# What to tell the chairs in the room about a failing job, or None to stay quiet.
+ChairsNotice = Callable[[OutboxItem, str, Failure], str | None]
 
 
 def delivery_lanes(items: Sequence[OutboxItem]) -> list[list[OutboxItem]]:
@@ -190,7 +205,7 @@ class MeetingBot:
         self, rooms: Rooms, store: Store, notes_dir: Path, transport: Transport,
         *, clock: Clock = utc_now,
         on_schedule_change: Callable[[], None] = lambda: None,
-        metrics: Metrics | None = None,
+        metrics: Metrics | None = None, targets: Sequence[Target] = (),
     ) -> None:
         self.rooms = rooms
         self.store = store
@@ -204,6 +219,13 @@ class MeetingBot:
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
                                               LEAVE: self._leave_room}
+        self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
+        self._targets = {target.kind: target for target in targets}
+        # Every publishing kind, configured or not: a job queued before its target was
+        # taken out of the config must fail here, never reach the transport.
+        for kind in PUBLISH_KINDS | self._targets.keys():
+            self._carriers[kind] = self._publish
+            self._chairs_notices[kind] = self._publish_notice
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -555,6 +577,8 @@ class MeetingBot:
                     # if the disk refuses, never holding the close itself back.
                     await self.store.enqueue(room_id, NOTE_FILE, {
                         "path": relative_path.as_posix(), "text": text}, now)
+                case PublishNote(kind, sitting):
+                    await self.store.enqueue(room_id, kind, sitting.payload(), now)
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -566,6 +590,16 @@ class MeetingBot:
         except ValueError as error:  # a path outside the notes folder: never retried
             raise DeliveryError(str(error), permanent=True) from error
         return relative_path
+
+    async def _publish(self, item: OutboxItem) -> str:
+        target = self._targets.get(item.kind)
+        if target is None:
+            raise DeliveryError(f"{item.kind} is no longer in the config's `publish:`",
+                                permanent=True)
+        try:
+            return await target.publish(Sitting.from_payload(item.payload))
+        except PublishFailed as error:
+            raise DeliveryError(str(error), permanent=error.permanent) from error
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
@@ -729,17 +763,23 @@ class MeetingBot:
                 return progressed, item.next_attempt_at
             progressed = True
             carrier = self._carriers.get(item.kind, self.transport.deliver)
+            # Publishing talks to other services, for minutes at worst: it must not
+            # take the places of messages to the homeserver.
+            limit = contextlib.nullcontext() if item.kind in PUBLISH_KINDS else in_flight
             try:
-                async with in_flight:
+                async with limit:
                     result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:
                     await self._retry_later(item, str(error))
                     return progressed, None
                 self.metrics.error("delivery")
-                log.error("giving up on outbox item %s for %s: %s", item.id, item.room_id, error)
+                log.error("giving up on outbox item %s (%s) for %s: %s", item.id, item.kind,
+                          item.room_id, error)
                 async with self.store.transaction():
-                    await self.store.mark_failed(item.id, str(error), self.clock())
+                    now = self.clock()
+                    await self.store.mark_failed(item.id, str(error), now)
+                    await self._tell_chairs(item, str(error), Failure.REFUSED, now)
                 continue
             except Exception as error:  # a bug in a carrier: retried like any failure
                 log.exception("outbox item %s (%s) failed", item.id, item.kind)
@@ -767,8 +807,7 @@ class MeetingBot:
                 log.error("outbox item %s (%s) for %s parked after %s attempts over %s: %s",
                           item.id, item.kind, item.room_id, item.attempts + 1,
                           self.jobs.park_after, error)
-                if item.kind == NOTE_FILE:
-                    await self._tell_note_failed(item, error, now, parked=True)
+                await self._tell_chairs(item, error, Failure.PARKED, now)
                 return
             delay = backoff_delay(item.attempts + 1, cap=self.jobs.retry_cap.total_seconds())
             await self.store.mark_retry(item.id, error, now + timedelta(seconds=delay))
@@ -777,24 +816,49 @@ class MeetingBot:
                 log.warning("outbox item %s (%s) for %s failed (%s); retrying with backoff "
                             "up to %s", item.id, item.kind, item.room_id, error,
                             self.jobs.retry_cap)
-                if item.kind == NOTE_FILE:
-                    await self._tell_note_failed(item, error, now, parked=False)
+                await self._tell_chairs(item, error, Failure.RETRYING, now)
         self._outbox_ready.set()  # the chairs' message, if any
 
-    async def _tell_note_failed(self, item: OutboxItem, error: str, now: datetime, *,
-                                parked: bool) -> None:
+    async def _tell_chairs(self, item: OutboxItem, error: str, failure: Failure,
+                           now: datetime) -> None:
+        """Tell the room's chairs about a failing job, if its kind has something to say
+        at this point; inside the caller's transaction, so it is said once."""
+        notice = self._chairs_notices.get(item.kind)
+        text = notice(item, error, failure) if notice is not None else None
+        if text is not None and self.rooms.is_configured(item.room_id):
+            await self._record([Post(item.room_id, text)], item.room_id, None, now)
+
+    def _note_file_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
         # The path is built from the configured meeting id and a date, the error by
         # the operating system; escaped all the same.
         path, reason = escape_markdown(f"notes/{item.payload['path']}"), escape_markdown(error)
-        if parked:
-            text = (f"**Chairs:** I gave up saving the meeting note to {path} ({reason}). "
+        if failure is Failure.PARKED:
+            return (f"**Chairs:** I gave up saving the meeting note to {path} ({reason}). "
                     "It was posted here; whoever runs this bot can print it again with "
                     "`chatbot notes`.")
-        else:
-            text = (f"**Chairs:** I could not save the meeting note to {path} ({reason}). "
+        if failure is Failure.RETRYING:
+            return (f"**Chairs:** I could not save the meeting note to {path} ({reason}). "
                     "Whoever runs this bot: check that its notes folder is writable (a file "
                     "in the way, a read-only volume or a full disk). I will keep trying.")
-        await self._record([Post(item.room_id, text)], item.room_id, None, now)
+        return None
+
+    def _publish_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
+        """Transient failures are not told (they usually pass); one that lasts, or
+        cannot pass, is told once with what to fix and how to publish again."""
+        if failure is Failure.RETRYING:
+            return None
+        sitting = Sitting.from_payload(item.payload)
+        target = self._targets.get(item.kind)
+        where = escape_markdown(target.label(sitting.series_id) if target else item.kind)
+        again = f"`chatbot publish {sitting.series_id} --date {sitting.held_on.isoformat()}`"
+        if failure is Failure.PARKED:
+            waited = format_duration(self.jobs.park_after)
+            return (f"**Chairs:** I gave up publishing the note of {sitting.name} to {where} "
+                    f"after trying for {waited} ({escape_markdown(error)}). "
+                    f"Once that is fixed, whoever runs this bot can publish it with {again}.")
+        return (f"**Chairs:** I could not publish the note of {sitting.name} to {where}: "
+                f"{escape_markdown(error)}. Whoever runs this bot: once that is fixed, "
+                f"{again} publishes it.")
 
     async def outbox_empty(self) -> bool:
         return not await self.store.read.has_pending_outbox()

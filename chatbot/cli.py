@@ -1,4 +1,4 @@
-"""The `chatbot` command line: run, check, notes, ics, demo."""
+"""The `chatbot` command line: run, check, notes, publish, ics, demo."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from chatbot.config import Config, ConfigError, load_config
 from chatbot.logs import LOG_FORMATS, RedactSecrets
 from chatbot.logs import configure as configure_logging
 from chatbot.model import Entry
+from chatbot.publish.git import without_credentials
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
 from chatbot.store import StoreError
@@ -47,12 +48,25 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     with_config("run", "run the bot until stopped (Ctrl-C or SIGTERM)")
-    with_config("check", "validate the configuration and print each meeting's next three "
-                         "occurrences with their reminder times")
+    check_command = with_config(
+        "check", "validate the configuration and print each meeting's next three "
+                 "occurrences with their reminder times")
+    check_command.add_argument(
+        "--online", action="store_true",
+        help="also try each publishing target live (the git archive's remote and key), "
+             "changing nothing")
     notes = with_config("notes", "print a meeting's note from the database")
     notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
     notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
                        help="the meeting held on this date (default: the last one)")
+    publish = with_config(
+        "publish", "publish a held meeting's note again to the targets under its `publish:` "
+                   "(the git archive), for example after fixing its remote or key; safe to "
+                   "repeat, and beside a running bot: a note already there is left alone")
+    publish.add_argument("meeting_id", metavar="MEETING_ID",
+                         help="the meeting's `id` in the config")
+    publish.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                         help="the meeting held on this date (default: the last one)")
     ics = with_config("ics", "write an iCalendar file of the meetings: recurrence, time zone, "
                              "title, links and the next meeting's agenda from the database")
     ics.add_argument("meeting_id", metavar="MEETING_ID", nargs="?",
@@ -90,9 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     redaction.add(config.matrix.access_token)
     try:
         if args.command == "check":
-            return check(config, args.config)
+            code = check(config, args.config)
+            return asyncio.run(check_online(config)) if args.online else code
         if args.command == "notes":
             return asyncio.run(print_note(config, args.meeting_id, args.date))
+        if args.command == "publish":
+            return asyncio.run(publish_again(config, args.meeting_id, args.date))
         if args.command == "ics":
             return asyncio.run(write_calendar(config, args.meeting_id, args.output))
         if args.command == "backup":
@@ -121,6 +138,10 @@ def check(config: Config, path: Path) -> int:
     for meeting in config.meetings:
         zone = meeting.timezone
         print(f"\n{meeting.id}: {meeting.title} in {meeting.room}")
+        if meeting.publish.git is not None:
+            git = meeting.publish.git
+            print(f"  publishes to the git archive: {without_credentials(git.remote)}, "
+                  f"branch {git.branch}, {git.path} ({git.mode})")
         occurrences = meeting.schedule.next_occurrences(now, 3)
         if not occurrences:
             print("  no occurrences ahead")
@@ -131,6 +152,28 @@ def check(config: Config, path: Path) -> int:
                 print(f"    reminder {format_duration(lead)} before: "
                       f"{format_date(due.astimezone(zone))}, {format_time(due, zone)}")
     return 0
+
+
+async def check_online(config: Config) -> int:
+    """Try every meeting's publishing targets; 1 if any cannot work as configured."""
+    from chatbot.app import publish_targets
+    from chatbot.publish import PublishFailed, job_kinds
+
+    targets = publish_targets(config)
+    failed = False
+    print()
+    for series in config.meetings:
+        kinds = job_kinds(series.publish)
+        for target in (target for target in targets if target.kind in kinds):
+            where = target.label(series.id)
+            try:
+                found = await target.check(series.id)
+            except PublishFailed as error:
+                failed = True
+                print(f"{series.id}: {where}: FAILED: {error}")
+            else:
+                print(f"{series.id}: {where}: {found}")
+    return 1 if failed else 0
 
 
 async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
@@ -158,6 +201,60 @@ async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
         return 0
     finally:
         await store.close()
+
+
+async def publish_again(config: Config, meeting_id: str, on: date | None) -> int:
+    """Publish a held sitting's note now, from here, to each of its targets.
+
+    It runs the targets directly rather than queueing jobs for the bot: the answer is
+    printed at once and no running bot is needed. Each target is idempotent, so a note
+    already published (by the bot, or by an earlier run) is left as it is.
+    """
+    from chatbot.app import database_path, publish_targets
+    from chatbot.meetings import compile_note, note_path, sitting_of
+    from chatbot.publish import PublishFailed, job_kinds
+    from chatbot.store import Store
+
+    series = config.meeting(meeting_id)
+    if series is None:
+        return _unknown_meeting(config, meeting_id)
+    kinds = job_kinds(series.publish)
+    targets = [target for target in publish_targets(config) if target.kind in kinds]
+    if not targets:
+        print(f"chatbot: meeting {meeting_id!r} has no targets under `publish:` in the config",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    if not database_path(config).exists():
+        print(f"chatbot: no database at {database_path(config)} yet; run the bot first",
+              file=sys.stderr)
+        return 1
+    store = await Store.open(database_path(config))
+    try:
+        held = [m for m in await store.meetings_of_series(series.id) if m.ended_at is not None]
+        if on is not None:
+            held = [m for m in held if m.held_at.astimezone(series.timezone).date() == on]
+        if not held:
+            when = f" on {on.isoformat()}" if on else ""
+            print(f"chatbot: no {meeting_id} meeting was held and closed{when}",
+                  file=sys.stderr)
+            return 1
+        meeting = held[-1]
+        sitting = sitting_of(series, meeting, await note_path(store, series, meeting),
+                             await compile_note(store, series, meeting))
+    finally:
+        await store.close()
+    failed = False
+    for target in targets:
+        where = target.label(series.id)
+        try:
+            done = await target.publish(sitting)
+        except PublishFailed as error:
+            failed = True
+            print(f"chatbot: the note of {sitting.name} was not published to {where}: {error}",
+                  file=sys.stderr)
+        else:
+            print(f"the note of {sitting.name} is in {where}: {done}")
+    return 1 if failed else 0
 
 
 def _unknown_meeting(config: Config, meeting_id: str) -> int:

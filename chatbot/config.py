@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import string
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -107,6 +108,127 @@ class Links(_Frozen):
     code_of_conduct: Url | None = None
 
 
+_PATH_FIELDS = frozenset({"year", "date", "id"})
+_MESSAGE_FIELDS = frozenset({"title", "date", "id"})
+_SAMPLE_FIELDS = {"year": "2026", "date": "2026-06-18", "id": "team", "title": "Team"}
+
+
+def _template_fields(value: str, allowed: frozenset[str]) -> set[str]:
+    try:
+        fields = {name for _, name, spec, _ in string.Formatter().parse(value)
+                  if name is not None}
+    except ValueError as error:
+        raise ValueError(f"expected a template such as \"docs/meetings/{{year}}.md\" "
+                         f"({error})") from None
+    unknown = fields - allowed
+    if unknown:
+        known = " ".join(f"{{{name}}}" for name in sorted(allowed))
+        raise ValueError(f"expected only {known} in the template, got "
+                         f"{' '.join(f'{{{name}}}' for name in sorted(unknown))}")
+    return fields
+
+
+def _archive_path(value: str) -> str:
+    _template_fields(value, _PATH_FIELDS)
+    sample = value.format(**_SAMPLE_FIELDS)
+    parts = sample.split("/")
+    if (value.startswith("/") or "\\" in value or not sample.endswith(".md")
+            or any(part in ("", ".", "..") for part in parts)):
+        raise ValueError(f"expected a relative path inside the repository ending in .md, "
+                         f"without `..`, such as docs/meetings/{{year}}.md, got {value!r}")
+    return value
+
+
+def _commit_message(value: str) -> str:
+    _template_fields(value, _MESSAGE_FIELDS)
+    if not value.strip():
+        raise ValueError("expected a commit message")
+    return value
+
+
+def _person_name(value: str) -> str:
+    # git refuses or mangles identities with these characters.
+    if not value.strip() or any(c in value for c in "<>\n"):
+        raise ValueError(f"expected a name without <, > or line breaks, got {value!r}")
+    return value
+
+
+def _email(value: str) -> str:
+    if not re.fullmatch(r"[^\s<>@]+@[^\s<>@]+", value):
+        raise ValueError(f"expected an email address such as chatbot@localhost, got {value!r}")
+    return value
+
+
+def _branch(value: str) -> str:
+    if (not re.fullmatch(r"[A-Za-z0-9._/-]+", value) or value.startswith(("-", "/"))
+            or ".." in value or value.endswith((".lock", "/", "."))):
+        raise ValueError(f"expected a branch name such as main, got {value!r}")
+    return value
+
+
+class GitAuthor(_Frozen):
+    """Who the archive's commits are by, as author and committer alike."""
+
+    name: Annotated[str, AfterValidator(_person_name)] = "chatbot"
+    email: Annotated[str, AfterValidator(_email)] = "chatbot@localhost"
+
+
+class GitArchiveConfig(_Frozen):
+    """`publish.git`: commit each sitting's note to a git repository and push it."""
+
+    # Any URL `git` understands: git@host:org/repo.git, https://..., file:///srv/repo.git.
+    remote: Annotated[str, Field(min_length=1)]
+    branch: Annotated[str, AfterValidator(_branch)] = "main"
+    # prepend: newest sitting first in one file (per year, with {year}); file: one each.
+    mode: Literal["prepend", "file"] = "prepend"
+    # {year} {date} {id}: the sitting's year and date (a second sitting that day gets
+    # -2 like its note file) and the meeting's `id`.
+    path: Annotated[str, AfterValidator(_archive_path)]
+    message: Annotated[str, AfterValidator(_commit_message)] = "{title}: notes of {date}"
+    author: GitAuthor = GitAuthor()
+    # The private key for an SSH remote, read by ssh from this file; never the key itself.
+    ssh_key_file: Path | None = None
+    pull_request: bool = False
+    # How long one git command may take before the attempt counts as failed (and is retried).
+    timeout: PositiveDuration = timedelta(minutes=2)
+
+    @field_validator("remote")
+    @classmethod
+    def _one_line(cls, value: str) -> str:
+        if value.strip() != value or any(c.isspace() for c in value) or value.startswith("-"):
+            raise ValueError(f"expected a git URL without spaces, got {value!r}")
+        if re.match(r"[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+            # Secrets never live in the YAML (it is shared, copied, and shown in logs).
+            raise ValueError("expected a URL without a password in it; use an SSH remote "
+                             "with `ssh_key_file`")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def _one_file_each(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("mode") == "file" and "{date}" not in value:
+            raise ValueError("expected {date} in the path with `mode: file` (one file per "
+                             "sitting), such as docs/meetings/{date}.md")
+        return value
+
+    @field_validator("pull_request")
+    @classmethod
+    def _needs_github(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("true needs the GitHub target (publish.github), which this "
+                             "version does not have yet; set it to false to push to `branch`")
+        return value
+
+
+class PublishConfig(_Frozen):
+    """Where a meeting's note goes after the close, besides the room and the notes folder.
+
+    One optional subsection per target; `github:` and `hackmd:` are to come.
+    """
+
+    git: GitArchiveConfig | None = None
+
+
 class MeetingConfig(_Frozen):
     id: Annotated[str, _pattern(_MEETING_ID, "hubs-team (lowercase letters, digits, -)")]
     title: Annotated[str, Field(min_length=1, max_length=200)]
@@ -120,6 +242,7 @@ class MeetingConfig(_Frozen):
     chairs: tuple[UserId, ...] = ()
     links: Links = Links()
     template: Path | None = None
+    publish: PublishConfig = PublishConfig()
     # The template's text, read and compiled when the file is loaded, so a later
     # broken edit of the file cannot break the closing of a meeting.
     _template_source: str | None = PrivateAttr(default=None)
@@ -371,7 +494,23 @@ def parse_config(data: Any, *, base_dir: Path = Path(".")) -> Config:
     for index, meeting in enumerate(config.meetings):
         if meeting.template is not None:
             _load_template(meeting, base_dir, f"meetings[{index}].template")
-    return config
+    return _resolve_key_files(config, base_dir)
+
+
+def _resolve_key_files(config: Config, base_dir: Path) -> Config:
+    """Key files named relative to the config file are found from there, not from the cwd."""
+    meetings = []
+    for meeting in config.meetings:
+        git = meeting.publish.git
+        if git is not None and git.ssh_key_file is not None \
+                and not git.ssh_key_file.is_absolute():
+            git = git.model_copy(update={"ssh_key_file": base_dir / git.ssh_key_file})
+            publish = meeting.publish.model_copy(update={"git": git})
+            source = meeting.template_source
+            meeting = meeting.model_copy(update={"publish": publish})
+            meeting._template_source = source
+        meetings.append(meeting)
+    return config.model_copy(update={"meetings": tuple(meetings)})
 
 
 def _load_template(meeting: MeetingConfig, base_dir: Path, key: str) -> None:

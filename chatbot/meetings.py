@@ -15,6 +15,7 @@ from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId
+from chatbot.publish import Sitting, job_kinds
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
     escape_markdown,
@@ -75,7 +76,15 @@ class SaveNote:
     text: str
 
 
-Effect = React | Reply | Post | SaveNote
+@dataclass(frozen=True, slots=True)
+class PublishNote:
+    """Publish a held sitting's note to one target (a `chatbot.publish` job kind)."""
+
+    kind: str
+    sitting: Sitting
+
+
+Effect = React | Reply | Post | SaveNote | PublishNote
 
 
 # --- which meeting ------------------------------------------------------------------
@@ -203,6 +212,13 @@ async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> Pu
     return PurePosixPath(series.id, f"{day.isoformat()}{suffix}.md")
 
 
+def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
+               note: str) -> Sitting:
+    """A held meeting as the publishing targets see it; named like its note file."""
+    held_on = meeting.held_at.astimezone(series.timezone).date()
+    return Sitting(series.id, meeting.title, held_on, path.stem, note)
+
+
 async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
     record = await store.record(meeting)
     return render_note(record, series.timezone, links_of(series),
@@ -281,10 +297,12 @@ async def close_meeting(
     if carried:
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
+    sitting = sitting_of(series, closed, path, note)
     return [
         Post(meeting.room_id, closing),
         Post(meeting.room_id, note),
         SaveNote(path, note),
+        *(PublishNote(kind, sitting) for kind in job_kinds(series.publish)),
     ]
 
 

@@ -47,6 +47,11 @@ def test_the_demo_plays_a_whole_meeting_and_cleans_up(tmp_path: Path) -> None:
             "and 600 minutes.") in out
     assert "[Sam (chair)] !endmeeting\n[Meeting Bot] ✅ on Sam (chair)'s message\n" in out
 
+    # The last lines are the note as committed to a throwaway git repository.
+    assert re.search(r"committed it to a throwaway git repository \(meetings/demo/"
+                     r"\d{4}-\d\d-\d\d\.md, commit [0-9a-f]{7,} "
+                     r"by chatbot <chatbot@localhost>", out)
+    assert re.search(r"\n<!-- chatbot:demo:\d{4}-\d\d-\d\d -->\n# Demo Team Meeting\n", out)
     note = out[out.index("\n# Demo Team Meeting\n\n- **Date:**"):]
     assert out.index("!endmeeting") < out.index(note)
     assert ("## Roll call\n\n- Ada Lovelace / Analytical Engines / @ada\n"
@@ -67,7 +72,10 @@ def test_keep_leaves_the_note_and_the_databases_in_the_folder(tmp_path: Path) ->
 
     assert result.returncode == 0, result.stdout + result.stderr
     [saved] = (keep / "data" / "notes" / "demo").glob("*.md")
-    assert f"as the bot saved it in {saved}:" in result.stdout
+    assert (f"The bot saved the meeting note in {saved}, and committed it to the git "
+            f"repository {keep / 'archive.git'} (meetings/demo/{saved.name}, commit ") \
+        in result.stdout
+    assert (keep / "archive.git" / "HEAD").exists()
     assert saved.read_text(encoding="utf-8").rstrip("\n") in result.stdout
     assert (keep / "data" / "chatbot.db").exists()
     assert (keep / "homeserver" / "homeserver.db").exists()

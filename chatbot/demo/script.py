@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import re
 import secrets
 import shutil
@@ -33,6 +34,8 @@ from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 log = logging.getLogger(__name__)
 
 MEETING_ID = "demo"
+# Where the note lands in the demo's git repository (the git archive of `publish:`).
+ARCHIVE_PATH = "meetings/{id}/{date}.md"
 TITLE = "Demo Team Meeting"
 ZONE = ZoneInfo("Europe/London")
 ROOM_ALIAS = "demo-team"
@@ -191,6 +194,8 @@ class Demo:
         self.start_at = datetime.now(ZONE)
         self.reminder_at = self.start_at
         self.note_path: Path | None = None
+        self.archive = Path()
+        self.archived_as = ""
 
     @property
     def observer(self) -> Person:
@@ -208,9 +213,11 @@ class Demo:
         await self._homeserver()
         await self._register()
         await self._room()
+        await self._archive(data_dir.parent / "archive.git")
         await self._bot(data_dir)
         await self._meeting()
-        return self._saved_note()
+        self._saved_note()
+        return await self._archived_note()
 
     # --- setting up ----------------------------------------------------------------------
 
@@ -300,8 +307,16 @@ class Demo:
                     "calendar": "https://calendar.example.org/demo-team",
                     "code_of_conduct": "https://example.org/code-of-conduct",
                 },
+                "publish": {"git": {"remote": self.archive.as_uri(), "mode": "file",
+                                    "path": ARCHIVE_PATH}},
             }],
         })
+
+    async def _archive(self, archive: Path) -> None:
+        """A throwaway bare repository, standing in for the team's notes repository."""
+        self.doing = "creating a throwaway git repository"
+        self.archive = archive
+        await _git("init", "-q", "--bare", "--initial-branch=main", str(archive))
 
     async def _bot(self, data_dir: Path) -> None:
         self.doing = "starting the bot"
@@ -418,6 +433,26 @@ class Demo:
 
     # --- the end ------------------------------------------------------------------------------
 
+    async def _archived_note(self) -> str:
+        """The note as the bot committed it to the repository, once it is there."""
+        self.doing = "waiting for the note in the git repository"
+        assert self.note_path is not None  # named like the sitting, as the archive's file
+        path = ARCHIVE_PATH.format(id=MEETING_ID, date=self.note_path.stem)
+        deadline = time.monotonic() + ANSWER_TIMEOUT_S
+        while True:
+            try:
+                text = await _git("--git-dir", str(self.archive), "show", f"main:{path}")
+                break
+            except DemoFailed:
+                if time.monotonic() > deadline:
+                    raise DemoFailed(f"the note was not committed to {self.archive} within "
+                                     f"{ANSWER_TIMEOUT_S:.0f} s") from None
+                await asyncio.sleep(0.1)
+        commit = await _git("--git-dir", str(self.archive), "log", "-1",
+                            "--format=%h by %an <%ae>: %s", "main")
+        self.archived_as = f"{path}, commit {commit.strip()}"
+        return text
+
     def _saved_note(self) -> str:
         assert self.config is not None
         self.doing = "reading the saved note"
@@ -427,6 +462,19 @@ class Demo:
                              f"{notes_dir(self.config) / MEETING_ID}")
         self.note_path = saved[-1]
         return saved[-1].read_text(encoding="utf-8")
+
+
+async def _git(*arguments: str) -> str:
+    """git's output; the machine's own git config is kept out, as the bot keeps it out."""
+    process = await asyncio.create_subprocess_exec(
+        "git", *arguments, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_GLOBAL": "/dev/null",
+             "GIT_CONFIG_NOSYSTEM": "1", "LC_ALL": "C"})
+    out, err = await asyncio.wait_for(process.communicate(), ANSWER_TIMEOUT_S)
+    if process.returncode != 0:
+        raise DemoFailed(f"git {arguments[-2] if len(arguments) > 1 else arguments[0]} "
+                         f"failed: {err.decode(errors='replace').strip()}")
+    return out.decode("utf-8", errors="replace")
 
 
 def note(text: str) -> None:
@@ -482,17 +530,20 @@ async def _play(keep: Path | None) -> None:
             raise DemoFailed(f"{demo.doing} failed: {error}") from error
         say()
         if keep is not None:
-            say(f"The meeting note, as the bot saved it in {demo.note_path}:")
+            say(f"The bot saved the meeting note in {demo.note_path}, and committed it to "
+                f"the git repository {demo.archive} ({demo.archived_as}):")
         else:
-            say("The meeting note, as the bot saved it (`chatbot demo --keep DIR` keeps the file):")
+            say("The bot saved the meeting note, and committed it to a throwaway git "
+                f"repository ({demo.archived_as}); `chatbot demo --keep DIR` keeps both:")
         say()
         say(text.rstrip("\n"))
         say()
         say("Stopping the bot and the homeserver ...", end=" ")
     say("done.")
     if keep is not None:
-        say(f"Kept in {keep}: the note and the bot's database under data/, and Synapse's "
-            f"config, log and database under homeserver/.")
+        say(f"Kept in {keep}: the note and the bot's database under data/, the git "
+            f"repository in archive.git, and Synapse's config, log and database under "
+            f"homeserver/.")
 
 
 def run_demo(keep: Path | None = None) -> int:

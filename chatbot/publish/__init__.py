@@ -1,1 +1,80 @@
-"""Where a meeting's note goes beyond the room: a GitHub issue, a HackMD page, a git archive."""
+"""Publishing a held meeting's note beyond the room: one module per target.
+
+Each target (`git` now; `github` and `hackmd` to come) is one module with one class
+behind the `Target` interface, and one outbox job kind. At close the core queues one
+job per target configured under the meeting's `publish:`, in the transaction that
+closes the meeting; the outbox runs it through `Target.publish` after the commit, with
+backoff, and tells the chairs in the room when it fails for good. `publish` must be
+idempotent: a job may run again after a crash, or from `chatbot publish`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Protocol
+
+from chatbot.config import PublishConfig
+
+GIT_ARCHIVE = "git_archive"
+# The `publish:` key of each target, and the outbox job kind that carries it out.
+TARGET_KINDS: dict[str, str] = {"git": GIT_ARCHIVE}
+PUBLISH_KINDS = frozenset(TARGET_KINDS.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Sitting:
+    """One held meeting's note, as every target publishes it.
+
+    `name` tells the sittings of a series apart: the date, with `-2` for a second
+    sitting that day (as the note file's name).
+    """
+
+    series_id: str
+    title: str
+    held_on: date
+    name: str
+    text: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"series": self.series_id, "title": self.title,
+                "held_on": self.held_on.isoformat(), "name": self.name, "text": self.text}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> Sitting:
+        return cls(payload["series"], payload["title"], date.fromisoformat(payload["held_on"]),
+                   payload["name"], payload["text"])
+
+
+class PublishFailed(Exception):
+    """Publishing did not happen. The message is one sentence a chair may read (no
+    secrets, no raw tool output) saying what went wrong and what to fix; `permanent`
+    means trying again unchanged cannot succeed."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Target(Protocol):
+    """One destination for notes."""
+
+    @property
+    def kind(self) -> str:
+        """The outbox job kind this target carries out."""
+
+    def label(self, series_id: str) -> str:
+        """Where the series' notes go, for the chairs: no credentials in it."""
+
+    async def publish(self, sitting: Sitting) -> str:
+        """Publish the sitting's note unless it is there already; return what was done
+        (a commit id, a URL). Raises PublishFailed."""
+
+    async def check(self, series_id: str) -> str:
+        """Try the series' settings live without changing anything (for `chatbot check
+        --online`); say what was found. Raises PublishFailed."""
+
+
+def job_kinds(publish: PublishConfig) -> list[str]:
+    """The outbox job kinds a meeting with this `publish:` section queues at close."""
+    return [kind for key, kind in TARGET_KINDS.items() if getattr(publish, key) is not None]
