@@ -8,6 +8,11 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# git (and ssh for git@ remotes) for the meeting notes' git archive (publish.git).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git openssh-client \
+    && rm -rf /var/lib/apt/lists/*
+
 RUN useradd --create-home --uid 10001 chatbot \
     && mkdir -p /data /config \
     && chown chatbot:chatbot /data

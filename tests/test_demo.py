@@ -49,7 +49,8 @@ def test_the_demo_plays_a_whole_meeting_and_cleans_up(tmp_path: Path) -> None:
 
     # The last lines are the note as committed to a throwaway git repository.
     assert re.search(r"committed it to a throwaway git repository \(meetings/demo/"
-                     r"\d{4}-\d\d-\d\d\.md, commit [0-9a-f]{7,} by chatbot <chatbot@localhost>", out)
+                     r"\d{4}-\d\d-\d\d\.md, commit [0-9a-f]{7,} "
+                     r"by chatbot <chatbot@localhost>", out)
     assert re.search(r"\n<!-- chatbot:demo:\d{4}-\d\d-\d\d -->\n# Demo Team Meeting\n", out)
     note = out[out.index("\n# Demo Team Meeting\n\n- **Date:**"):]
     assert out.index("!endmeeting") < out.index(note)
