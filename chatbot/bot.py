@@ -25,8 +25,8 @@ from chatbot.commands import (
     Unknown,
     UsageError,
     chairs_are,
-    parse_agenda_item,
     handle_help,
+    parse_agenda_item,
     parse_invocation,
     strip_reply_fallback,
 )
@@ -48,10 +48,10 @@ from chatbot.meetings import (
     run_close,
     run_issue,
     run_issue_body,
-    take_issue_comments,
     run_overrun,
     run_reminder,
     run_start,
+    take_issue_comments,
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId

@@ -114,7 +114,7 @@ async def harness(tmp_path: Path, github: GitHubContract, clock: Clock
         yield made
 
 
-class make_harness:  # noqa: N801 - used as a context manager
+class make_harness:
     def __init__(self, tmp_path: Path, github: GitHubContract, clock: Clock, *,
                  token: str | None = None, **settings: Any) -> None:
         self.args = tmp_path, github, clock, token, settings
