@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Protocol
 
-from chatbot.config import PublishConfig
+from chatbot.config import Config, PublishConfig
 
 GIT_ARCHIVE = "git_archive"
 GITHUB_NOTE = "github_note"
@@ -83,3 +83,19 @@ class Target(Protocol):
 def job_kinds(publish: PublishConfig) -> list[str]:
     """The outbox job kinds a meeting with this `publish:` section queues at close."""
     return [kind for key, kind in TARGET_KINDS.items() if getattr(publish, key) is not None]
+
+
+def target_settings(config: Config, series_id: str, target: str) -> Any | None:
+    """The series' settings for one target (`git`, `github` …), None if it has none."""
+    series = config.meeting(series_id)
+    return getattr(series.publish, target) if series is not None else None
+
+
+def required_settings(config: Config, series_id: str, target: str) -> Any:
+    """As `target_settings`, for a job already queued: a target taken out of the config
+    since is a failure that retrying cannot fix."""
+    settings = target_settings(config, series_id, target)
+    if settings is None:
+        raise PublishFailed(f"meeting {series_id!r} no longer has `publish.{target}` in the "
+                            "config", permanent=True)
+    return settings

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 
 from chatbot.config import Config, GitArchiveConfig
-from chatbot.publish import GIT_ARCHIVE, PublishFailed, Sitting
+from chatbot.publish import GIT_ARCHIVE, PublishFailed, Sitting, required_settings, target_settings
 
 log = logging.getLogger(__name__)
 
@@ -130,16 +130,11 @@ class GitArchive:
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _settings(self, series_id: str) -> GitArchiveConfig:
-        series = self.config.meeting(series_id)
-        settings = series.publish.git if series is not None else None
-        if settings is None:
-            raise PublishFailed(f"meeting {series_id!r} no longer has `publish.git` in the "
-                                "config", permanent=True)
+        settings: GitArchiveConfig = required_settings(self.config, series_id, "git")
         return settings
 
     def label(self, series_id: str) -> str:
-        series = self.config.meeting(series_id)
-        settings = series.publish.git if series is not None else None
+        settings = target_settings(self.config, series_id, "git")
         if settings is None:
             return "the git archive"
         return (f"the git archive ({without_credentials(settings.remote)}, "

@@ -26,7 +26,13 @@ from zoneinfo import ZoneInfo
 
 from chatbot.config import Config, GitHubIssueConfig
 from chatbot.model import Entry
-from chatbot.publish import GITHUB_NOTE, PublishFailed, Sitting
+from chatbot.publish import (
+    GITHUB_NOTE,
+    PublishFailed,
+    Sitting,
+    required_settings,
+    target_settings,
+)
 from chatbot.publish.github import (
     Comment,
     GitHubClient,
@@ -128,16 +134,11 @@ class GitHubIssues:
         self.environ = environ
 
     def _settings(self, series_id: str) -> GitHubIssueConfig:
-        series = self.config.meeting(series_id)
-        settings = series.publish.github if series is not None else None
-        if settings is None:
-            raise PublishFailed(f"meeting {series_id!r} no longer has `publish.github` in the "
-                                "config", permanent=True)
+        settings: GitHubIssueConfig = required_settings(self.config, series_id, "github")
         return settings
 
     def label(self, series_id: str) -> str:
-        series = self.config.meeting(series_id)
-        settings = series.publish.github if series is not None else None
+        settings = target_settings(self.config, series_id, "github")
         return "GitHub" if settings is None else f"GitHub ({settings.repo})"
 
     def _client(self, settings: GitHubIssueConfig) -> GitHubClient:
