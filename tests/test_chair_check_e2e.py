@@ -3,7 +3,6 @@ neither refused nor apologised for, and is carried out once the homeserver answe
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -14,6 +13,7 @@ from chatbot.demo.person import body_of, is_reaction, is_reply
 from chatbot.matrix import rooms
 
 from .conftest import World
+from .support.assertions import until_drained
 
 
 async def test_a_moderators_command_waits_out_a_failing_power_level_lookup(
@@ -46,10 +46,7 @@ async def test_a_moderators_command_waits_out_a_failing_power_level_lookup(
     # The intake's backoff (up to 15 s) and the next lookup's own.
     await world.grace.wait_for(lambda e: is_reaction(e, command), timeout=40)
     await world.grace.wait_for(lambda e: "is starting now" in body_of(e))
-    store = bot.app.store
-    assert store is not None
-    while await store.read.has_pending_outbox():
-        await asyncio.sleep(0.05)
+    await until_drained(bot.outbox_pending)
     here = await world.ada.say(world.room_id, "!here")
     await world.ada.wait_for(lambda e: is_reaction(e, here))
     assert sum(is_reaction(e, command) for e in world.grace.events) == 1

@@ -42,7 +42,7 @@ async def test_fifteen_commands_at_once_get_ten_answers_one_slow_down_then_silen
 
     wait = re.search(r"again in (\d+) seconds?", text)
     assert wait is not None, text
-    await asyncio.sleep(int(wait[1]))  # the refill the bot announced, not a sync
+    await asyncio.sleep(int(wait[1]))  # sleep-ok: the refill the bot announced, not a sync
     again = await ada.say(room, "!update after the wait")
     await ada.wait_for(lambda e: is_reaction(e, again), timeout=20)
     metrics = world.bots[0].app.metrics.render().decode()

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from datetime import UTC, datetime
 
 from chatbot.demo.person import body_of, is_reaction
 
 from .conftest import World
+from .support.waiting import eventually
 
 
 async def command(person, room_id: str, text: str) -> str:
@@ -38,12 +38,9 @@ async def test_a_whole_meeting_ends_as_one_commit_holding_the_note(world: World)
                               after=mark)
 
     path = f"meetings/team/{datetime.now(UTC).date().isoformat()}.md"
-    for _ in range(150):
-        shown = git("--git-dir", str(remote), "show", f"main:{path}")
-        if shown.returncode == 0:
-            break
-        await asyncio.sleep(0.1)
-    assert shown.returncode == 0, f"nothing committed at {path}: {shown.stderr}"
+    await eventually(lambda: git("--git-dir", str(remote), "show", f"main:{path}").returncode
+                     == 0, f"a commit holding {path}")
+    shown = git("--git-dir", str(remote), "show", f"main:{path}")
     assert shown.stdout == f"<!-- chatbot:team:{path.rsplit('/', 1)[1][:-3]} -->\n{body_of(note)}"
     log = git("--git-dir", str(remote), "log", "--format=%an <%ae>|%s", "main").stdout
     assert log.splitlines() == [

@@ -4,14 +4,13 @@ announcement and the note, the note posted on it and the issue closed."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from chatbot.demo.person import body_of, is_reaction
 from tests.support.github_contract import GitHubContract
 
 from .conftest import World
+from .support.waiting import eventually
 
 REPO = "jupyterhub/team-compass"
 
@@ -20,14 +19,6 @@ async def command(person, room_id: str, text: str) -> str:
     event_id = await person.say(room_id, text)
     await person.wait_for(lambda e: is_reaction(e, event_id))
     return event_id
-
-
-async def eventually(check, what: str, seconds: float = 15) -> None:
-    for _ in range(int(seconds * 10)):
-        if check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never happened: {what}")
 
 
 async def test_a_whole_meeting_with_its_github_issue(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import stat
 from typing import Any
@@ -14,7 +13,7 @@ from chatbot.demo.person import body_of, is_reaction, is_reply
 from chatbot.matrix import MatrixEdge
 
 from .conftest import World
-from .support.assertions import assert_handled_once
+from .support.assertions import assert_handled_once, until_drained
 
 
 async def acknowledged(person, room_id: str, text: str) -> str:
@@ -148,10 +147,7 @@ async def test_commands_sent_while_the_bot_first_starts_are_answered_once(
     bot = await world.start_bot(world.config())
     for event_id in sent:
         await world.ada.wait_for(lambda e, event_id=event_id: is_reaction(e, event_id))
-    store = bot.app.store
-    assert store is not None
-    while await store.read.has_pending_outbox():
-        await asyncio.sleep(0.05)
+    await until_drained(bot.outbox_pending)
     await acknowledged(world.chair, world.room_id, "!here")
     assert [reactions_to(world.ada, event_id) for event_id in sent] == [1, 1]
     assert reactions_to(world.ada, early) == 0, "sent before the first start: history"

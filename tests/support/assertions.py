@@ -22,23 +22,19 @@ from nio import MegolmEvent
 
 from chatbot.demo.person import Event, Person, body_of
 
+from .waiting import eventually
+
 CHECK = "✅"
 Pending = Callable[[], Awaitable[bool]]
-# How often a wait below asks again; each wait has its own deadline.
-POLL_SECONDS = 0.05
 
 
 async def until_drained(pending: Pending, timeout: float = 30) -> None:
     """Return once `pending()` is false: every queued job was sent (or given up on)."""
 
-    async def poll() -> None:
-        while await pending():
-            await asyncio.sleep(POLL_SECONDS)  # sleep-ok: the poll interval of a deadline wait
+    async def drained() -> bool:
+        return not await pending()
 
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except TimeoutError:
-        raise AssertionError(f"the bot's outbox was not drained within {timeout} s") from None
+    await eventually(drained, "the bot's outbox drained", timeout)
 
 
 def pending_in_database(database: Path) -> Pending:

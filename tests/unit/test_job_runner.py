@@ -8,6 +8,7 @@ fails on request, as a homeserver that cannot be reached would.
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from chatbot.store import OutboxItem, Store
 from chatbot.supervise import supervise
 
 from ..support.clock import ManualClock
+from ..support.waiting import eventually
 
 ROOM, OTHER = RoomId("!room:example.org"), RoomId("!other:example.org")
 T0 = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
@@ -167,13 +169,23 @@ async def test_the_runner_sleeps_until_the_next_retry_instead_of_spinning(world)
     bot.clock = lambda: datetime.now(UTC)  # real time: the runner really waits here
     transport.down.add(ROOM)
     await queue(bot, ROOM, "message", {"text": "hello", "html": "hello"})
+    tried_at: list[float] = []
+    deliver = transport.deliver
+
+    async def timed(item: OutboxItem) -> str:
+        tried_at.append(time.monotonic())
+        return await deliver(item)
+
+    transport.deliver = timed  # type: ignore[method-assign]
     runner = asyncio.create_task(bot.deliver_forever())
     try:
-        await asyncio.sleep(1.2)  # the measurement window, not a synchronisation
-        # First try at once, the retry after 0.5 to 1 s, the next after 1 to 2 s.
-        assert 1 <= len(transport.tries) <= 2
+        await eventually(lambda: len(tried_at) >= 3, "three tries", timeout=10)
     finally:
         runner.cancel()
+    # First try at once, the retry after 0.5 to 1 s, the next after 1 to 2 s; a spinning
+    # runner would try hundreds of times in that span.
+    first_wait, second_wait = tried_at[1] - tried_at[0], tried_at[2] - tried_at[1]
+    assert first_wait >= 0.45 and second_wait >= 0.95, (first_wait, second_wait)
 
 
 async def test_a_failing_scheduled_job_waits_out_its_backoff(world) -> None:
@@ -220,11 +232,9 @@ async def test_a_crashing_task_is_restarted_counted_and_reported_until_it_recove
 
     task = asyncio.create_task(supervise("outbox", flaky, metrics=metrics, clock=lambda: T0,
                                          healthy_after=0.05, cap=0.01))
-    async with asyncio.timeout(5):
-        while len(runs) < 3:
-            await asyncio.sleep(0.01)
-        while metrics.unhealthy_reason(T0) and "task" in metrics.unhealthy_reason(T0):
-            await asyncio.sleep(0.01)
+    await eventually(lambda: len(runs) == 3, "the third run", timeout=5)
+    await eventually(lambda: metrics.unhealthy_reason(T0) is None or "task" not in
+                     metrics.unhealthy_reason(T0), "the task counted as working again", 5)
     assert 'chatbot_task_crashes_total{task="outbox"} 2.0' in metrics.render().decode()
     recovered.set()
     await task  # a task that returns is not restarted
