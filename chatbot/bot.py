@@ -12,11 +12,11 @@ import enum
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol, TypeGuard
+from typing import Any, Protocol, TypeGuard
 
 from chatbot.commands import (
     Context,
@@ -60,6 +60,7 @@ from chatbot.publish import (
     GITHUB_ISSUE,
     GITHUB_ISSUE_BODY,
     PUBLISH_KINDS,
+    TARGET_KINDS,
     PublishFailed,
     Sitting,
     Target,
@@ -206,6 +207,20 @@ def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, st
     return text, minutes, assignee
 
 
+@contextlib.contextmanager
+def publish_failures_as_delivery_errors() -> Iterator[None]:
+    """A target's failure as the outbox runner knows failures: retried or given up."""
+    try:
+        yield
+    except PublishFailed as error:
+        raise DeliveryError(str(error), permanent=error.permanent) from error
+
+
+def _reply_payload(text: str, html: str, in_reply_to: EventId | None,
+                   thread_root: EventId | None) -> dict[str, Any]:
+    return {"text": text, "html": html, "thread_root": thread_root, "in_reply_to": in_reply_to}
+
+
 def _answers(invocation: Invocation | Unknown | None) -> TypeGuard[Invocation | Unknown]:
     """Whether a message is a command the bot answers: a known one, or a close misspelling.
     Other unknown commands belong to other bots in the room."""
@@ -236,18 +251,18 @@ class MeetingBot:
                                               LEAVE: self._leave_room}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
-        # Every publishing kind, configured or not: a job queued before its target was
-        # taken out of the config must fail here, never reach the transport.
-        for kind in PUBLISH_KINDS | self._targets.keys():
+        # Every kind that publishes a note, configured or not: a job queued before its
+        # target was taken out of the config must fail here, never reach the transport.
+        for kind in set(TARGET_KINDS.values()) | self._targets.keys():
             self._carriers[kind] = self._publish
             self._chairs_notices[kind] = self._publish_notice
         # The GitHub issue's own jobs carry no note (their payloads are not a Sitting).
         self._issues = next((target for target in targets
                              if isinstance(target, GitHubIssues)), None)
         self._carriers[GITHUB_ISSUE] = self._open_issue
-        self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
         self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
-        del self._chairs_notices[GITHUB_ISSUE_BODY]  # the next change writes it again
+        # Not told when it fails: the agenda's next change writes the body again.
+        self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -544,10 +559,9 @@ class MeetingBot:
             self._told_storage_full.popitem(last=False)
         text = ("Sorry, I could not record that: my storage is full, so nothing of it was "
                 "kept. Please send it again later, and tell whoever runs this bot.")
-        parts = message_parts(text)
-        item = OutboxItem(0, message.room_id, "reply", {
-            "text": parts[0].text, "html": parts[0].html, "thread_root": message.thread_root,
-            "in_reply_to": message.event_id}, self.clock())
+        (part,) = message_parts(text)
+        item = OutboxItem(0, message.room_id, "reply", _reply_payload(
+            part.text, part.html, message.event_id, message.thread_root), self.clock())
         try:
             await self.transport.deliver(item)
         except Exception as error:  # best effort: the log already says what happened
@@ -584,10 +598,9 @@ class MeetingBot:
                                              now)
                 case Reply(text):
                     for number, part in enumerate(message_parts(text)):
-                        await self.store.enqueue(room_id, "reply", {
-                            "text": part.text, "html": part.html, "thread_root": thread_root,
-                            "in_reply_to": event_id if number == 0 else None,
-                        }, now)
+                        await self.store.enqueue(room_id, "reply", _reply_payload(
+                            part.text, part.html, event_id if number == 0 else None,
+                            thread_root), now)
                 case Post(post_room, text, announces):
                     # A big meeting's note is posted in parts; the first is the announcement.
                     for number, part in enumerate(message_parts(text)):
@@ -625,20 +638,14 @@ class MeetingBot:
         if target is None:
             raise DeliveryError(f"{item.kind} is no longer in the config's `publish:`",
                                 permanent=True)
-        try:
+        with publish_failures_as_delivery_errors():
             return await target.publish(Sitting.from_payload(item.payload))
-        except PublishFailed as error:
-            raise DeliveryError(str(error), permanent=error.permanent) from error
 
     async def _open_issue(self, item: OutboxItem) -> str:
         """Open a sitting's GitHub issue (or find it again) and remember its link."""
         job = OpenIssue.from_payload(item.payload)
-        if self._issues is None:
-            raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
-        try:
-            issue = await self._issues.open_issue(job)
-        except PublishFailed as error:
-            raise DeliveryError(str(error), permanent=error.permanent) from error
+        with publish_failures_as_delivery_errors():
+            issue = await self._github_issues().open_issue(job)
         async with self.store.transaction():
             await self.store.set_github_issue(job.meeting_id, issue.repo, issue.number,
                                               issue.html_url, self.clock())
@@ -680,13 +687,14 @@ class MeetingBot:
         payload = item.payload
         if await self.store.read.github_issue_body(payload["meeting_id"]) != payload["body"]:
             return "superseded"
+        with publish_failures_as_delivery_errors():
+            return await self._github_issues().update_body(
+                payload["series"], payload["repo"], payload["number"], payload["body"])
+
+    def _github_issues(self) -> GitHubIssues:
         if self._issues is None:
             raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
-        try:
-            return await self._issues.update_body(payload["series"], payload["repo"],
-                                                  payload["number"], payload["body"])
-        except PublishFailed as error:
-            raise DeliveryError(str(error), permanent=error.permanent) from error
+        return self._issues
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
