@@ -463,21 +463,22 @@ async def plan_jobs(
             decided = await store.decided_reminders(series.id, occurrence.start)
             queued = False
             if series.publish.github is not None:
-                meeting = await store.find_scheduled(series.id, occurrence.start)
-                queued = meeting is not None and await store.github_issue_queued(meeting.id)
+                scheduled = await store.find_scheduled(series.id, occurrence.start)
+                queued = (scheduled is not None
+                          and await store.github_issue_queued(scheduled.id))
             jobs.extend(plan_series(series, occurrence, decided, owed_since,
                                     issue_queued=queued))
     for meeting_id, _, _, body, body_at in await store.open_github_issues():
-        meeting = await store.get_meeting(meeting_id)
-        series = rooms.series(meeting.series_id) if meeting is not None else None
-        if meeting is None or series is None or series.id not in rooms.room_of_series:
+        held = await store.get_meeting(meeting_id)
+        issue_series = rooms.series(held.series_id) if held is not None else None
+        if held is None or issue_series is None or issue_series.id not in rooms.room_of_series:
             continue
-        if await issue_body_of(store, rooms, series, meeting) != body:
-            jobs.append(Job(JobKind.ISSUE_BODY, body_at + ISSUE_BODY_EVERY, series.id,
+        if await issue_body_of(store, rooms, issue_series, held) != body:
+            jobs.append(Job(JobKind.ISSUE_BODY, body_at + ISSUE_BODY_EVERY, issue_series.id,
                             meeting_id=meeting_id))
         polled_at, _ = await store.github_issue_poll(meeting_id)
-        jobs.append(Job(JobKind.ISSUE_POLL, next_poll(polled_at, meeting.held_at, body_at),
-                        series.id, meeting_id=meeting_id))
+        jobs.append(Job(JobKind.ISSUE_POLL, next_poll(polled_at, held.held_at, body_at),
+                        issue_series.id, meeting_id=meeting_id))
     last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
     jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
                             owed_since))

@@ -216,14 +216,16 @@ class Intake:
         token = await self.store.get_meta(SYNC_TOKEN_KEY)
         await self.rooms.load_direct_rooms()
         started_at = await listener.owed_since()
-        heard_at = await self.store.get_meta(HEARD_AT_KEY)
-        self._heard_at = datetime.fromisoformat(heard_at) if heard_at else started_at
+        stored_heard_at = await self.store.get_meta(HEARD_AT_KEY)
+        self._heard_at = (datetime.fromisoformat(stored_heard_at) if stored_heard_at
+                          else started_at)
         filter_ = await self._stored_filter(sync_filter(self.timeline_limit))
         first_filter = first_sync_filter()
         await self.encryption.note_pending_keys()
         failures = 0
         while True:
             response: Any = None
+            problem: str | None
             try:
                 response = await self.client.sync(
                     timeout=self.encryption.long_poll_ms(LONG_POLL_MS)
@@ -250,7 +252,8 @@ class Intake:
                 failures = 0
             heard_at = self.clock()
             await self._process(response, token, listener, started_at)
-            token, self._heard_at = response.next_batch, heard_at
+            token = response.next_batch
+            self._heard_at = heard_at
             async with self.store.transaction():
                 await self.store.set_meta(SYNC_TOKEN_KEY, token)
                 await self.store.set_meta(HEARD_AT_KEY, heard_at.isoformat())
