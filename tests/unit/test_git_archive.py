@@ -25,7 +25,10 @@ from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.publish import GIT_ARCHIVE, PublishFailed, Sitting
 from chatbot.publish.git import GitArchive, place_note, without_credentials
-from chatbot.store import OutboxItem, Store
+from chatbot.store import Store
+
+from ..support.clock import ManualClock
+from ..support.transports import RecordingTransport
 
 ROOM = RoomId("!room:example.org")
 CHAIR = UserId("@chair:example.org")
@@ -300,30 +303,10 @@ async def test_an_unreachable_host_is_retried_not_given_up(tmp_path: Path) -> No
 # --- through the bot: queued at close, carried out by the outbox ----------------------------
 
 
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.sent: list[OutboxItem] = []
-
-    async def deliver(self, item: OutboxItem) -> str:
-        self.sent.append(item)
-        return f"$sent{len(self.sent)}"
-
-    async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
-        return 100 if user_id == CHAIR else 0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 async def make_bot(tmp_path: Path, remote: str, **settings: Any
-                   ) -> tuple[MeetingBot, RecordingTransport, Clock]:
+                   ) -> tuple[MeetingBot, RecordingTransport, ManualClock]:
     config = parse_config(meeting_config(remote, **settings))
-    clock, transport = Clock(), RecordingTransport()
+    clock, transport = ManualClock(T0), RecordingTransport({CHAIR: 100})
     store = await Store.open(tmp_path / "bot.db")
     bot = MeetingBot(Rooms(config, {"team": ROOM}), store, tmp_path / "notes", transport,
                      clock=clock, metrics=Metrics(clock),
@@ -400,7 +383,7 @@ async def test_chatbot_publish_publishes_a_past_sitting_once_its_remote_is_fixed
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(data))
     config = parse_config(data)
-    clock, transport = Clock(), RecordingTransport()
+    clock, transport = ManualClock(T0), RecordingTransport({CHAIR: 100})
     store = await Store.open(tmp_path / "data/chatbot.db")
     bot = MeetingBot(Rooms(config, {"team": ROOM}), store, tmp_path / "notes", transport,
                      clock=clock, targets=[GitArchive(config, tmp_path / "data/archive")])
@@ -507,7 +490,7 @@ async def test_a_publish_job_whose_target_left_the_config_fails_without_reaching
 ) -> None:
     data = meeting_config("file:///x.git")
     del data["meetings"][0]["publish"]
-    clock, transport = Clock(), RecordingTransport()
+    clock, transport = ManualClock(T0), RecordingTransport({CHAIR: 100})
     store = await Store.open(tmp_path / "bot.db")
     bot = MeetingBot(Rooms(parse_config(data), {"team": ROOM}), store, tmp_path / "notes",
                      transport, clock=clock)

@@ -22,6 +22,7 @@ from chatbot.publish.github import (
     meeting_marker,
     split_note,
 )
+from tests.support.clock import ManualClock
 from tests.support.github_contract import GitHubContract
 from tests.support.ports import free_port
 
@@ -30,32 +31,25 @@ TITLE = "Team meeting: 2026-03-05"
 MARKER = meeting_marker("hubs-team", date(2026, 3, 5))
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 3, 2, 16, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def github(clock: Clock) -> AsyncIterator[GitHubContract]:
+async def github(clock: ManualClock) -> AsyncIterator[GitHubContract]:
     async with GitHubContract(clock=clock) as server:
         server.add_repo(REPO)
         yield server
 
 
-def client_for(github: GitHubContract, clock: Clock, token: str | None = None) -> GitHubClient:
+def client_for(github: GitHubContract, clock: ManualClock,
+               token: str | None = None) -> GitHubClient:
     return GitHubClient(Token(token or github.token, "test"), api_url=github.url, clock=clock)
 
 
 @pytest.fixture
-async def client(github: GitHubContract, clock: Clock) -> AsyncIterator[GitHubClient]:
+async def client(github: GitHubContract, clock: ManualClock) -> AsyncIterator[GitHubClient]:
     async with client_for(github, clock) as opened:
         yield opened
 
@@ -68,7 +62,7 @@ def test_the_marker_is_a_hidden_html_comment_naming_meeting_and_date() -> None:
 
 
 async def test_the_issue_is_created_once_across_a_crash_and_never_matched_by_title(
-        github: GitHubContract, clock: Clock) -> None:
+        github: GitHubContract, clock: ManualClock) -> None:
     older = github.add_issue(REPO, TITLE, "last year's sitting, same title")
     async with client_for(github, clock) as first:
         opened = await first.open_meeting_issue(REPO, TITLE, "## Agenda\n", MARKER)
@@ -114,7 +108,7 @@ async def test_an_app_token_without_a_user_still_finds_its_issue(
 
 
 async def test_the_search_pages_through_and_stops_at_created_after(
-        client: GitHubClient, github: GitHubContract, clock: Clock) -> None:
+        client: GitHubClient, github: GitHubContract, clock: ManualClock) -> None:
     for n in range(150):
         github.add_issue(REPO, f"old {n}", user=GitHubContract.LOGIN)
     clock.now += timedelta(days=1)
@@ -161,7 +155,7 @@ async def test_closing_marks_the_issue_completed_once(client: GitHubClient,
 
 
 async def test_comments_are_polled_with_etags_and_an_unchanged_poll_is_free(
-        client: GitHubClient, github: GitHubContract, clock: Clock) -> None:
+        client: GitHubClient, github: GitHubContract, clock: ManualClock) -> None:
     issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
     start = clock.now
     github.add_comment(REPO, issue.number, "!agenda Budget for 2026", user="carol")
@@ -312,7 +306,7 @@ async def test_an_unknown_repository_is_permanent(client: GitHubClient) -> None:
 
 
 async def test_a_wrong_token_is_permanent_and_never_shown(github: GitHubContract,
-                                                          clock: Clock) -> None:
+                                                          clock: ManualClock) -> None:
     async with client_for(github, clock, token="ghp_revoked0000") as wrong:
         with pytest.raises(GitHubPermanentError, match="the token is refused") as raised:
             await wrong.labelled_issues(REPO, "meeting-agenda")
@@ -321,7 +315,7 @@ async def test_a_wrong_token_is_permanent_and_never_shown(github: GitHubContract
 
 
 async def test_a_read_only_token_may_list_but_not_open(github: GitHubContract,
-                                                       clock: Clock) -> None:
+                                                       clock: ManualClock) -> None:
     github.add_account("ghp_reader", "reader", can_write=False)
     async with client_for(github, clock, token="ghp_reader") as reader:
         with pytest.raises(GitHubPermanentError, match="may not do this"):
@@ -339,7 +333,7 @@ async def test_a_read_only_token_may_list_but_not_open(github: GitHubContract,
     (503, {"retry_after": 5}, timedelta(seconds=5)),
 ])
 async def test_rate_limits_and_server_errors_are_transient_with_the_earliest_retry(
-        client: GitHubClient, github: GitHubContract, clock: Clock, status: int,
+        client: GitHubClient, github: GitHubContract, clock: ManualClock, status: int,
         options: dict[str, Any], wait: timedelta | None) -> None:
     issue = await client.open_meeting_issue(REPO, TITLE, "agenda", MARKER)
     github.fail("GET", "/comments$", status, **options)
@@ -361,7 +355,7 @@ async def test_a_spent_primary_rate_limit_waits_for_the_reset(
 
 
 async def test_a_spent_limit_holds_back_further_calls_until_the_reset(
-        client: GitHubClient, github: GitHubContract, clock: Clock) -> None:
+        client: GitHubClient, github: GitHubContract, clock: ManualClock) -> None:
     await client.check_access(REPO)
     account = github.accounts[github.token]
     assert client.rate_limit is not None
@@ -386,7 +380,7 @@ async def test_an_unreachable_github_is_transient(client: GitHubClient,
     assert raised.value.retry_at is None
 
 
-async def test_nothing_listens_is_transient(clock: Clock) -> None:
+async def test_nothing_listens_is_transient(clock: ManualClock) -> None:
     async with GitHubClient(Token("t", "test"), api_url=f"http://127.0.0.1:{free_port()}",
                             clock=clock) as nowhere:
         with pytest.raises(GitHubTransientError):
@@ -436,7 +430,7 @@ async def test_a_link_to_another_host_never_receives_the_token(
         github.url = real_url
 
 
-async def test_the_token_never_reaches_the_log(github: GitHubContract, clock: Clock,
+async def test_the_token_never_reaches_the_log(github: GitHubContract, clock: ManualClock,
                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
     async with client_for(github, clock) as client:

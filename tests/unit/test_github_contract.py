@@ -16,17 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.support.clock import ManualClock
 from tests.support.github_contract import COMMENT_LIMIT, RATE_LIMIT, GitHubContract
 
 REPO = "jupyterhub/team-compass"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2026, 3, 2, 16, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class Wire:
@@ -50,12 +43,12 @@ class Wire:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(datetime(2026, 3, 2, 16, 0, tzinfo=UTC))
 
 
 @pytest.fixture
-async def github(clock: Clock) -> AsyncIterator[GitHubContract]:
+async def github(clock: ManualClock) -> AsyncIterator[GitHubContract]:
     async with GitHubContract(clock=clock) as server:
         server.add_repo(REPO)
         yield server
@@ -227,7 +220,7 @@ async def test_every_answer_carries_the_rate_limit_headers(wire: Wire) -> None:
 
 
 async def test_a_spent_rate_limit_is_403_until_the_reset(wire: Wire, github: GitHubContract,
-                                                          clock: Clock) -> None:
+                                                          clock: ManualClock) -> None:
     await wire.send("GET", "/user")
     github.accounts[github.token].remaining = 0
     status, body, headers = await wire.send("GET", "/user")
@@ -271,7 +264,8 @@ async def test_issue_lists_filter_by_state_and_labels_and_mark_pull_requests(
     assert status == 422
 
 
-async def test_comments_since_a_time(wire: Wire, github: GitHubContract, clock: Clock) -> None:
+async def test_comments_since_a_time(wire: Wire, github: GitHubContract,
+                                     clock: ManualClock) -> None:
     number = github.add_issue(REPO, "Team meeting").number
     github.add_comment(REPO, number, "early")
     clock.now += timedelta(minutes=5)

@@ -19,8 +19,10 @@ from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.publish import GITHUB_ISSUE, GITHUB_NOTE, PublishFailed, Sitting
 from chatbot.publish.issue import GitHubIssues, sitting_marker
-from chatbot.store import OutboxItem, Store
+from chatbot.store import Store
+from tests.support.clock import ManualClock
 from tests.support.github_contract import GitHubContract
+from tests.support.transports import RecordingTransport
 
 ROOM = RoomId("!room:example.org")
 CHAIR = UserId("@chair:example.org")
@@ -28,32 +30,6 @@ REPO = "jupyterhub/team-compass"
 START = datetime(2026, 6, 18, 9, 0, tzinfo=UTC)
 # An hour before the issue is due (7 days ahead of the sitting).
 T0 = START - timedelta(days=7, hours=1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-class RecordingTransport:
-    def __init__(self) -> None:
-        self.sent: list[OutboxItem] = []
-
-    async def deliver(self, item: OutboxItem) -> str:
-        self.sent.append(item)
-        return f"$sent{len(self.sent)}"
-
-    async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
-        return 100 if user_id == CHAIR else 0
-
-    def texts(self) -> list[str]:
-        return [str(item.payload.get("text", "")) for item in self.sent]
-
-    def chairs_told(self) -> list[str]:
-        return [text for text in self.texts() if text.startswith("**Chairs:**")]
 
 
 def config_data(api_url: str, **github: Any) -> dict[str, Any]:
@@ -72,19 +48,19 @@ def config_data(api_url: str, **github: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(T0)
 
 
 @pytest.fixture
-async def github(clock: Clock) -> AsyncIterator[GitHubContract]:
+async def github(clock: ManualClock) -> AsyncIterator[GitHubContract]:
     async with GitHubContract(clock=clock) as server:
         server.add_repo(REPO)
         yield server
 
 
 class Harness:
-    def __init__(self, bot: MeetingBot, transport: RecordingTransport, clock: Clock) -> None:
+    def __init__(self, bot: MeetingBot, transport: RecordingTransport, clock: ManualClock) -> None:
         self.bot, self.transport, self.clock = bot, transport, clock
 
     async def say(self, body: str, tag: str) -> None:
@@ -108,21 +84,21 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path, github: GitHubContract, clock: Clock
+async def harness(tmp_path: Path, github: GitHubContract, clock: ManualClock
                   ) -> AsyncIterator[Harness]:
     async with make_harness(tmp_path, github, clock) as made:
         yield made
 
 
 class make_harness:
-    def __init__(self, tmp_path: Path, github: GitHubContract, clock: Clock, *,
+    def __init__(self, tmp_path: Path, github: GitHubContract, clock: ManualClock, *,
                  token: str | None = None, **settings: Any) -> None:
         self.args = tmp_path, github, clock, token, settings
 
     async def __aenter__(self) -> Harness:
         tmp_path, github, clock, token, settings = self.args
         config = parse_config(config_data(github.url, **settings))
-        transport = RecordingTransport()
+        transport = RecordingTransport({CHAIR: 100})
         self.store = await Store.open(tmp_path / "bot.db")
         issues = GitHubIssues(config, clock=clock,
                               environ={"GH_TOKEN": token or github.token})
@@ -140,7 +116,7 @@ def the_issue(github: GitHubContract) -> Any:
 
 
 async def test_the_issue_opens_issue_ahead_before_with_when_links_and_agenda(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     await harness.say("!agenda Release plan (10 min)", "a1")
     assert not await harness.run(JobKind.ISSUE)  # not due for another hour
     clock.now += timedelta(hours=1)
@@ -164,7 +140,7 @@ async def test_the_issue_opens_issue_ahead_before_with_when_links_and_agenda(
 
 
 async def test_a_bot_started_within_issue_ahead_opens_the_issue_at_once(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
     [job] = await harness.planned(JobKind.ISSUE)
     assert job.due_at < clock.now  # the scheduler runs a past job at once
@@ -174,7 +150,7 @@ async def test_a_bot_started_within_issue_ahead_opens_the_issue_at_once(
 
 
 async def test_the_issue_is_opened_once_across_a_crash_after_github_made_it(
-        harness: Harness, github: GitHubContract, clock: Clock,
+        harness: Harness, github: GitHubContract, clock: ManualClock,
         monkeypatch: pytest.MonkeyPatch) -> None:
     github.add_issue(REPO, "Team: 2026-06-18", "someone's issue with the same title")
     clock.now = START - timedelta(days=1)
@@ -199,7 +175,7 @@ async def test_the_issue_is_opened_once_across_a_crash_after_github_made_it(
 
 
 async def test_the_issue_link_replaces_the_static_one_in_reminder_start_and_note(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
     await harness.run(JobKind.ISSUE)
     await harness.drain()
@@ -231,7 +207,7 @@ async def test_the_issue_link_replaces_the_static_one_in_reminder_start_and_note
 
 
 async def test_one_whole_meeting_makes_few_calls(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     await harness.say("!agenda Release plan", "a1")
     clock.now = START - timedelta(days=7)
     await harness.run(JobKind.ISSUE)
@@ -262,7 +238,7 @@ async def test_one_whole_meeting_makes_few_calls(
     ],
 )
 async def test_a_token_or_repository_that_cannot_work_is_told_to_the_chairs_once(
-        tmp_path: Path, github: GitHubContract, clock: Clock, break_it: dict[str, str],
+        tmp_path: Path, github: GitHubContract, clock: ManualClock, break_it: dict[str, str],
         expected: str) -> None:
     async with make_harness(tmp_path, github, clock, **break_it) as harness:
         clock.now = START - timedelta(days=2)
@@ -288,7 +264,7 @@ async def test_a_token_or_repository_that_cannot_work_is_told_to_the_chairs_once
 
 @pytest.mark.parametrize("status", [500, 502, 429])
 async def test_a_github_hiccup_is_retried_quietly(
-        harness: Harness, github: GitHubContract, clock: Clock, status: int) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock, status: int) -> None:
     github.fail("POST", r"/issues$", status, times=2,
                 retry_after=1 if status == 429 else None)
     clock.now = START - timedelta(days=2)
@@ -305,7 +281,7 @@ async def test_a_github_hiccup_is_retried_quietly(
 
 
 async def test_publishing_again_posts_the_note_once(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     """`chatbot publish` after the bot did it, or a job run twice: one comment."""
     clock.now = START
     await harness.run(JobKind.START)
@@ -331,7 +307,7 @@ async def test_publishing_again_posts_the_note_once(
     ],
 )
 async def test_check_online_tries_the_token_and_repository(
-        github: GitHubContract, clock: Clock, token_kind: str, expected: str) -> None:
+        github: GitHubContract, clock: ManualClock, token_kind: str, expected: str) -> None:
     token = {"writer": github.token, "reader": "ghp_reader", "wrong": "ghp_wrong"}[token_kind]
     github.add_account("ghp_reader", "reader", can_write=False)
     issues = GitHubIssues(parse_config(config_data(github.url)), clock=clock,
@@ -348,7 +324,7 @@ async def test_check_online_tries_the_token_and_repository(
 
 
 async def test_the_body_follows_the_agenda_at_most_once_a_minute_and_only_when_changed(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
     await harness.run(JobKind.ISSUE)
     await harness.drain()
@@ -375,7 +351,7 @@ async def test_the_body_follows_the_agenda_at_most_once_a_minute_and_only_when_c
 
 
 async def test_an_agenda_comment_on_the_issue_becomes_an_item_owned_by_its_author(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
     await harness.run(JobKind.ISSUE)
     await harness.drain()
@@ -410,7 +386,7 @@ async def test_issue_jobs_whose_target_left_the_config_fail_once_and_never_reach
         tmp_path: Path) -> None:
     data = config_data("http://127.0.0.1:9")
     del data["meetings"][0]["publish"]
-    clock, transport = Clock(), RecordingTransport()
+    clock, transport = ManualClock(T0), RecordingTransport({CHAIR: 100})
     store = await Store.open(tmp_path / "bot.db")
     bot = MeetingBot(Rooms(parse_config(data), {"team": ROOM}), store, tmp_path / "notes",
                      transport, clock=clock)
@@ -433,7 +409,7 @@ async def test_issue_jobs_whose_target_left_the_config_fail_once_and_never_reach
 
 
 async def test_an_older_body_retried_late_never_undoes_a_newer_one(
-        harness: Harness, github: GitHubContract, clock: Clock) -> None:
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
     await harness.run(JobKind.ISSUE)
     await harness.drain()
