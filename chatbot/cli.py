@@ -53,15 +53,16 @@ def _parser() -> argparse.ArgumentParser:
                  "occurrences with their reminder times")
     check_command.add_argument(
         "--online", action="store_true",
-        help="also try each publishing target live (the git archive's remote and key), "
-             "changing nothing")
+        help="also try each publishing target live (the git archive's remote and key, "
+             "the GitHub token and repository), changing nothing")
     notes = with_config("notes", "print a meeting's note from the database")
     notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
     notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
                        help="the meeting held on this date (default: the last one)")
     publish = with_config(
         "publish", "publish a held meeting's note again to the targets under its `publish:` "
-                   "(the git archive), for example after fixing its remote or key; safe to "
+                   "(the git archive, the GitHub issue), for example after fixing a remote, "
+                   "key or token; safe to "
                    "repeat, and beside a running bot: a note already there is left alone")
     publish.add_argument("meeting_id", metavar="MEETING_ID",
                          help="the meeting's `id` in the config")
