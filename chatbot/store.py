@@ -1091,8 +1091,8 @@ class Store:
         shown, so a replayed old edit cannot undo a newer one."""
         return await self._changes(
             "UPDATE log_lines SET body = ?, edited_at = ? WHERE event_id = ? AND sender = ? "
-            "AND (edited_at IS NULL OR edited_at <= ?) AND meeting_id IN "
-            "(SELECT id FROM meetings WHERE ended_at IS NULL)",
+            "AND (edited_at IS NULL OR edited_at <= ?) AND EXISTS (SELECT 1 FROM meetings "
+            "WHERE meetings.id = log_lines.meeting_id AND ended_at IS NULL)",
             body, _stamp(edited_at), event_id, sender, _stamp(edited_at)) == 1
 
     async def forget_log_line(self, event_id: EventId) -> int | None:
