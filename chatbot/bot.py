@@ -47,6 +47,7 @@ from chatbot.meetings import (
     compile_log,
     forget_in_log,
     keep_in_log,
+    logging_sitting,
     logs_room,
     plan_jobs,
     resolve_target,
@@ -541,8 +542,12 @@ class MeetingBot:
                 message.event_id, message.sender, message.display_name, said_at, body))
 
     async def _log_alone(self, message: IncomingMessage | IncomingChat) -> None:
-        """`_log_message` for a message that is no command the bot runs: its own commit."""
-        if logs_room(self.rooms, message.room_id):
+        """`_log_message` for a message that is no command the bot runs: its own commit.
+
+        Asked first through the read-only connection, so chat in a logged meeting's room
+        between sittings takes no write lock.
+        """
+        if await logging_sitting(self.store.read, self.rooms, message.room_id) is not None:
             async with self.store.transaction():
                 await self._log_message(message, self.clock())
 
