@@ -21,7 +21,7 @@ from chatbot.bot import (
 )
 from chatbot.config import ConfigError, parse_config
 from chatbot.matrix.intake import chat_event, incoming_event
-from chatbot.meetings import Rooms, log_path
+from chatbot.meetings import Rooms, keep_in_log, log_path
 from chatbot.model import EventId, LogLine, RoomId, UserId
 from chatbot.render import LOGGED_NOTICE, markdown_to_html, render_log
 from chatbot.store import OutboxItem, Store
@@ -338,5 +338,38 @@ async def test_a_meeting_without_log_keeps_no_log(tmp_path: Path) -> None:
         assert await queued(bot, LOG_FILE) == []
         assert await queued(bot, NOTE_FILE) != []
         assert await bot.store.log_lines(1) == []
+    finally:
+        await bot.store.close()
+
+
+async def test_a_message_sent_before_the_sitting_opened_is_not_logged_when_handled_late(
+    store: Store,
+) -> None:
+    meeting_id = await open_sitting(store)
+    rooms = Rooms(config(), {"team": ROOM})
+    async with store.transaction():
+        assert not await keep_in_log(store, rooms, ROOM, line("$early", "before", second=-300))
+        # A homeserver clock a little behind ours: its announcement is still logged.
+        assert await keep_in_log(store, rooms, ROOM, line("$start", "starting", second=-20))
+    assert [kept.event_id for kept in await store.log_lines(meeting_id)] == ["$start"]
+
+
+async def test_a_log_that_cannot_be_saved_is_told_to_the_chairs_as_a_log(
+    tmp_path: Path,
+) -> None:
+    bot, room = await make_bot(tmp_path)
+    try:
+        (tmp_path / "notes").mkdir()
+        (tmp_path / "notes" / "team").write_text("in the way")
+        await room.say(CHAIR, "!startmeeting")
+        await room.say(CHAIR, "!endmeeting")
+        await bot.deliver_due()
+        await bot.deliver_due()
+        assert isinstance(bot.transport, RecordingTransport)
+        told = [text for text in bot.transport.texts() if "full log" in text]
+        assert len(told) == 1
+        assert told[0].startswith("**Chairs:** I could not save the meeting's full log to "
+                                  "notes/team/2026-06-18.log.md")
+        assert (await queued(bot, LOG_FILE))[0].attempts == 1
     finally:
         await bot.store.close()
