@@ -41,8 +41,14 @@ from chatbot.meetings import (
     React,
     Reply,
     Rooms,
+    SaveLog,
     SaveNote,
     UpdateIssueBody,
+    compile_log,
+    forget_in_log,
+    keep_in_log,
+    logging_sitting,
+    logs_room,
     plan_jobs,
     resolve_target,
     run_close,
@@ -54,7 +60,7 @@ from chatbot.meetings import (
     take_issue_comments,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, RoomId, UserId
+from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
@@ -97,8 +103,27 @@ class IncomingMessage:
     body: str
     thread_root: EventId | None = None
     replaces: EventId | None = None
-    # When the sender's homeserver says it was sent (None: unknown).
+    # When the sender's homeserver says it was sent (None: unknown). The intake replaces
+    # it with the time the core may pace commands by; `server_time` stays as it was.
     sent_at: datetime | None = None
+    server_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingChat:
+    """Any other message in a meeting room: the bot's own, a notice, an emote, a file.
+
+    No command comes from it; a sitting that keeps a full log keeps it (or the edit of
+    a message it `replaces`).
+    """
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    display_name: str
+    body: str
+    server_time: datetime | None = None
+    replaces: EventId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +146,7 @@ class IncomingReaction:
     key: str
 
 
-Incoming = IncomingMessage | IncomingRedaction | IncomingReaction
+Incoming = IncomingMessage | IncomingRedaction | IncomingReaction | IncomingChat
 # Raised hands on a start announcement count as `!here`; skin tones and gendered
 # variants start with the same code point.
 HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
@@ -158,12 +183,15 @@ class Transport(Protocol):
 MAX_SENDS_IN_FLIGHT = 4
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
-INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE}) | PUBLISH_KINDS
+LOG_FILE = "log_file"
+INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE, LOG_FILE}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
 # handled again after a failed save does not answer them twice.
 STORAGE_FULL_MEMORY = 1000
 
 Carrier = Callable[[OutboxItem], Awaitable[str]]
+_NOTES_FOLDER_HINT = ("Whoever runs this bot: check that its notes folder is writable (a file "
+                      "in the way, a read-only volume or a full disk). I will keep trying.")
 
 
 class Failure(enum.Enum):
@@ -248,8 +276,10 @@ class MeetingBot:
         self._outbox_ready = asyncio.Event()
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
+                                              LOG_FILE: self._save_log_file,
                                               LEAVE: self._leave_room}
-        self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
+        self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice,
+                                                         LOG_FILE: self._log_file_notice}
         self._targets = {target.kind: target for target in targets}
         # Every kind that publishes a note, configured or not: a job queued before its
         # target was taken out of the config must fail here, never reach the transport.
@@ -289,6 +319,8 @@ class MeetingBot:
                     await self._handle_redaction(event)
                 case IncomingReaction():
                     await self._handle_reaction(event)
+                case IncomingChat():
+                    await self._log_alone(event)
         except HomeserverUnavailable:
             raise
         except Exception as error:
@@ -363,9 +395,12 @@ class MeetingBot:
         prefix = self.rooms.config.command_prefix
         invocation = parse_invocation(strip_reply_fallback(message.body), prefix)
         if not _answers(invocation) or not await self._admit(message):
+            await self._log_alone(message)
             return
         context = await self._context(message, invocation, message.event_id)
         async with self.store.transaction():
+            # Before the command runs: an `!endmeeting` closes the log it belongs in.
+            await self._log_message(message, context.now)
             if not await self.store.claim_event(message.event_id, message.room_id, context.now,
                                                 message.sender):
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
@@ -389,9 +424,11 @@ class MeetingBot:
         editable = (invocation if isinstance(invocation, Invocation)
                     and invocation.spec.editable else None)
         if _answers(invocation) and not await self._admit(edit):
+            await self._log_alone(edit)
             return
         context = await self._context(edit, editable or Unknown("", None), original)
         async with self.store.transaction():
+            await self._log_message(edit, context.now)
             if not await self.store.claim_event(edit.event_id, edit.room_id, context.now,
                                                 edit.sender):
                 return
@@ -481,9 +518,38 @@ class MeetingBot:
             if product is not None:
                 await self.store.delete_entry(product[1].id)
             withdrawn = await self.store.withdraw_attendance(redaction.redacts)
+            rewrite = await forget_in_log(self.store, self.rooms, redaction.redacts)
+            await self._record(rewrite, redaction.room_id, None, now)
+        if rewrite:
+            self._outbox_ready.set()
         if product is not None or withdrawn:
             log.info("%s redacted %s in %s; its record is removed", redaction.sender,
                      redaction.redacts, redaction.room_id)
+
+    async def _log_message(self, message: IncomingMessage | IncomingChat,
+                           now: datetime) -> None:
+        """Keep a message (or apply an edit of one) in the full log of the room's open
+        sitting, if it keeps one; in the caller's transaction, once however often the
+        message is handed over (the log is keyed by its event id)."""
+        if not logs_room(self.rooms, message.room_id):
+            return
+        said_at = message.server_time or now
+        body = strip_reply_fallback(message.body)
+        if message.replaces is not None:
+            await self.store.edit_log_line(message.replaces, message.sender, body, said_at)
+        else:
+            await keep_in_log(self.store, self.rooms, message.room_id, LogLine(
+                message.event_id, message.sender, message.display_name, said_at, body))
+
+    async def _log_alone(self, message: IncomingMessage | IncomingChat) -> None:
+        """`_log_message` for a message that is no command the bot runs: its own commit.
+
+        Asked first through the read-only connection, so chat in a logged meeting's room
+        between sittings takes no write lock.
+        """
+        if await logging_sitting(self.store.read, self.rooms, message.room_id) is not None:
+            async with self.store.transaction():
+                await self._log_message(message, self.clock())
 
     async def _handle_reaction(self, reaction: IncomingReaction) -> None:
         if not reaction.key or reaction.key[0] not in HAND_RAISES:
@@ -613,6 +679,10 @@ class MeetingBot:
                     # if the disk refuses, never holding the close itself back.
                     await self.store.enqueue(room_id, NOTE_FILE, {
                         "path": relative_path.as_posix(), "text": text}, now)
+                case SaveLog(relative_path, meeting_id, text):
+                    await self.store.enqueue(room_id, LOG_FILE, {
+                        "path": relative_path.as_posix(), "meeting_id": meeting_id,
+                        "text": text}, now)
                 case PublishNote(kind, sitting):
                     await self.store.enqueue(room_id, kind, sitting.payload(), now)
                 case QueueIssue(job):
@@ -632,6 +702,16 @@ class MeetingBot:
         except ValueError as error:  # a path outside the notes folder: never retried
             raise DeliveryError(str(error), permanent=True) from error
         return relative_path
+
+    async def _save_log_file(self, item: OutboxItem) -> str:
+        """Write a sitting's log as it reads now: a log job retried late must not bring
+        back a line redacted since (a later job rewrites the file without it)."""
+        meeting = await self.store.read.get_meeting(item.payload["meeting_id"])
+        series = self.rooms.series(meeting.series_id) if meeting is not None else None
+        if meeting is not None and series is not None:
+            text = await compile_log(self.store.read, series, meeting)
+            item = replace(item, payload={**item.payload, "text": text})
+        return await self._save_note_file(item)
 
     async def _publish(self, item: OutboxItem) -> str:
         target = self._targets.get(item.kind)
@@ -945,8 +1025,17 @@ class MeetingBot:
                     "`chatbot notes`.")
         if failure is Failure.RETRYING:
             return (f"**Chairs:** I could not save the meeting note to {path} ({reason}). "
-                    "Whoever runs this bot: check that its notes folder is writable (a file "
-                    "in the way, a read-only volume or a full disk). I will keep trying.")
+                    f"{_NOTES_FOLDER_HINT}")
+        return None
+
+    def _log_file_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
+        path, reason = escape_markdown(f"notes/{item.payload['path']}"), escape_markdown(error)
+        if failure is Failure.PARKED:
+            return (f"**Chairs:** I gave up saving the meeting's full log to {path} "
+                    f"({reason}). Its lines stay in my database.")
+        if failure is Failure.RETRYING:
+            return (f"**Chairs:** I could not save the meeting's full log to {path} "
+                    f"({reason}). {_NOTES_FOLDER_HINT}")
         return None
 
     def _publish_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictBool,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -302,6 +303,9 @@ class MeetingConfig(_Frozen):
     links: Links = Links()
     template: Path | None = None
     publish: PublishConfig = PublishConfig()
+    # Keep every message of a sitting, from the start announcement to the close, and save
+    # it beside the note as `<date>.log.md`.
+    log: StrictBool = False
     # The template's text, read and compiled when the file is loaded, so a later
     # broken edit of the file cannot break the closing of a meeting.
     _template_source: str | None = PrivateAttr(default=None)
@@ -521,6 +525,7 @@ _FRIENDLY = {
     "tuple_type": "expected a list",
     "list_type": "expected a list",
     "too_short": "expected at least one entry",
+    "bool_type": "expected true or false",
 }
 
 

@@ -14,7 +14,16 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
 from chatbot.config import Config, MeetingConfig
-from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId, UserId
+from chatbot.model import (
+    Entry,
+    EntryKind,
+    EventId,
+    LogLine,
+    Meeting,
+    MeetingRecord,
+    RoomId,
+    UserId,
+)
 from chatbot.publish import Sitting, job_kinds
 from chatbot.publish.github import Comment
 from chatbot.publish.issue import OpenIssue, issue_body, issue_title
@@ -24,6 +33,7 @@ from chatbot.render import (
     format_date,
     format_time,
     render_closed,
+    render_log,
     render_note,
     render_reminder,
     render_start,
@@ -39,6 +49,9 @@ LOOKAHEAD_OCCURRENCES = 4
 UPKEEP_EVERY = timedelta(days=1)
 # When the last upkeep ran (meta key), so the next is planned a day later.
 LAST_UPKEEP_KEY = "last_upkeep_at"
+# A logged message's time comes from its sender's homeserver, whose clock may be a
+# little behind ours: the start announcement must not look older than the sitting.
+LOG_CLOCK_SLACK = timedelta(minutes=1)
 
 
 # --- effects: what the core asks the edges to do ------------------------------------
@@ -79,6 +92,15 @@ class SaveNote:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveLog:
+    """Write a logged sitting's full log beside its note (`<date>.log.md`)."""
+
+    relative_path: PurePosixPath
+    meeting_id: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class PublishNote:
     """Publish a held sitting's note to one target (a `chatbot.publish` job kind)."""
 
@@ -104,7 +126,8 @@ class UpdateIssueBody:
     body: str
 
 
-Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
+Effect = (React | Reply | Post | SaveNote | SaveLog | PublishNote | QueueIssue
+          | UpdateIssueBody)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -232,7 +255,7 @@ async def open_meeting(
              extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     return [Post(meeting.room_id, render_start(
         title=title, links=await sitting_links(store, series, meeting), closes_at=closes_at,
-        zone=series.timezone, prefix=rooms.config.command_prefix,
+        zone=series.timezone, prefix=rooms.config.command_prefix, logged=series.log,
     ), announces=meeting.id)]
 
 
@@ -246,7 +269,7 @@ async def open_adhoc(
     log.info("ad hoc meeting %s opened in %s", meeting.id, room_id)
     return [Post(room_id, render_start(
         title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
-        prefix=rooms.config.command_prefix,
+        prefix=rooms.config.command_prefix, logged=series.log,
     ), announces=meeting.id)]
 
 
@@ -260,6 +283,61 @@ async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> Pu
     position = same_day.index(meeting.id) + 1 if meeting.id in same_day else 1
     suffix = "" if position == 1 else f"-{position}"
     return PurePosixPath(series.id, f"{day.isoformat()}{suffix}.md")
+
+
+def log_path(note: PurePosixPath) -> PurePosixPath:
+    """The full log's file, beside the note and named like it: `<date>.log.md`."""
+    return note.with_name(f"{note.stem}.log.md")
+
+
+async def compile_log(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
+    """A sitting's full log as markdown (also for the web pages); one without a line if
+    the sitting was not logged."""
+    return render_log(meeting.title, meeting.held_at, series.timezone,
+                      await store.log_lines(meeting.id))
+
+
+def logs_room(rooms: Rooms, room_id: RoomId) -> bool:
+    """Whether any meeting in the room keeps a full log: if none does, a message that is
+    no command costs no query at all."""
+    return any(series.log for series in rooms.series_in(room_id))
+
+
+async def logging_sitting(store: Store, rooms: Rooms, room_id: RoomId) -> Meeting | None:
+    """The sitting open in the room if its meeting keeps a full log, else None."""
+    if not logs_room(rooms, room_id):
+        return None
+    meeting = await store.open_meeting_in_room(room_id)
+    series = rooms.series(meeting.series_id) if meeting is not None else None
+    return meeting if series is not None and series.log else None
+
+
+async def keep_in_log(store: Store, rooms: Rooms, room_id: RoomId, line: LogLine) -> bool:
+    """Add a message to the log of the room's open sitting, if it keeps one; once.
+
+    A message sent before the sitting opened is not its business, even when it is
+    handed over late (a backlog fetched after a restart).
+    """
+    meeting = await logging_sitting(store, rooms, room_id)
+    if meeting is None or meeting.started_at is None:
+        return False
+    if line.sent_at < meeting.started_at - LOG_CLOCK_SLACK:
+        return False
+    return await store.add_log_line(meeting.id, line)
+
+
+async def forget_in_log(store: Store, rooms: Rooms, event_id: EventId) -> list[Effect]:
+    """Honour a redaction: the message leaves the log it is in. A sitting already closed
+    has its log file written again without it."""
+    meeting_id = await store.forget_log_line(event_id)
+    meeting = await store.get_meeting(meeting_id) if meeting_id is not None else None
+    series = rooms.series(meeting.series_id) if meeting is not None else None
+    if meeting is None or series is None or not meeting.is_closed:
+        return []
+    path = log_path(await note_path(store, series, meeting))
+    log.info("meeting %s: redacted %s removed from its saved log %s", meeting.id, event_id,
+             path, extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
+    return [SaveLog(path, meeting.id, await compile_log(store, series, meeting))]
 
 
 def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
@@ -348,10 +426,13 @@ async def close_meeting(
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
     sitting = sitting_of(series, closed, path, note)
+    saved_log = ([SaveLog(log_path(path), closed.id, await compile_log(store, series, closed))]
+                 if series.log else [])
     return [
         Post(meeting.room_id, closing),
         Post(meeting.room_id, note),
         SaveNote(path, note),
+        *saved_log,
         *(PublishNote(kind, sitting) for kind in job_kinds(series.publish)),
     ]
 

@@ -117,3 +117,16 @@ class MeetingRecord:
     def current_item(self) -> Entry | None:
         wanted = self.meeting.current_item_id
         return next((item for item in self.agenda if item.id == wanted), None)
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One message in a logged sitting's full log, as it reads now (edits applied)."""
+
+    event_id: EventId
+    sender: UserId
+    display_name: str
+    # When the sender's homeserver says it was sent.
+    sent_at: datetime
+    body: str
+    edited: bool = False

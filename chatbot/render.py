@@ -33,6 +33,7 @@ from chatbot.model import (
     Entry,
     EntryKind,
     EventId,
+    LogLine,
     Meeting,
     MeetingRecord,
     Profile,
@@ -652,11 +653,15 @@ def render_reminder(
     ])
 
 
+LOGGED_NOTICE = ("This meeting is logged: every message until the close is saved with "
+                 "the notes.")
+
+
 def render_start(
     *, title: str, links: dict[str, str | None], closes_at: datetime, zone: ZoneInfo,
-    prefix: str,
+    prefix: str, logged: bool = False,
 ) -> str:
-    """The announcement when a meeting opens."""
+    """The announcement when a meeting opens; it says so when the meeting is logged."""
     return "\n".join([
         f"**{escape_markdown(title)}** is starting now.",
         "",
@@ -669,6 +674,32 @@ def render_start(
         f"- Chairs close with `{prefix}endmeeting`; otherwise it closes at "
         f"{format_time(closes_at, zone)}.",
         *(["", *_link_lines(links)] if _link_lines(links) else []),
+        *(["", LOGGED_NOTICE] if logged else []),
+    ])
+
+
+def render_log(title: str, held_at: datetime, zone: ZoneInfo,
+               lines: Sequence[LogLine]) -> str:
+    """A sitting's full log as markdown: a bullet per message, oldest first, with its
+    time in the meeting's zone, who sent it and what it says now.
+
+    Everything in a line came from chat (the bot's own messages included: they quote
+    people), so names and text are escaped and stay text, never structure.
+    """
+    bullets = []
+    for line in lines:
+        edited = " *(edited)*" if line.edited else ""
+        bullets.append(f"- {line.sent_at.astimezone(zone):%H:%M:%S} "
+                       f"**{escape_markdown(line.display_name) or '(no name)'}:** "
+                       f"{_said(line.body)}{edited}")
+    return "\n".join([
+        f"# Log of {escape_markdown(title)}, {format_date(held_at.astimezone(zone))}",
+        "",
+        f"Every message in the room from the start announcement to the close; times are "
+        f"{zone.key}.",
+        "",
+        *(bullets or ["Nobody said anything."]),
+        "",
     ])
 
 

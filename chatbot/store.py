@@ -32,6 +32,7 @@ from chatbot.model import (
     Entry,
     EntryKind,
     EventId,
+    LogLine,
     Meeting,
     MeetingRecord,
     Profile,
@@ -248,6 +249,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             comments_etag TEXT
         )
         """,
+    ),
+    (  # 5: the full log of sittings whose meeting has `log: true`, a row per message
+        # Keyed by the message's event id, so a replay never doubles a line; the rowid
+        # keeps the order the room's timeline has. Kept as long as the meeting is (like
+        # its entries), so a late redaction can still be honoured in the saved file.
+        """
+        CREATE TABLE log_lines (
+            event_id TEXT PRIMARY KEY,
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+            sender TEXT NOT NULL,
+            display_name TEXT NOT NULL,
+            sent_at TEXT NOT NULL,
+            body TEXT NOT NULL,
+            -- the sender's server time of the edit shown; NULL: never edited
+            edited_at TEXT
+        )
+        """,
+        "CREATE INDEX log_lines_by_meeting ON log_lines (meeting_id)",
     ),
 )
 
@@ -1055,6 +1074,44 @@ class Store:
         await self._db.execute(
             "UPDATE outbox SET attempts = attempts + 1, last_error = ?, parked_at = ? "
             "WHERE id = ?", (error, _stamp(now), item_id))
+
+    # --- the full log of a sitting ---------------------------------------------------
+
+    async def add_log_line(self, meeting_id: int, line: LogLine) -> bool:
+        """Keep a message in a sitting's log; False if it is kept already (a replay)."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO log_lines (event_id, meeting_id, sender, display_name, "
+            "sent_at, body) VALUES (?, ?, ?, ?, ?, ?)", line.event_id, meeting_id,
+            line.sender, line.display_name, _stamp(line.sent_at), line.body) == 1
+
+    async def edit_log_line(self, event_id: EventId, sender: UserId, body: str,
+                            edited_at: datetime) -> bool:
+        """Show an edit of a logged message while its sitting is open; only its sender's
+        edits count (the Matrix rule for m.replace), and never one older than the edit
+        shown, so a replayed old edit cannot undo a newer one."""
+        return await self._changes(
+            "UPDATE log_lines SET body = ?, edited_at = ? WHERE event_id = ? AND sender = ? "
+            "AND (edited_at IS NULL OR edited_at <= ?) AND EXISTS (SELECT 1 FROM meetings "
+            "WHERE meetings.id = log_lines.meeting_id AND ended_at IS NULL)",
+            body, _stamp(edited_at), event_id, sender, _stamp(edited_at)) == 1
+
+    async def forget_log_line(self, event_id: EventId) -> int | None:
+        """Remove a redacted message from whichever log holds it; that sitting's id, or
+        None if no log held it."""
+        meeting_id = await self._scalar(
+            "SELECT meeting_id FROM log_lines WHERE event_id = ?", event_id)
+        if meeting_id is not None:
+            await self._db.execute("DELETE FROM log_lines WHERE event_id = ?", (event_id,))
+        return meeting_id
+
+    async def log_lines(self, meeting_id: int) -> list[LogLine]:
+        """A sitting's log in the order the room's timeline had it; empty if not logged."""
+        rows = await self._rows(
+            "SELECT event_id, sender, display_name, sent_at, body, edited_at FROM log_lines "
+            "WHERE meeting_id = ? ORDER BY rowid", meeting_id)
+        return [LogLine(EventId(row["event_id"]), UserId(row["sender"]), row["display_name"],
+                        datetime.fromisoformat(row["sent_at"]), row["body"],
+                        edited=row["edited_at"] is not None) for row in rows]
 
     # --- upkeep: what keeps the database from growing forever -------------------------
 

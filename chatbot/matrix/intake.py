@@ -25,6 +25,7 @@ from chatbot.bot import (
     Clock,
     HomeserverUnavailable,
     Incoming,
+    IncomingChat,
     IncomingMessage,
     IncomingReaction,
     IncomingRedaction,
@@ -131,7 +132,7 @@ def incoming_event(
                 display_name=display_name(sender), body=body,
                 thread_root=EventId(thread) if isinstance(thread, str) else None,
                 replaces=EventId(replaces) if replaces else None,
-                sent_at=_sent_at(event),
+                sent_at=_sent_at(event), server_time=_sent_at(event),
             )
         case "m.room.redaction":
             # Room version 11 moved `redacts` into the content.
@@ -147,6 +148,43 @@ def incoming_event(
             return IncomingReaction(room_id, EventId(event_id), UserId(sender),
                                     display_name(sender), EventId(target), key)
     return None
+
+
+# How a message that is not text reads in a meeting's full log: what it is, then its
+# body (for a file, its name).
+_NOT_TEXT = {"m.image": "image", "m.file": "file", "m.video": "video", "m.audio": "audio",
+             "m.location": "location"}
+
+
+def chat_event(
+    event: dict[str, Any], room_id: RoomId, display_name: Callable[[str], str]
+) -> IncomingChat | None:
+    """Any message `incoming_event` leaves out (the bot's own, a notice, an emote, a
+    file), for the full log of a meeting that keeps one; None for what is no message.
+
+    A redacted message has no body left, so it is never logged again when replayed.
+    """
+    sender, event_id = event.get("sender"), event.get("event_id")
+    content = event.get("content")
+    if (event.get("type") != "m.room.message" or not isinstance(sender, str)
+            or not isinstance(event_id, str) or not isinstance(content, dict)):
+        return None
+    relation = _relation(content)
+    replaces = relation.get("event_id") if relation.get("rel_type") == "m.replace" else None
+    if replaces is not None:
+        content = content.get("m.new_content")
+        if not isinstance(content, dict) or not isinstance(replaces, str):
+            return None
+    body, kind = content.get("body"), content.get("msgtype")
+    if not isinstance(body, str):
+        return None
+    if kind == "m.emote":
+        body = f"* {display_name(sender)} {body}"
+    elif isinstance(kind, str) and kind in _NOT_TEXT:
+        body = f"({_NOT_TEXT[kind]}) {body}"
+    return IncomingChat(room_id, EventId(event_id), UserId(sender), display_name(sender), body,
+                        server_time=_sent_at(event),
+                        replaces=EventId(replaces) if replaces is not None else None)
 
 
 def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[str, Any]]:
@@ -339,7 +377,10 @@ class Intake:
     async def _hand_over(self, room_id: RoomId, event: dict[str, Any], *,
                          listener: Listener) -> None:
         room_names = functools.partial(self.rooms.display_name, room_id)
-        incoming = incoming_event(event, room_id, self.client.user_id, room_names)
+        incoming: Incoming | None = incoming_event(event, room_id, self.client.user_id,
+                                                   room_names)
+        if incoming is None and room_id in self.rooms.configured():
+            incoming = chat_event(event, room_id, room_names)
         if incoming is None:
             return
         if isinstance(incoming, IncomingMessage) and incoming.sent_at is not None:

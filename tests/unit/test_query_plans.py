@@ -16,7 +16,7 @@ from typing import Any
 
 from chatbot.config import parse_config
 from chatbot.meetings import Rooms, resolve_target
-from chatbot.model import EntryKind, EventId, Profile, RoomId, UserId
+from chatbot.model import EntryKind, EventId, LogLine, Profile, RoomId, UserId
 from chatbot.store import Store
 
 ROOM = RoomId("!room:example.org")
@@ -24,7 +24,7 @@ ADA = UserId("@ada:example.org")
 NOW = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
 GROWING = {"processed_events", "known_rooms", "profiles", "meetings", "attendees",
            "meeting_chairs", "announcements", "entries", "reminders", "outbox",
-           "direct_rooms", "room_upgrades"}
+           "direct_rooms", "room_upgrades", "log_lines"}
 # `SCAN t` reads the table; `SCAN t USING (COVERING) INDEX i` or `SEARCH` do not.
 FULL_SCAN = re.compile(r"\bSCAN (\w+)(?! USING)")
 
@@ -67,6 +67,8 @@ async def history(store: Store) -> None:
                 await store.add_attendee(meeting.id, UserId(f"@p{n}:example.org"),
                                          Profile("P", "", ""), event, NOW)
                 await store.enqueue(ROOM, "react", {"event_id": event, "key": "✅"}, NOW)
+                await store.add_log_line(meeting.id, LogLine(EventId(f"$said{week}.{n}"), ADA,
+                                                             "Ada", NOW, "old"))
 
 
 async def per_command_paths(store: Store) -> None:
@@ -106,6 +108,10 @@ async def per_command_paths(store: Store) -> None:
         await store.set_meta("sync_token", "s1")
         await store.get_meta("sync_token")
         await store.enqueue(ROOM, "react", {"event_id": "$here", "key": "✅"}, NOW)
+        await store.add_log_line(meeting.id, LogLine(EventId("$said"), ADA, "Ada", NOW, "hi"))
+        await store.edit_log_line(EventId("$said"), ADA, "hello", NOW)
+        await store.forget_log_line(EventId("$said"))
+        await store.log_lines(meeting.id)
     for item in await store.pending_outbox():
         async with store.transaction():
             await store.mark_sent(item, "$sent", NOW)
