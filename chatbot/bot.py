@@ -35,6 +35,7 @@ from chatbot.meetings import (
     Effect,
     Job,
     JobKind,
+    PollEvent,
     Post,
     PublishNote,
     QueueIssue,
@@ -55,6 +56,7 @@ from chatbot.meetings import (
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
+from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
@@ -121,7 +123,22 @@ class IncomingReaction:
     key: str
 
 
-Incoming = IncomingMessage | IncomingRedaction | IncomingReaction
+@dataclass(frozen=True, slots=True)
+class IncomingPollResponse:
+    """An answer to a poll, from a client's poll (either event form).
+
+    `answer` is the first selection (None: an empty one); `sent_at` as for messages.
+    """
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    poll_start: EventId
+    answer: str | None
+    sent_at: datetime | None = None
+
+
+Incoming = IncomingMessage | IncomingRedaction | IncomingReaction | IncomingPollResponse
 # Raised hands on a start announcement count as `!here`; skin tones and gendered
 # variants start with the same code point.
 HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
@@ -261,6 +278,7 @@ class MeetingBot:
                              if isinstance(target, GitHubIssues)), None)
         self._carriers[GITHUB_ISSUE] = self._open_issue
         self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
+        self._carriers[POLL_END] = self._end_poll
         # Not told when it fails: the agenda's next change writes the body again.
         self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
         # Scheduled jobs that failed: how often in a row, and when to try again.
@@ -289,6 +307,8 @@ class MeetingBot:
                     await self._handle_redaction(event)
                 case IncomingReaction():
                     await self._handle_reaction(event)
+                case IncomingPollResponse():
+                    await self._handle_poll_response(event)
         except HomeserverUnavailable:
             raise
         except Exception as error:
@@ -481,6 +501,7 @@ class MeetingBot:
             if product is not None:
                 await self.store.delete_entry(product[1].id)
             withdrawn = await self.store.withdraw_attendance(redaction.redacts)
+            withdrawn = await self.store.withdraw_poll_response(redaction.redacts) or withdrawn
         if product is not None or withdrawn:
             log.info("%s redacted %s in %s; its record is removed", redaction.sender,
                      redaction.redacts, redaction.room_id)
@@ -502,6 +523,25 @@ class MeetingBot:
                                           reaction.event_id, now, reaction=True)
         log.info("%s joined the roll call of meeting %s with a reaction", reaction.sender,
                  meeting.id)
+
+    async def _handle_poll_response(self, response: IncomingPollResponse) -> None:
+        """Keep an answer to one of the bot's open polls; the count comes at the close.
+        Answers to other polls, and answers that come after the close, are not kept."""
+        ids = {"room_id": response.room_id, "event_id": response.event_id}
+        async with self.store.transaction():
+            now = self.clock()
+            poll = await self.store.poll_started_by(response.poll_start)
+            if poll is None or poll.room_id != response.room_id:
+                return
+            if poll.closed_at is not None:
+                log.info("%s answered poll %s after its close; not counted", response.sender,
+                         poll.id, extra=ids)
+                return
+            kept = await self.store.add_poll_response(
+                poll.id, response.event_id, response.sender, response.answer,
+                min(now, response.sent_at or now))
+        if kept:
+            log.info("%s answered poll %s", response.sender, poll.id, extra=ids)
 
     async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None:
         """A configured room was upgraded: its meetings, past and future, move along."""
@@ -617,6 +657,9 @@ class MeetingBot:
                     await self.store.enqueue(room_id, kind, sitting.payload(), now)
                 case QueueIssue(job):
                     await self.store.enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
+                case PollEvent(kind, poll_id, event_type, content):
+                    await self.store.enqueue(room_id, kind, {
+                        "poll_id": poll_id, "type": event_type, "content": content}, now)
                 case UpdateIssueBody(series_id, meeting_id, repo, number, body):
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
@@ -695,6 +738,16 @@ class MeetingBot:
         if self._issues is None:
             raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
         return self._issues
+
+    async def _end_poll(self, item: OutboxItem) -> str:
+        """Send a poll's end event, referring to its start. The start was queued before
+        it in the same room's lane, so it has been sent, unless it failed for good."""
+        poll = await self.store.read.get_poll(item.payload["poll_id"])
+        if poll is None or poll.start_event_id is None:
+            raise DeliveryError("the poll's start was never sent", permanent=True)
+        payload = item.payload | {"content": refer_to(item.payload["content"],
+                                                      poll.start_event_id)}
+        return await self.transport.deliver(replace(item, payload=payload))
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
