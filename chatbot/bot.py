@@ -138,7 +138,17 @@ class IncomingPollResponse:
     sent_at: datetime | None = None
 
 
-Incoming = IncomingMessage | IncomingRedaction | IncomingReaction | IncomingPollResponse
+@dataclass(frozen=True, slots=True)
+class IncomingDeparture:
+    """Someone left the room, or was removed from it (`user_id`: who)."""
+
+    room_id: RoomId
+    event_id: EventId
+    user_id: UserId
+
+
+Incoming = (IncomingMessage | IncomingRedaction | IncomingReaction | IncomingPollResponse
+            | IncomingDeparture)
 # Raised hands on a start announcement count as `!here`; skin tones and gendered
 # variants start with the same code point.
 HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
@@ -309,6 +319,8 @@ class MeetingBot:
                     await self._handle_reaction(event)
                 case IncomingPollResponse():
                     await self._handle_poll_response(event)
+                case IncomingDeparture():
+                    await self._handle_departure(event)
         except HomeserverUnavailable:
             raise
         except Exception as error:
@@ -542,6 +554,16 @@ class MeetingBot:
                 min(now, response.sent_at or now))
         if kept:
             log.info("%s answered poll %s", response.sender, poll.id, extra=ids)
+
+    async def _handle_departure(self, departure: IncomingDeparture) -> None:
+        """Answers from people no longer in the room do not count in its open poll."""
+        async with self.store.transaction():
+            withdrawn = await self.store.withdraw_poll_answers_of(departure.room_id,
+                                                                  departure.user_id)
+        if withdrawn:
+            log.info("%s left %s; their answer to the open poll no longer counts",
+                     departure.user_id, departure.room_id,
+                     extra={"room_id": departure.room_id, "event_id": departure.event_id})
 
     async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None:
         """A configured room was upgraded: its meetings, past and future, move along."""

@@ -1004,6 +1004,12 @@ class Store:
             "DELETE FROM poll_responses WHERE event_id = ? AND poll_id IN "
             "(SELECT id FROM polls WHERE closed_at IS NULL)", event_id) > 0
 
+    async def withdraw_poll_answers_of(self, room_id: RoomId, sender: UserId) -> int:
+        """Someone left the room: none of their answers to its open poll counts."""
+        return await self._changes(
+            "DELETE FROM poll_responses WHERE sender = ? AND poll_id IN "
+            "(SELECT id FROM polls WHERE room_id = ? AND closed_at IS NULL)", sender, room_id)
+
     async def poll_ballots(self, poll_id: int) -> list[Ballot]:
         rows = await self._rows(
             "SELECT sender, answer, sent_at, rowid FROM poll_responses WHERE poll_id = ? "

@@ -22,7 +22,7 @@ RESPONSE = "org.matrix.msc3381.poll.response"
 TEXT = "org.matrix.msc1767.text"
 QUESTION = "Ship the release on Friday?"
 # chair and Ada (who changed her mind) and Vic (by text) yes, Grace no, Uma abstains;
-# Wes answers after the close.
+# Xia answers and leaves the room before the close, Wes answers after the close.
 RESULT = f"{QUESTION} — yes 3, no 1, abstain 1 (5 voters)"
 
 
@@ -74,10 +74,10 @@ def relates_to(event: Event, start_id: str) -> bool:
 
 async def run_vote(world: World, people: list[Person]) -> tuple[Event, Event, str]:
     """The issue's poll: six voters, one changing their answer, one by text, one after
-    the close. Returns the poll's start and end events as Ada's client saw them, and the
-    note's text."""
+    the close; and one who leaves the room before the close. Returns the poll's start
+    and end events as Ada's client saw them, and the note's text."""
     room, chair, ada, grace = world.room_id, world.chair, world.ada, world.grace
-    uma, vic, wes = people
+    uma, vic, wes, xia = people
     bot = world.bot_user.user_id
     await world.start_bot(world.config())
     await command(chair, room, "!startmeeting")
@@ -94,6 +94,8 @@ async def run_vote(world: World, people: list[Person]) -> tuple[Event, Event, st
     await uma.send(room, "m.poll.response", stable_answer(start_id, "abstain"))
     await ada.send(room, RESPONSE, answer(start_id, "yes"))  # Ada changes her mind
     await command(vic, room, "!vote +1")
+    await xia.send(room, RESPONSE, answer(start_id, "no"))
+    await xia.client.room_leave(room)
 
     refused = await grace.say(room, "!vote close")
     reply = await grace.wait_for(lambda e: is_reply(e, refused), timeout=30)
@@ -129,7 +131,7 @@ def assert_msc3381_start(start: Event) -> None:
 
 
 async def test_a_poll_counted_by_the_rules(world: World) -> None:
-    async with more_people(world, "Uma", "Vic", "Wes") as people:
+    async with more_people(world, "Uma", "Vic", "Wes", "Xia") as people:
         start, end, note = await run_vote(world, people)
     assert_msc3381_start(start)
     assert end["content"][END] == {}
@@ -139,7 +141,7 @@ async def test_a_poll_counted_by_the_rules(world: World) -> None:
 
 async def test_a_poll_in_an_encrypted_room(crypto_world: World) -> None:
     world = crypto_world
-    async with more_people(world, "Uma", "Vic", "Wes", encrypted=True) as people:
+    async with more_people(world, "Uma", "Vic", "Wes", "Xia", encrypted=True) as people:
         start, end, note = await run_vote(world, people)
     assert start["decrypted"] and end["decrypted"], "the poll travelled in the clear"
     assert_msc3381_start(start)

@@ -25,6 +25,7 @@ from chatbot.bot import (
     Clock,
     HomeserverUnavailable,
     Incoming,
+    IncomingDeparture,
     IncomingMessage,
     IncomingPollResponse,
     IncomingReaction,
@@ -108,13 +109,22 @@ def _relation(content: dict[str, Any]) -> dict[str, Any]:
 def incoming_event(
     event: dict[str, Any], room_id: RoomId, own_user_id: str, display_name: Callable[[str], str]
 ) -> Incoming | None:
-    """A person's message, edit, redaction, reaction or poll answer as the core sees it;
-    None otherwise."""
+    """A person's message, edit, redaction, reaction, poll answer or departure as the core
+    sees it; None otherwise."""
     sender, event_id = event.get("sender"), event.get("event_id")
-    if not isinstance(sender, str) or not isinstance(event_id, str) or sender == own_user_id:
+    if not isinstance(sender, str) or not isinstance(event_id, str):
         return None
     content = event.get("content")
     content = content if isinstance(content, dict) else {}
+    if event.get("type") == "m.room.member":
+        # A departure matters whoever sent it (a kick or ban comes from a moderator).
+        user = event.get("state_key")
+        if (content.get("membership") not in ("leave", "ban") or not isinstance(user, str)
+                or user == own_user_id):
+            return None
+        return IncomingDeparture(room_id, EventId(event_id), UserId(user))
+    if sender == own_user_id:
+        return None
     relation = _relation(content)
     match event.get("type"):
         case "m.room.message":

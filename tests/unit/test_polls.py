@@ -11,7 +11,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from chatbot.bot import IncomingMessage, IncomingPollResponse, IncomingRedaction, MeetingBot
+from chatbot.bot import (
+    IncomingDeparture,
+    IncomingMessage,
+    IncomingPollResponse,
+    IncomingRedaction,
+    MeetingBot,
+)
 from chatbot.commands import (
     AskVote,
     CastVote,
@@ -202,6 +208,21 @@ def test_poll_responses_reach_the_core_in_either_form() -> None:
     assert incoming_event(unrelated, ROOM, BOT, lambda user: user) is None
 
 
+@pytest.mark.parametrize(
+    ("sender", "user", "membership", "departs"),
+    [(A, A, "leave", True), (CHAIR, A, "leave", True), (CHAIR, A, "ban", True),
+     (A, A, "join", False), (CHAIR, BOT, "leave", False)],
+    ids=["left", "kicked", "banned", "joined", "the bot itself"],
+)
+def test_a_departure_reaches_the_core(sender: str, user: str, membership: str,
+                                      departs: bool) -> None:
+    event = {"type": "m.room.member", "sender": sender, "state_key": user, "event_id": "$m",
+             "content": {"membership": membership}}
+    incoming = incoming_event(event, ROOM, BOT, lambda user: user)
+    assert incoming == (IncomingDeparture(ROOM, EventId("$m"), UserId(user)) if departs
+                        else None)
+
+
 # --- counting ----------------------------------------------------------------------------------
 
 
@@ -388,6 +409,8 @@ async def test_a_restart_mid_poll_loses_nothing_and_replays_count_once(tmp_path:
     await world.answer(B, EventId(start_id), "no", event_id="$b")
     await bot.handle(IncomingRedaction(ROOM, EventId("$redact"), B, EventId("$b")))
     await world.say(D, "!vote -1")
+    await world.say(UserId("@eve:example.org"), "!vote -1")
+    await bot.handle(IncomingDeparture(ROOM, EventId("$left"), UserId("@eve:example.org")))
     await world.say(CHAIR, "!vote close")
     ((_, end),) = world.sent("poll_end")
     assert end.payload["content"][TEXT_BLOCK].endswith(
