@@ -44,6 +44,7 @@ from chatbot.meetings import (
     Rooms,
     SaveNote,
     UpdateIssueBody,
+    end_poll,
     plan_jobs,
     resolve_target,
     run_close,
@@ -139,6 +140,17 @@ class IncomingPollResponse:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingPollEnd:
+    """Someone ended a poll from their client (either event form)."""
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    poll_start: EventId
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class IncomingDeparture:
     """Someone left the room, or was removed from it (`user_id`: who)."""
 
@@ -148,7 +160,7 @@ class IncomingDeparture:
 
 
 Incoming = (IncomingMessage | IncomingRedaction | IncomingReaction | IncomingPollResponse
-            | IncomingDeparture)
+            | IncomingPollEnd | IncomingDeparture)
 # Raised hands on a start announcement count as `!here`; skin tones and gendered
 # variants start with the same code point.
 HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
@@ -319,6 +331,8 @@ class MeetingBot:
                     await self._handle_reaction(event)
                 case IncomingPollResponse():
                     await self._handle_poll_response(event)
+                case IncomingPollEnd():
+                    await self._handle_poll_end(event)
                 case IncomingDeparture():
                     await self._handle_departure(event)
         except HomeserverUnavailable:
@@ -554,6 +568,26 @@ class MeetingBot:
                 min(now, response.sent_at or now))
         if kept:
             log.info("%s answered poll %s", response.sender, poll.id, extra=ids)
+
+    async def _handle_poll_end(self, end: IncomingPollEnd) -> None:
+        """A poll ended from a client closes the bot's count as `!vote close` would, at
+        the end event's time; only its asker or a chair may (MSC3381 lets the poll's
+        sender, the bot, or those who may redact others' messages end it)."""
+        poll = await self.store.read.poll_started_by(end.poll_start)
+        if poll is None or poll.room_id != end.room_id or poll.closed_at is not None:
+            return
+        ids = {"room_id": end.room_id, "event_id": end.event_id}
+        if end.sender != poll.asker and not await self._is_chair(end.room_id, end.sender):
+            log.info("%s may not end poll %s; ignored", end.sender, poll.id, extra=ids)
+            return
+        async with self.store.transaction():
+            now = self.clock()
+            meeting = await self.store.get_meeting(poll.meeting_id)
+            item_id = meeting.current_item_id if meeting is not None else None
+            effects = await end_poll(self.store, poll, item_id, min(now, end.sent_at or now))
+            await self._record(effects, end.room_id, None, now)
+        log.info("%s ended poll %s from their client", end.sender, poll.id, extra=ids)
+        self._after(effects)
 
     async def _handle_departure(self, departure: IncomingDeparture) -> None:
         """Answers from people no longer in the room do not count in its open poll."""

@@ -25,6 +25,8 @@ DISCLOSED = "org.matrix.msc3381.poll.disclosed"
 UNSTABLE_RESPONSE = "org.matrix.msc3381.poll.response"
 STABLE_RESPONSE = "m.poll.response"
 RESPONSE_TYPES = (UNSTABLE_RESPONSE, STABLE_RESPONSE)
+# A moderator may end the bot's poll from their client ("End poll" in Element).
+END_TYPES = (END_TYPE, "m.poll.end")
 
 # MSC3381 truncates a poll to 20 answers; the lengths keep a poll readable in a client
 # and its result on one line of the note.

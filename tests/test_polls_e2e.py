@@ -151,3 +151,36 @@ async def test_a_poll_in_an_encrypted_room(crypto_world: World) -> None:
     sent = [e for e in world.ada.events if e.get("type") == RESPONSE
             and e.get("sender") == world.ada.user_id]
     assert sent and all(e["decrypted"] for e in sent)
+
+
+async def test_a_chair_ends_the_poll_from_their_client(world: World) -> None:
+    """Element offers "End poll" to those who may redact others' messages: the bot
+    takes that end as the close, and posts the result."""
+    room, chair, ada, grace = world.room_id, world.chair, world.ada, world.grace
+    bot = world.bot_user.user_id
+    await world.start_bot(world.config())
+    await command(chair, room, "!agenda Lunch")
+    await command(chair, room, "!startmeeting")
+    await command(chair, room, "!next")
+    mark = len(ada.events)
+    await ada.say(room, "!vote Lunch? / Pizza / Sushi")
+    start = await ada.wait_for(lambda e: e.get("type") == START and e.get("sender") == bot,
+                               timeout=30, after=mark)
+    start_id = start["event_id"]
+    assert [a[TEXT] for a in start["content"][START]["answers"]] == ["Pizza", "Sushi"]
+    await ada.send(room, RESPONSE, answer(start_id, "option-2"))
+    await grace.send(room, RESPONSE, answer(start_id, "option-1"))
+    mark = len(ada.events)
+    await chair.send(room, END, {"m.relates_to": {"rel_type": "m.reference",
+                                                  "event_id": start_id},
+                                 END: {}, TEXT: "Ended poll"})
+    result = "Lunch? — Pizza 1, Sushi 1 (2 voters)"
+    await ada.wait_for(lambda e: e.get("type") == END and e.get("sender") == bot
+                       and e["content"].get(TEXT) == f"The poll has closed. {result}",
+                       timeout=30, after=mark)
+    mark = len(ada.events)
+    await command(chair, room, "!endmeeting")
+    note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"),
+                              timeout=30, after=mark)
+    assert f") Lunch\n    - **Vote:** {result}\n" in body_of(note)
+    assert "## Decisions" not in body_of(note)

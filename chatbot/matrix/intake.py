@@ -27,6 +27,7 @@ from chatbot.bot import (
     Incoming,
     IncomingDeparture,
     IncomingMessage,
+    IncomingPollEnd,
     IncomingPollResponse,
     IncomingReaction,
     IncomingRedaction,
@@ -37,7 +38,7 @@ from chatbot.matrix.rooms import RoomDirectory, replacement_room
 from chatbot.matrix.session import login_withdrawn
 from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
-from chatbot.polls import RESPONSE_TYPES, response_selection
+from chatbot.polls import END_TYPES, RESPONSE_TYPES, response_selection
 from chatbot.retry import CAP_DELAY, NETWORK_ERRORS, backoff_delay, call_homeserver
 from chatbot.store import Store
 
@@ -50,7 +51,8 @@ HEARD_AT_KEY = "sync_heard_at"
 LONG_POLL_MS = 30_000
 GAP_FILL_LIMIT = 5_000
 GAP_FILL_FILTER = {"types": ["m.room.message", "m.room.encrypted", "m.reaction",
-                             "m.room.redaction", "m.room.tombstone", *RESPONSE_TYPES]}
+                             "m.room.redaction", "m.room.tombstone", *RESPONSE_TYPES,
+                             *END_TYPES]}
 # How long (seconds) storing the sync filter is retried before syncing without it.
 FILTER_PATIENCE = 10.0
 
@@ -83,7 +85,8 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
                 "limit": timeline_limit,
                 "types": ["m.room.message", "m.room.encrypted", "m.room.member",
                           "m.room.power_levels", "m.reaction", "m.room.redaction",
-                          "m.room.tombstone", "m.room.encryption", *RESPONSE_TYPES],
+                          "m.room.tombstone", "m.room.encryption", *RESPONSE_TYPES,
+                          *END_TYPES],
                 "lazy_load_members": True,
             },
         },
@@ -168,6 +171,12 @@ def incoming_event(
             return IncomingPollResponse(room_id, EventId(event_id), UserId(sender),
                                         EventId(poll), response_selection(event_type, content),
                                         sent_at=_sent_at(event))
+        case str(event_type) if event_type in END_TYPES:
+            poll = relation.get("event_id")
+            if relation.get("rel_type") != "m.reference" or not isinstance(poll, str):
+                return None
+            return IncomingPollEnd(room_id, EventId(event_id), UserId(sender), EventId(poll),
+                                   sent_at=_sent_at(event))
     return None
 
 
@@ -364,7 +373,7 @@ class Intake:
         incoming = incoming_event(event, room_id, self.client.user_id, room_names)
         if incoming is None:
             return
-        if (isinstance(incoming, IncomingMessage | IncomingPollResponse)
+        if (isinstance(incoming, IncomingMessage | IncomingPollResponse | IncomingPollEnd)
                 and incoming.sent_at is not None):
             now = self.clock()
             incoming = dataclasses.replace(

@@ -14,6 +14,7 @@ import pytest
 from chatbot.bot import (
     IncomingDeparture,
     IncomingMessage,
+    IncomingPollEnd,
     IncomingPollResponse,
     IncomingRedaction,
     MeetingBot,
@@ -206,6 +207,11 @@ def test_poll_responses_reach_the_core_in_either_form() -> None:
     assert isinstance(parsed_stable, IncomingPollResponse) and parsed_stable.answer == "no"
     unrelated = unstable | {"content": {"org.matrix.msc3381.poll.response": {"answers": ["y"]}}}
     assert incoming_event(unrelated, ROOM, BOT, lambda user: user) is None
+    for end_type in ("org.matrix.msc3381.poll.end", "m.poll.end"):
+        end = {"type": end_type, "sender": CHAIR, "event_id": "$end",
+               "content": {"m.relates_to": relation, END_TYPE: {}}}
+        assert incoming_event(end, ROOM, BOT, lambda user: user) == IncomingPollEnd(
+            ROOM, EventId("$end"), CHAIR, EventId("$poll"))
 
 
 @pytest.mark.parametrize(
@@ -425,3 +431,30 @@ async def test_no_poll_without_an_open_meeting(tmp_path: Path) -> None:
     assert world.sent("poll_start") == []
     assert "No meeting is open here" in world.replies()[-1]
     await world.bot.store.close()
+
+
+async def test_a_poll_ended_from_a_chairs_client_is_counted_up_to_that_end(
+    tmp_path: Path,
+) -> None:
+    world = PollWorld(tmp_path)
+    bot = await world.start()
+    await world.say(CHAIR, "!startmeeting")
+    await world.say(A, "!vote Ship?")
+    ((start_id, _),) = world.sent("poll_start")
+    await world.answer(A, EventId(start_id), "yes")
+    ended_at = world.clock()
+    world.clock.advance(seconds=2)
+    await world.answer(B, EventId(start_id), "no")  # sent after the end event: not counted
+
+    await bot.handle(IncomingPollEnd(ROOM, EventId("$end1"), C, EventId(start_id), ended_at))
+    await bot.deliver_due()
+    assert world.sent("poll_end") == [], "someone neither asker nor chair cannot end it"
+
+    await bot.handle(IncomingPollEnd(ROOM, EventId("$end2"), CHAIR, EventId(start_id), ended_at))
+    await bot.deliver_due()
+    ((_, end),) = world.sent("poll_end")
+    assert end.payload["content"][TEXT_BLOCK].endswith("Ship? — yes 1, no 0, abstain 0 (1 voter)")
+    await bot.handle(IncomingPollEnd(ROOM, EventId("$end3"), CHAIR, EventId(start_id), ended_at))
+    await bot.deliver_due()
+    assert len(world.sent("poll_end")) == 1, "a poll ends once"
+    await bot.store.close()
