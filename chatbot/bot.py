@@ -35,6 +35,7 @@ from chatbot.meetings import (
     Effect,
     Job,
     JobKind,
+    PollEvent,
     Post,
     PublishNote,
     QueueIssue,
@@ -45,6 +46,7 @@ from chatbot.meetings import (
     SaveNote,
     UpdateIssueBody,
     compile_log,
+    end_poll,
     forget_in_log,
     keep_in_log,
     logging_sitting,
@@ -61,6 +63,7 @@ from chatbot.meetings import (
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
+from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
@@ -146,7 +149,43 @@ class IncomingReaction:
     key: str
 
 
-Incoming = IncomingMessage | IncomingRedaction | IncomingReaction | IncomingChat
+@dataclass(frozen=True, slots=True)
+class IncomingPollResponse:
+    """An answer to a poll, from a client's poll (either event form).
+
+    `answer` is the first selection (None: an empty one); `sent_at` as for messages.
+    """
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    poll_start: EventId
+    answer: str | None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingPollEnd:
+    """Someone ended a poll from their client (either event form)."""
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    poll_start: EventId
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingDeparture:
+    """Someone left the room, or was removed from it (`user_id`: who)."""
+
+    room_id: RoomId
+    event_id: EventId
+    user_id: UserId
+
+
+Incoming = (IncomingMessage | IncomingRedaction | IncomingReaction | IncomingChat
+            | IncomingPollResponse | IncomingPollEnd | IncomingDeparture)
 # Raised hands on a start announcement count as `!here`; skin tones and gendered
 # variants start with the same code point.
 HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
@@ -291,6 +330,7 @@ class MeetingBot:
                              if isinstance(target, GitHubIssues)), None)
         self._carriers[GITHUB_ISSUE] = self._open_issue
         self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
+        self._carriers[POLL_END] = self._end_poll
         # Not told when it fails: the agenda's next change writes the body again.
         self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
         # Scheduled jobs that failed: how often in a row, and when to try again.
@@ -321,6 +361,12 @@ class MeetingBot:
                     await self._handle_reaction(event)
                 case IncomingChat():
                     await self._log_alone(event)
+                case IncomingPollResponse():
+                    await self._handle_poll_response(event)
+                case IncomingPollEnd():
+                    await self._handle_poll_end(event)
+                case IncomingDeparture():
+                    await self._handle_departure(event)
         except HomeserverUnavailable:
             raise
         except Exception as error:
@@ -518,6 +564,7 @@ class MeetingBot:
             if product is not None:
                 await self.store.delete_entry(product[1].id)
             withdrawn = await self.store.withdraw_attendance(redaction.redacts)
+            withdrawn = await self.store.withdraw_poll_response(redaction.redacts) or withdrawn
             rewrite = await forget_in_log(self.store, self.rooms, redaction.redacts)
             await self._record(rewrite, redaction.room_id, None, now)
         if rewrite:
@@ -568,6 +615,55 @@ class MeetingBot:
                                           reaction.event_id, now, reaction=True)
         log.info("%s joined the roll call of meeting %s with a reaction", reaction.sender,
                  meeting.id)
+
+    async def _handle_poll_response(self, response: IncomingPollResponse) -> None:
+        """Keep an answer to one of the bot's open polls; the count comes at the close.
+        Answers to other polls, and answers that come after the close, are not kept."""
+        ids = {"room_id": response.room_id, "event_id": response.event_id}
+        async with self.store.transaction():
+            now = self.clock()
+            poll = await self.store.poll_started_by(response.poll_start)
+            if poll is None or poll.room_id != response.room_id:
+                return
+            if poll.closed_at is not None:
+                log.info("%s answered poll %s after its close; not counted", response.sender,
+                         poll.id, extra=ids)
+                return
+            kept = await self.store.add_poll_response(
+                poll.id, response.event_id, response.sender, response.answer,
+                min(now, response.sent_at or now))
+        if kept:
+            log.info("%s answered poll %s", response.sender, poll.id, extra=ids)
+
+    async def _handle_poll_end(self, end: IncomingPollEnd) -> None:
+        """A poll ended from a client closes the bot's count as `!vote close` would, at
+        the end event's time; only its asker or a chair may (MSC3381 lets the poll's
+        sender, the bot, or those who may redact others' messages end it)."""
+        poll = await self.store.read.poll_started_by(end.poll_start)
+        if poll is None or poll.room_id != end.room_id or poll.closed_at is not None:
+            return
+        ids = {"room_id": end.room_id, "event_id": end.event_id}
+        if end.sender != poll.asker and not await self._is_chair(end.room_id, end.sender):
+            log.info("%s may not end poll %s; ignored", end.sender, poll.id, extra=ids)
+            return
+        async with self.store.transaction():
+            now = self.clock()
+            meeting = await self.store.get_meeting(poll.meeting_id)
+            item_id = meeting.current_item_id if meeting is not None else None
+            effects = await end_poll(self.store, poll, item_id, min(now, end.sent_at or now))
+            await self._record(effects, end.room_id, None, now)
+        log.info("%s ended poll %s from their client", end.sender, poll.id, extra=ids)
+        self._after(effects)
+
+    async def _handle_departure(self, departure: IncomingDeparture) -> None:
+        """Answers from people no longer in the room do not count in its open poll."""
+        async with self.store.transaction():
+            withdrawn = await self.store.withdraw_poll_answers_of(departure.room_id,
+                                                                  departure.user_id)
+        if withdrawn:
+            log.info("%s left %s; their answer to the open poll no longer counts",
+                     departure.user_id, departure.room_id,
+                     extra={"room_id": departure.room_id, "event_id": departure.event_id})
 
     async def follow_upgrade(self, old_room_id: RoomId, new_room_id: RoomId) -> None:
         """A configured room was upgraded: its meetings, past and future, move along."""
@@ -687,6 +783,9 @@ class MeetingBot:
                     await self.store.enqueue(room_id, kind, sitting.payload(), now)
                 case QueueIssue(job):
                     await self.store.enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
+                case PollEvent(kind, poll_id, event_type, content):
+                    await self.store.enqueue(room_id, kind, {
+                        "poll_id": poll_id, "type": event_type, "content": content}, now)
                 case UpdateIssueBody(series_id, meeting_id, repo, number, body):
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
@@ -775,6 +874,16 @@ class MeetingBot:
         if self._issues is None:
             raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
         return self._issues
+
+    async def _end_poll(self, item: OutboxItem) -> str:
+        """Send a poll's end event, referring to its start. The start was queued before
+        it in the same room's lane, so it has been sent, unless it failed for good."""
+        poll = await self.store.read.get_poll(item.payload["poll_id"])
+        if poll is None or poll.start_event_id is None:
+            raise DeliveryError("the poll's start was never sent", permanent=True)
+        payload = item.payload | {"content": refer_to(item.payload["content"],
+                                                      poll.start_event_id)}
+        return await self.transport.deliver(replace(item, payload=payload))
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the

@@ -17,11 +17,13 @@ from typing import Any
 from chatbot.meetings import (
     EARLY_START_WINDOW,
     Effect,
+    PollEvent,
     React,
     Reply,
     Rooms,
     Target,
     close_meeting,
+    end_poll,
     go_to_item,
     materialize,
     open_adhoc,
@@ -30,6 +32,20 @@ from chatbot.meetings import (
     upcoming,
 )
 from chatbot.model import Entry, EntryKind, EventId, MeetingRecord, Profile, RoomId, UserId
+from chatbot.polls import (
+    MAX_ANSWER,
+    MAX_ANSWERS,
+    MAX_QUESTION,
+    POLL_START,
+    START_TYPE,
+    TEXT_VOTES,
+    YES_NO_ABSTAIN,
+    Answer,
+    is_yes_no,
+    option_answers,
+    start_content,
+    text_vote_hint,
+)
 from chatbot.power import CHAIR_LEVEL
 from chatbot.render import (
     clean_text,
@@ -134,6 +150,24 @@ class Person:
 @dataclass(frozen=True, slots=True)
 class StartMeeting:
     title: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AskVote:
+    question: str
+    answers: tuple[Answer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CloseVote:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CastVote:
+    """A text vote: `+1`, `-1`, `0`, or an option's number."""
+
+    choice: str
 
 
 # --- parsers ----------------------------------------------------------------------------
@@ -258,6 +292,47 @@ def _start_meeting(args: str) -> StartMeeting:
     if len(title) > 200:
         raise UsageError("the title is limited to 200 characters")
     return StartMeeting(title or None)
+
+
+_TEXT_VOTE = re.compile(r"[+-]1|\d{1,2}")
+
+
+def _vote(args: str) -> AskVote | CloseVote | CastVote:
+    """`Question? / Option A / Option B`, `close`, or a text vote."""
+    text = " ".join(clean_text(args).split())
+    if not text:
+        raise UsageError("say the question, and any options after it separated by `/`")
+    if text.lower() == "close":
+        return CloseVote()
+    if _TEXT_VOTE.fullmatch(text):
+        return CastVote(text)
+    question, *options = (part.strip() for part in text.split("/"))
+    if not question:
+        raise UsageError("the question comes first")
+    if len(question) > MAX_QUESTION:
+        raise UsageError(f"the question is {len(question)} characters; the limit is "
+                         f"{MAX_QUESTION}")
+    if not options:
+        return AskVote(question, YES_NO_ABSTAIN)
+    if len(options) < 2:
+        raise UsageError("a vote takes at least two options (or none, for yes / no / abstain)")
+    if len(options) > MAX_ANSWERS:
+        raise UsageError(f"that is {len(options)} options; the limit is {MAX_ANSWERS}")
+    if not all(options):
+        raise UsageError("an option is empty")
+    if (longest := max(len(option) for option in options)) > MAX_ANSWER:
+        raise UsageError(f"an option is {longest} characters; the limit is {MAX_ANSWER}")
+    if len({option.casefold() for option in options}) < len(options):
+        raise UsageError("two options are the same")
+    return AskVote(question, option_answers(options))
+
+
+def text_vote_answer(choice: str, answers: tuple[Answer, ...]) -> str | None:
+    """The answer id a text vote picks on a poll; None if it picks none there."""
+    if choice in TEXT_VOTES:
+        return TEXT_VOTES[choice] if is_yes_no(answers) else None
+    number = int(choice)
+    return answers[number - 1].id if 1 <= number <= len(answers) else None
 
 
 # --- handlers -----------------------------------------------------------------------------
@@ -576,6 +651,38 @@ async def handle_endmeeting(command: NoArguments, context: Context, store: Store
     return [React(), *await close_meeting(store, context.rooms, series, meeting, context.now)]
 
 
+async def handle_vote(command: AskVote | CloseVote | CastVote, context: Context,
+                      store: Store) -> list[Effect]:
+    prefix = context.prefix
+    meeting = await store.open_meeting_in_room(context.room_id)
+    if meeting is None:
+        return _not_open(context)
+    poll = await store.open_poll_in_room(context.room_id)
+    if isinstance(command, AskVote):
+        if poll is not None:
+            return [Reply(f"A vote is open already: “{escape_markdown(poll.question)}”. Its "
+                          f"asker or a chair can end it with `{prefix}vote close`.")]
+        poll = await store.add_poll(meeting.id, context.room_id, context.sender,
+                                    command.question, command.answers, context.event_id,
+                                    context.now)
+        return [PollEvent(POLL_START, poll.id, START_TYPE,
+                          start_content(poll.question, poll.answers, prefix))]
+    if poll is None:
+        return [Reply(f"No vote is open here. Ask one with `{prefix}vote Question? / "
+                      "Option A / Option B`.")]
+    if isinstance(command, CloseVote):
+        if context.sender != poll.asker and not context.is_chair:
+            return [Reply(f"Only the vote's asker or a chair can end it: {chairs_are(prefix)}.")]
+        item_id = meeting.current_item_id if meeting.id == poll.meeting_id else None
+        return [React(), *await end_poll(store, poll, item_id, context.now)]
+    answer = text_vote_answer(command.choice, poll.answers)
+    if answer is None:
+        return [Reply(f"This vote takes {text_vote_hint(poll.answers, prefix)}.")]
+    await store.add_poll_response(poll.id, context.event_id, context.sender, answer,
+                                  context.now)
+    return [React()]
+
+
 # --- the registry ---------------------------------------------------------------------------
 
 
@@ -637,6 +744,10 @@ REGISTRY: tuple[CommandSpec, ...] = (
     CommandSpec("agreed", "agreed text", "records a decision on the current item",
                 _text, _entry_handler(EntryKind.DECISION), aliases=("decision",),
                 entry_kind=EntryKind.DECISION, editable=True),
+    CommandSpec("vote", "vote Question? / Option A / Option B",
+                "asks a vote as a Matrix poll (no options: yes / no / abstain); `vote +1`, "
+                "`vote -1`, `vote 0` or `vote N` answer it by text; `vote close` ends it "
+                "(its asker or a chair)", _vote, handle_vote, chair_aware=True),
     CommandSpec("undo", "undo", "removes your last entry (a chair's: anyone's)",
                 _no_arguments, handle_undo, chair_aware=True),
     CommandSpec("chair", "chair @user", "makes someone a chair of this meeting", _person,

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
+from typing import Any
 
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import (
@@ -24,6 +25,7 @@ from chatbot.model import (
     RoomId,
     UserId,
 )
+from chatbot.polls import END_TYPE, POLL_END, Poll, count, end_content, result_line
 from chatbot.publish import Sitting, job_kinds
 from chatbot.publish.github import Comment
 from chatbot.publish.issue import OpenIssue, issue_body, issue_title
@@ -126,8 +128,19 @@ class UpdateIssueBody:
     body: str
 
 
+@dataclass(frozen=True, slots=True)
+class PollEvent:
+    """A poll's start or end event (`kind` is its outbox job kind); an end's reference
+    to the start is added when it is sent, once the start's event id is known."""
+
+    kind: str
+    poll_id: int
+    event_type: str
+    content: dict[str, Any]
+
+
 Effect = (React | Reply | Post | SaveNote | SaveLog | PublishNote | QueueIssue
-          | UpdateIssueBody)
+          | UpdateIssueBody | PollEvent)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -411,6 +424,9 @@ async def close_meeting(
     """Close an open meeting: time the last item, carry unreached ones over, post the note."""
     if not await store.mark_ended(meeting.id, now):
         return []
+    # Open votes end with the meeting, their results in its note.
+    ended_polls = [effect for poll in await store.open_polls_of(meeting.id)
+                   for effect in await end_poll(store, poll, meeting.current_item_id, now)]
     record = await store.record(meeting)
     if record.current_item is not None:
         await store.stop_item(record.current_item, now)
@@ -429,12 +445,25 @@ async def close_meeting(
     saved_log = ([SaveLog(log_path(path), closed.id, await compile_log(store, series, closed))]
                  if series.log else [])
     return [
+        *ended_polls,
         Post(meeting.room_id, closing),
         Post(meeting.room_id, note),
         SaveNote(path, note),
         *saved_log,
         *(PublishNote(kind, sitting) for kind in job_kinds(series.publish)),
     ]
+
+
+async def end_poll(store: Store, poll: Poll, item_id: int | None,
+                   now: datetime) -> list[Effect]:
+    """Close a poll: count its answers, keep the result for the note under `item_id`
+    (the agenda item being discussed), and post the poll's end event."""
+    tally = count(poll.answers, await store.poll_ballots(poll.id), now)
+    if not await store.close_poll(poll.id, now, item_id, result_line(poll.question, tally)):
+        return []
+    log.info("poll %s closed in %s: %s voters", poll.id, poll.room_id, tally.voters,
+             extra={"room_id": poll.room_id, "meeting_id": poll.meeting_id})
+    return [PollEvent(POLL_END, poll.id, END_TYPE, end_content(poll.question, tally))]
 
 
 # --- scheduled work -----------------------------------------------------------------

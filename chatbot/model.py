@@ -97,12 +97,21 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class VoteResult:
+    """A closed poll's counted result line, under the agenda item current at its close."""
+
+    result: str
+    item_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MeetingRecord:
     """Everything the note is compiled from."""
 
     meeting: Meeting
     attendees: tuple[Attendee, ...]
     entries: tuple[Entry, ...]
+    votes: tuple[VoteResult, ...] = ()
 
     def of_kind(self, *kinds: EntryKind) -> list[Entry]:
         return [entry for entry in self.entries if entry.kind in kinds]

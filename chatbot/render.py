@@ -39,6 +39,7 @@ from chatbot.model import (
     Profile,
     RoomId,
     UserId,
+    VoteResult,
 )
 
 _ENTITY = re.compile(r"&(?=#?\w+;)")
@@ -475,6 +476,17 @@ def note_context(
         if entry.item_id is not None:
             under_item.setdefault(entry.item_id, []).append(entry)
 
+    # A vote goes under the agenda item it closed in, else among the decisions.
+    item_ids = {item.id for item in record.agenda}
+    votes_under: dict[int, list[VoteResult]] = {}
+    loose_votes = []
+    for vote in record.votes:
+        if vote.item_id in item_ids:
+            assert vote.item_id is not None
+            votes_under.setdefault(vote.item_id, []).append(vote)
+        else:
+            loose_votes.append(vote)
+
     def details(item: Entry) -> tuple[str, ...]:
         lines = []
         for entry in under_item.get(item.id, []):
@@ -483,6 +495,7 @@ def note_context(
                 lines.append(text)
             elif entry.kind is EntryKind.DECISION:
                 lines.append(f"**Decision:** {text}")
+        lines += [_vote_line(vote) for vote in votes_under.get(item.id, [])]
         return tuple(lines)
 
     escaped_name = functools.cache(escape_markdown)  # the same names come again and again
@@ -513,8 +526,14 @@ def note_context(
         "notes": [_said(e.text) for e in record.of_kind(EntryKind.NOTE) if e.item_id is None],
         "actions": [ActionGroup(escaped_name(person), tuple(items))
                     for person, items in groups.items()],
-        "decisions": [_said(e.text) for e in record.of_kind(EntryKind.DECISION)],
+        "decisions": [_said(e.text) for e in record.of_kind(EntryKind.DECISION)]
+        + [_vote_line(vote) for vote in loose_votes],
     }
+
+
+def _vote_line(vote: VoteResult) -> str:
+    """`**Vote:** Question? — A 5, B 2 (7 voters)`; the question and options are chat text."""
+    return f"**Vote:** {_said(vote.result, continuation_indent=' ' * 8)}"
 
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,9 @@ from chatbot.model import (
     Profile,
     RoomId,
     UserId,
+    VoteResult,
 )
+from chatbot.polls import POLL_START, Answer, Ballot, Poll
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +270,41 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX log_lines_by_meeting ON log_lines (meeting_id)",
     ),
+    (  # 6: votes as Matrix polls, and every answer to them, keyed by event id
+        """
+        CREATE TABLE polls (
+            id INTEGER PRIMARY KEY,
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id) ON DELETE CASCADE,
+            room_id TEXT NOT NULL,
+            asker TEXT NOT NULL,
+            question TEXT NOT NULL,
+            -- JSON [[id, text], ...] in the poll's order
+            answers TEXT NOT NULL,
+            command_event_id TEXT NOT NULL UNIQUE,
+            -- the poll start event, once the outbox has sent it
+            start_event_id TEXT UNIQUE,
+            opened_at TEXT NOT NULL,
+            closed_at TEXT,
+            -- at the close: the agenda item then current, and the counted result
+            item_id INTEGER REFERENCES entries (id) ON DELETE SET NULL,
+            result TEXT
+        )
+        """,
+        # One open poll per room, so `!vote close` and text votes name no poll.
+        "CREATE UNIQUE INDEX polls_open_in_room ON polls (room_id) WHERE closed_at IS NULL",
+        "CREATE INDEX polls_by_meeting ON polls (meeting_id)",
+        """
+        CREATE TABLE poll_responses (
+            event_id TEXT PRIMARY KEY,
+            poll_id INTEGER NOT NULL REFERENCES polls (id) ON DELETE CASCADE,
+            sender TEXT NOT NULL,
+            -- the first selection; NULL: an empty one
+            answer TEXT,
+            sent_at TEXT NOT NULL
+        )
+        """,
+        "CREATE INDEX poll_responses_by_poll ON poll_responses (poll_id)",
+    ),
 )
 
 
@@ -351,6 +388,21 @@ _MEETING_COLUMNS = (
     "id, series_id, room_id, title, scheduled_start, started_at, ended_at, closes_at, "
     "current_item_id"
 )
+_POLL_COLUMNS = ("id, meeting_id, room_id, asker, question, answers, start_event_id, "
+                 "opened_at, closed_at")
+
+
+def _poll_from_row(row: aiosqlite.Row) -> Poll:
+    return Poll(
+        id=row["id"], meeting_id=row["meeting_id"], room_id=RoomId(row["room_id"]),
+        asker=UserId(row["asker"]), question=row["question"],
+        answers=tuple(Answer(id_, text) for id_, text in json.loads(row["answers"])),
+        start_event_id=EventId(row["start_event_id"]) if row["start_event_id"] else None,
+        opened_at=datetime.fromisoformat(row["opened_at"]),
+        closed_at=_instant(row["closed_at"]),
+    )
+
+
 _ENTRY_COLUMNS = (
     "id, kind, sender, sender_name, text, minutes, event_id, created_at, item_id, assignee, "
     "position, item_started_at, took_seconds, overrun_noted, dropped, carried_from"
@@ -917,7 +969,79 @@ class Store:
                 for r in attendee_rows
             ),
             entries=tuple(_entry_from_row(r) for r in entry_rows),
+            votes=tuple(VoteResult(r["result"], r["item_id"]) for r in await self._rows(
+                "SELECT result, item_id FROM polls WHERE meeting_id = ? AND result IS NOT NULL "
+                "ORDER BY closed_at, id", meeting.id)),
         )
+
+    # --- polls ----------------------------------------------------------------------
+
+    async def add_poll(self, meeting_id: int, room_id: RoomId, asker: UserId, question: str,
+                       answers: Sequence[Answer], command_event_id: EventId,
+                       now: datetime) -> Poll:
+        cursor = await self._db.execute(
+            "INSERT INTO polls (meeting_id, room_id, asker, question, answers, "
+            "command_event_id, opened_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (meeting_id, room_id, asker, question,
+             json.dumps([[a.id, a.text] for a in answers], ensure_ascii=False),
+             command_event_id, _stamp(now)))
+        assert cursor.lastrowid is not None
+        return Poll(cursor.lastrowid, meeting_id, room_id, asker, question, tuple(answers),
+                    None, now, None)
+
+    async def open_poll_in_room(self, room_id: RoomId) -> Poll | None:
+        rows = await self._rows(
+            f"SELECT {_POLL_COLUMNS} FROM polls WHERE room_id = ? AND closed_at IS NULL",
+            room_id)
+        return _poll_from_row(rows[0]) if rows else None
+
+    async def open_polls_of(self, meeting_id: int) -> list[Poll]:
+        rows = await self._rows(
+            f"SELECT {_POLL_COLUMNS} FROM polls WHERE meeting_id = ? AND closed_at IS NULL "
+            "ORDER BY id", meeting_id)
+        return [_poll_from_row(row) for row in rows]
+
+    async def poll_started_by(self, start_event_id: EventId) -> Poll | None:
+        rows = await self._rows(
+            f"SELECT {_POLL_COLUMNS} FROM polls WHERE start_event_id = ?", start_event_id)
+        return _poll_from_row(rows[0]) if rows else None
+
+    async def get_poll(self, poll_id: int) -> Poll | None:
+        rows = await self._rows(f"SELECT {_POLL_COLUMNS} FROM polls WHERE id = ?", poll_id)
+        return _poll_from_row(rows[0]) if rows else None
+
+    async def add_poll_response(self, poll_id: int, event_id: EventId, sender: UserId,
+                                answer: str | None, sent_at: datetime) -> bool:
+        """Record an answer once, however often its event comes; False if known."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO poll_responses (event_id, poll_id, sender, answer, sent_at) "
+            "VALUES (?, ?, ?, ?, ?)", event_id, poll_id, sender, answer, _stamp(sent_at)) > 0
+
+    async def withdraw_poll_response(self, event_id: EventId) -> bool:
+        """A redacted answer no longer counts: the person's earlier one does again."""
+        return await self._changes(
+            "DELETE FROM poll_responses WHERE event_id = ? AND poll_id IN "
+            "(SELECT id FROM polls WHERE closed_at IS NULL)", event_id) > 0
+
+    async def withdraw_poll_answers_of(self, room_id: RoomId, sender: UserId) -> int:
+        """Someone left the room: none of their answers to its open poll counts."""
+        return await self._changes(
+            "DELETE FROM poll_responses WHERE sender = ? AND poll_id IN "
+            "(SELECT id FROM polls WHERE room_id = ? AND closed_at IS NULL)", sender, room_id)
+
+    async def poll_ballots(self, poll_id: int) -> list[Ballot]:
+        rows = await self._rows(
+            "SELECT sender, answer, sent_at, rowid FROM poll_responses WHERE poll_id = ? "
+            "ORDER BY rowid", poll_id)
+        return [Ballot(UserId(r["sender"]), r["answer"], datetime.fromisoformat(r["sent_at"]),
+                       r["rowid"]) for r in rows]
+
+    async def close_poll(self, poll_id: int, now: datetime, item_id: int | None,
+                         result: str) -> bool:
+        """Close an open poll with its result; False if it was closed already."""
+        return await self._changes(
+            "UPDATE polls SET closed_at = ?, item_id = ?, result = ? "
+            "WHERE id = ? AND closed_at IS NULL", _stamp(now), item_id, result, poll_id) > 0
 
     # --- the meeting's GitHub issue ---------------------------------------------------
 
@@ -1055,6 +1179,10 @@ class Store:
             await self._db.execute(
                 "INSERT OR IGNORE INTO announcements (event_id, meeting_id) VALUES (?, ?)",
                 (event_id, meeting_id))
+        if item.kind == POLL_START and (poll_id := item.payload.get("poll_id")) is not None:
+            # Answers name the start event: from now on they can be matched to the poll.
+            await self._db.execute(
+                "UPDATE polls SET start_event_id = ? WHERE id = ?", (event_id or None, poll_id))
 
     async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:
         """Give up on an item the homeserver refuses for good, so it blocks nothing behind it."""

@@ -26,7 +26,10 @@ from chatbot.bot import (
     HomeserverUnavailable,
     Incoming,
     IncomingChat,
+    IncomingDeparture,
     IncomingMessage,
+    IncomingPollEnd,
+    IncomingPollResponse,
     IncomingReaction,
     IncomingRedaction,
 )
@@ -36,6 +39,7 @@ from chatbot.matrix.rooms import RoomDirectory, replacement_room
 from chatbot.matrix.session import login_withdrawn
 from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
+from chatbot.polls import END_TYPES, RESPONSE_TYPES, response_selection
 from chatbot.retry import CAP_DELAY, NETWORK_ERRORS, backoff_delay, call_homeserver
 from chatbot.store import Store
 
@@ -48,7 +52,8 @@ HEARD_AT_KEY = "sync_heard_at"
 LONG_POLL_MS = 30_000
 GAP_FILL_LIMIT = 5_000
 GAP_FILL_FILTER = {"types": ["m.room.message", "m.room.encrypted", "m.reaction",
-                             "m.room.redaction", "m.room.tombstone"]}
+                             "m.room.redaction", "m.room.tombstone", *RESPONSE_TYPES,
+                             *END_TYPES]}
 # How long (seconds) storing the sync filter is retried before syncing without it.
 FILTER_PATIENCE = 10.0
 
@@ -81,7 +86,8 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
                 "limit": timeline_limit,
                 "types": ["m.room.message", "m.room.encrypted", "m.room.member",
                           "m.room.power_levels", "m.reaction", "m.room.redaction",
-                          "m.room.tombstone", "m.room.encryption"],
+                          "m.room.tombstone", "m.room.encryption", *RESPONSE_TYPES,
+                          *END_TYPES],
                 "lazy_load_members": True,
             },
         },
@@ -107,12 +113,22 @@ def _relation(content: dict[str, Any]) -> dict[str, Any]:
 def incoming_event(
     event: dict[str, Any], room_id: RoomId, own_user_id: str, display_name: Callable[[str], str]
 ) -> Incoming | None:
-    """A person's message, edit, redaction or reaction as the core sees it; None otherwise."""
+    """A person's message, edit, redaction, reaction, poll answer or departure as the core
+    sees it; None otherwise."""
     sender, event_id = event.get("sender"), event.get("event_id")
-    if not isinstance(sender, str) or not isinstance(event_id, str) or sender == own_user_id:
+    if not isinstance(sender, str) or not isinstance(event_id, str):
         return None
     content = event.get("content")
     content = content if isinstance(content, dict) else {}
+    if event.get("type") == "m.room.member":
+        # A departure matters whoever sent it (a kick or ban comes from a moderator).
+        user = event.get("state_key")
+        if (content.get("membership") not in ("leave", "ban") or not isinstance(user, str)
+                or user == own_user_id):
+            return None
+        return IncomingDeparture(room_id, EventId(event_id), UserId(user))
+    if sender == own_user_id:
+        return None
     relation = _relation(content)
     match event.get("type"):
         case "m.room.message":
@@ -147,6 +163,21 @@ def incoming_event(
                 return None
             return IncomingReaction(room_id, EventId(event_id), UserId(sender),
                                     display_name(sender), EventId(target), key)
+        case str(event_type) if event_type in RESPONSE_TYPES:
+            # In an encrypted room nio hands these over decrypted (an UnknownEvent whose
+            # source has the clear type, content and relation).
+            poll = relation.get("event_id")
+            if relation.get("rel_type") != "m.reference" or not isinstance(poll, str):
+                return None
+            return IncomingPollResponse(room_id, EventId(event_id), UserId(sender),
+                                        EventId(poll), response_selection(event_type, content),
+                                        sent_at=_sent_at(event))
+        case str(event_type) if event_type in END_TYPES:
+            poll = relation.get("event_id")
+            if relation.get("rel_type") != "m.reference" or not isinstance(poll, str):
+                return None
+            return IncomingPollEnd(room_id, EventId(event_id), UserId(sender), EventId(poll),
+                                   sent_at=_sent_at(event))
     return None
 
 
@@ -383,7 +414,8 @@ class Intake:
             incoming = chat_event(event, room_id, room_names)
         if incoming is None:
             return
-        if isinstance(incoming, IncomingMessage) and incoming.sent_at is not None:
+        if (isinstance(incoming, IncomingMessage | IncomingPollResponse | IncomingPollEnd)
+                and incoming.sent_at is not None):
             now = self.clock()
             incoming = dataclasses.replace(
                 incoming, sent_at=trusted_send_time(incoming.sent_at, self._heard_at or now, now))

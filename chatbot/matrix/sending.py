@@ -8,6 +8,7 @@ from nio import Api, AsyncClient, RoomSendResponse
 
 from chatbot.bot import DeliveryError
 from chatbot.model import RoomId
+from chatbot.polls import POLL_END, POLL_START
 from chatbot.render import markdown_to_html
 from chatbot.retry import NETWORK_ERRORS
 from chatbot.store import OutboxItem
@@ -23,6 +24,8 @@ _PERMANENT = {"M_FORBIDDEN", "M_NOT_FOUND", "M_BAD_JSON", "M_NOT_JSON", "M_TOO_L
 def message_content(item: OutboxItem) -> tuple[str, dict[str, Any]]:
     """The Matrix event type and content for an outbox item. Markdown becomes HTML here only."""
     payload = item.payload
+    if item.kind in (POLL_START, POLL_END):
+        return payload["type"], payload["content"]
     if item.kind == "react":
         return "m.reaction", {"m.relates_to": {
             "rel_type": "m.annotation", "event_id": payload["event_id"], "key": payload["key"],
