@@ -128,11 +128,15 @@ HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
 
 
 class DeliveryError(Exception):
-    """Sending failed. `permanent` means retrying the same request cannot succeed."""
+    """Sending failed. `permanent` means retrying the same request cannot succeed;
+    `retry_at`, that the other side asked not to be tried again before then (a rate
+    limit): the retry waits for the later of it and the job's own backoff."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool,
+                 retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_at = retry_at
 
 
 class HomeserverUnavailable(Exception):
@@ -213,7 +217,8 @@ def publish_failures_as_delivery_errors() -> Iterator[None]:
     try:
         yield
     except PublishFailed as error:
-        raise DeliveryError(str(error), permanent=error.permanent) from error
+        raise DeliveryError(str(error), permanent=error.permanent,
+                            retry_at=error.retry_at) from error
 
 
 def _reply_payload(text: str, html: str, in_reply_to: EventId | None,
@@ -878,7 +883,7 @@ class MeetingBot:
                     result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:
-                    await self._retry_later(item, str(error))
+                    await self._retry_later(item, str(error), error.retry_at)
                     return progressed, None
                 self.metrics.error("delivery")
                 log.error("giving up on outbox item %s (%s) for %s: %s", item.id, item.kind,
@@ -899,8 +904,11 @@ class MeetingBot:
                             item.kind, item.attempts)
         return progressed, None
 
-    async def _retry_later(self, item: OutboxItem, error: str) -> None:
-        """Back off before the job's next attempt, or park it once it has failed too long.
+    async def _retry_later(self, item: OutboxItem, error: str,
+                           retry_at: datetime | None = None) -> None:
+        """Back off before the job's next attempt (no earlier than `retry_at`, when the
+        other side named a time), or park it once it has failed too long. The time is
+        stored with the job, so a restart waits for it too.
 
         The first failure and the parking are logged; a note that cannot be saved is
         also told to the room, where the chairs are waiting for it.
@@ -917,7 +925,10 @@ class MeetingBot:
                 await self._tell_chairs(item, error, Failure.PARKED, now)
                 return
             delay = backoff_delay(item.attempts + 1, cap=self.jobs.retry_cap.total_seconds())
-            await self.store.mark_retry(item.id, error, now + timedelta(seconds=delay))
+            next_attempt = now + timedelta(seconds=delay)
+            if retry_at is not None and retry_at > next_attempt:
+                next_attempt = retry_at
+            await self.store.mark_retry(item.id, error, next_attempt)
             if item.attempts == 0:
                 self.metrics.error("delivery")
                 log.warning("outbox item %s (%s) for %s failed (%s); retrying with backoff "

@@ -38,6 +38,7 @@ from chatbot.publish.github import (
     GitHubClient,
     GitHubError,
     GitHubPermanentError,
+    GitHubTransientError,
     Issue,
     IssueRef,
     Polled,
@@ -132,6 +133,10 @@ class GitHubIssues:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
         self.environ = environ
+        # When GitHub last named a time to wait until (a rate limit's `Retry-After` or
+        # reset), per API and token: every job and poll using them waits, not only the
+        # one that was told.
+        self._held_until: dict[tuple[str, str], datetime] = {}
 
     def _settings(self, series_id: str) -> GitHubIssueConfig:
         settings: GitHubIssueConfig = required_settings(self.config, series_id, "github")
@@ -142,6 +147,10 @@ class GitHubIssues:
         return "GitHub" if settings is None else f"GitHub ({settings.repo})"
 
     def _client(self, settings: GitHubIssueConfig) -> GitHubClient:
+        held = self._held_until.get(_account(settings))
+        if held is not None and self.clock() < held:
+            raise PublishFailed(f"GitHub asked not to be called before {held:%H:%M:%S} UTC "
+                                "(its rate limit)", permanent=False, retry_at=held)
         try:
             token = (Token.from_env(settings.token_env, self.environ)
                      if settings.token_env is not None
@@ -159,7 +168,7 @@ class GitHubIssues:
                     settings.repo, job.title, job.body, sitting_marker(job.series_id, job.name),
                     created_after=job.created_after)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
 
     async def update_body(self, series_id: str, repo: str, number: int, body: str) -> str:
         """Make the issue's body `body` (its marker kept); no write when it is already."""
@@ -169,7 +178,7 @@ class GitHubIssues:
                 issue = await github.get_issue(IssueRef(repo, number))
                 await github.update_issue_body(issue, body)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
         return issue.html_url
 
     async def comments(self, series_id: str, repo: str, number: int,
@@ -180,7 +189,7 @@ class GitHubIssues:
             async with self._client(settings) as github:
                 return await github.comments_since(IssueRef(repo, number), etag=etag)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
 
     async def publish(self, sitting: Sitting) -> str:
         """Post the note on the sitting's issue (opened now if it never was) and close
@@ -198,8 +207,16 @@ class GitHubIssues:
                 await github.post_note(issue, sitting.text)
                 await github.close_issue(issue)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
         return issue.html_url
+
+    def _failed(self, settings: GitHubIssueConfig, error: GitHubError) -> PublishFailed:
+        retry_at = error.retry_at if isinstance(error, GitHubTransientError) else None
+        if retry_at is not None:
+            account = _account(settings)
+            self._held_until[account] = max(retry_at, self._held_until.get(account, retry_at))
+        return PublishFailed(str(error), permanent=isinstance(error, GitHubPermanentError),
+                             retry_at=retry_at)
 
     async def check(self, series_id: str) -> str:
         settings = self._settings(series_id)
@@ -207,7 +224,7 @@ class GitHubIssues:
             async with self._client(settings) as github:
                 access = await github.check_access(settings.repo)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
         if not access.has_issues:
             raise PublishFailed(f"{settings.repo} has issues turned off", permanent=True)
         if not access.can_write_issues:
@@ -216,5 +233,6 @@ class GitHubIssues:
         return f"the token ({access.login or 'an app'}) may open issues in {settings.repo}"
 
 
-def _failed(error: GitHubError) -> PublishFailed:
-    return PublishFailed(str(error), permanent=isinstance(error, GitHubPermanentError))
+def _account(settings: GitHubIssueConfig) -> tuple[str, str]:
+    """Whose rate limit a call spends: GitHub counts per token, on each API host."""
+    return settings.api_url, settings.token_env or str(settings.token_file)
