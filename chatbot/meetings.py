@@ -525,7 +525,9 @@ async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
     agenda = (await store.record(meeting)).agenda
     return issue_body(title=series.title, start=start, zone=series.timezone,
                       duration=series.duration, links=links_of(series), agenda=agenda,
-                      room=series.room, prefix=rooms.config.command_prefix)
+                      room=series.room, prefix=rooms.config.command_prefix,
+                      closed_by_pull_request=series.publish.git is not None
+                      and series.publish.git.pull_request)
 
 
 async def run_issue_body(store: Store, rooms: Rooms, meeting_id: int,
