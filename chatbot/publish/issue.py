@@ -203,6 +203,23 @@ class GitHubIssues:
         except GitHubError as error:
             raise self._failed(settings, error) from error
 
+    def agenda_label(self, series_id: str) -> str | None:
+        settings = target_settings(self.config, series_id, "github")
+        return None if settings is None else settings.agenda_label
+
+    async def labelled(self, series_id: str, etag: str | None) -> Polled[Issue]:
+        """The open issues and pull requests with the series' `agenda_label`,
+        conditionally: an unchanged list is a free 304."""
+        settings = self._settings(series_id)
+        label = settings.agenda_label
+        if label is None:
+            return Polled(False, (), etag)
+        try:
+            async with self._client(settings) as github:
+                return await github.labelled_issues(settings.repo, label, etag=etag)
+        except GitHubError as error:
+            raise self._failed(settings, error) from error
+
     async def publish(self, sitting: Sitting) -> str:
         """Post the note on the sitting's issue (opened now if it never was) and close
         it, unless the git archive's pull request is to close it when merged; the
