@@ -533,7 +533,7 @@ class GitHubClient:
                    "copied whole")
         elif status == 403:
             fix = (f"the token may not do this in {where}: give it read and write access "
-                   f"to issues there")
+                   f"to issues there (and to pull requests, for the git archive's)")
         elif status == 404:
             fix = (f"no repository {where} or no access to it with this token: check "
                    f"the name and the token's repository access")
