@@ -248,3 +248,58 @@ async def test_a_spent_primary_rate_limit_waits_for_its_reset(
     assert len(github.repos[REPO].issues) == 1
     print(f"\n403 rate limit spent: retried quietly at X-RateLimit-Reset, "
           f"{(reset - (START - AHEAD)).total_seconds():.0f} s later, then opened")
+
+
+FAULTY = {
+    "poll comments": ("GET", r"/comments$"),
+    "poll labels": ("GET", r"/issues$"),
+    "update body": ("PATCH", r"/issues/\d+$"),
+    "post note": ("POST", r"/comments$"),
+    "open pull request": ("POST", r"/pulls$"),
+}
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 422, 429, 502])
+@pytest.mark.parametrize("where", list(FAULTY))
+async def test_an_error_anywhere_leaves_the_rest_of_the_meeting_unaffected(
+        meeting: tuple[Meeting, GitHubContract], where: str, status: int) -> None:
+    run, github = meeting
+    run.clock.now = START - timedelta(hours=2)  # the issue opens at once
+    await run.run_until(run.clock.now)
+    method, path = FAULTY[where]
+    options = {"retry_after": 120} if status == 429 else {}
+    fault = github.fail(method, path, status, **options)
+    await run.say("!agenda Budget", "a1")
+    await run.run_until(START + timedelta(minutes=5))
+    await run.say("!update fault drill", "u1")
+    await run.say("!endmeeting", "e1")
+    await run.run_until(START + timedelta(hours=1))
+
+    transport = run.bot.transport
+    told = transport.chairs_told()  # type: ignore[attr-defined]
+    issue = next(iter(github.repos[REPO].issues.values()))
+    pulls = github.pulls(REPO)
+    assert fault.hits == 1
+    assert any(text.startswith("# Team") for text in transport.texts())  # type: ignore[attr-defined]
+    assert not await run.bot.store.read.has_pending_outbox()
+    transient = status in (429, 502)
+    if transient or where.startswith(("poll", "update")):
+        # Retried (a poll: at the next poll; a body: at the agenda's next change or its
+        # retry), nobody told, everything done in the end.
+        assert told == []
+        assert len(issue.comments) == 1 and len(pulls) == 1
+        assert "1. Budget, by Chair" in (issue.body or "") or (
+            where == "update body" and not transient)
+        outcome = ("retried after Retry-After, all done, nobody told" if status == 429
+                   else "logged, read again at the next poll, nobody told"
+                   if where.startswith("poll")
+                   else "retried with backoff, all done, nobody told" if transient
+                   else "logged and dropped, nobody told; the agenda's next change writes "
+                        "the body again")
+    else:
+        [notice] = told
+        assert str(status) in notice and "chatbot publish" in notice
+        done = {"post note": len(pulls) == 1, "open pull request": len(issue.comments) == 1}
+        assert done[where]  # the other target is unaffected
+        outcome = "refused at once, the chairs told once; the other target done"
+    print(f"\n{where:18} {status}: {outcome}")
