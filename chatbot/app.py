@@ -49,10 +49,14 @@ def archive_dir(config: Config) -> Path:
 def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
     """Every target some meeting publishes to; each carries out its own job kind."""
     targets: list[Target] = []
+    # One GitHub target for both: the archive's pull requests share its rate limit.
+    github = (GitHubIssues(config, clock=clock)
+              if any(series.publish.github is not None for series in config.meetings)
+              else None)
     if any(series.publish.git is not None for series in config.meetings):
-        targets.append(GitArchive(config, archive_dir(config), clock=clock))
-    if any(series.publish.github is not None for series in config.meetings):
-        targets.append(GitHubIssues(config, clock=clock))
+        targets.append(GitArchive(config, archive_dir(config), clock=clock, github=github))
+    if github is not None:
+        targets.append(github)
     return targets
 
 

@@ -60,6 +60,7 @@ from chatbot.meetings import (
     run_reminder,
     run_start,
     take_issue_comments,
+    take_labelled_issues,
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
@@ -74,7 +75,7 @@ from chatbot.publish import (
     Sitting,
     Target,
 )
-from chatbot.publish.github import Comment, Polled
+from chatbot.publish.github import Comment, Issue, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
@@ -192,11 +193,15 @@ HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
 
 
 class DeliveryError(Exception):
-    """Sending failed. `permanent` means retrying the same request cannot succeed."""
+    """Sending failed. `permanent` means retrying the same request cannot succeed;
+    `retry_at`, that the other side asked not to be tried again before then (a rate
+    limit): the retry waits for the later of it and the job's own backoff."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool,
+                 retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_at = retry_at
 
 
 class HomeserverUnavailable(Exception):
@@ -274,13 +279,26 @@ def _recorded_fields(command: object, entry: Entry) -> tuple[str, int | None, st
     return text, minutes, assignee
 
 
+@dataclass(frozen=True, slots=True)
+class IssuePoll:
+    """What one poll of a sitting's GitHub issue found: its comments and the labelled
+    issues (None where not read), the issue's number, and the time GitHub asked not to be
+    called before, if a read was refused for its rate limit."""
+
+    comments: Polled[Comment] | None = None
+    labelled: Polled[Issue] | None = None
+    number: int | None = None
+    retry_at: datetime | None = None
+
+
 @contextlib.contextmanager
 def publish_failures_as_delivery_errors() -> Iterator[None]:
     """A target's failure as the outbox runner knows failures: retried or given up."""
     try:
         yield
     except PublishFailed as error:
-        raise DeliveryError(str(error), permanent=error.permanent) from error
+        raise DeliveryError(str(error), permanent=error.permanent,
+                            retry_at=error.retry_at) from error
 
 
 def _reply_payload(text: str, html: str, in_reply_to: EventId | None,
@@ -832,26 +850,35 @@ class MeetingBot:
                  extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
         return issue.html_url
 
-    async def _poll_comments(self, meeting_id: int) -> Polled[Comment] | None:
-        """The issue's comments if they changed since the last poll; None if unchanged
-        or unreadable now (logged; the next poll tries again)."""
+    async def _poll_issue(self, meeting_id: int) -> IssuePoll:
+        """The issue's comments, and the issues with the meeting's `agenda_label`, each
+        where it changed since the last poll. A read that fails is logged and left to the
+        next poll, which waits for the time GitHub named, if it named one."""
         issue = next((row for row in await self.store.read.open_github_issues()
                       if row[0] == meeting_id), None)
         meeting = await self.store.read.get_meeting(meeting_id)
         if issue is None or meeting is None or self._issues is None:
-            return None
-        _, etag = await self.store.read.github_issue_poll(meeting_id)
+            return IssuePoll()
+        _, repo, number, _, _ = issue
+        _, comments_etag = await self.store.read.github_issue_poll(meeting_id)
+        labels_etag = await self.store.read.github_labels_etag(meeting_id)
+        comments = labelled = None
         try:
-            return await self._issues.comments(meeting.series_id, issue[1], issue[2], etag)
+            comments = await self._issues.comments(meeting.series_id, repo, number,
+                                                   comments_etag)
+            if self._issues.agenda_label(meeting.series_id) is not None:
+                labelled = await self._issues.labelled(meeting.series_id, labels_etag)
         except PublishFailed as error:
-            log.warning("could not read the comments of %s#%s: %s", issue[1], issue[2], error,
+            log.warning("could not poll %s#%s for agenda items: %s", repo, number, error,
                         extra={"room_id": meeting.room_id, "meeting_id": meeting_id})
-            return None
+            return IssuePoll(comments, labelled, number, error.retry_at)
+        return IssuePoll(comments, labelled, number)
 
-    async def _take_comments(self, meeting_id: int, polled: Polled[Comment] | None,
-                             now: datetime) -> None:
-        """Record a poll: its time and ETag, and the `!agenda` comments it found."""
+    async def _take_poll(self, meeting_id: int, poll: IssuePoll, now: datetime) -> None:
+        """Record a poll: its time and ETags, the `!agenda` comments and the labelled
+        issues it found."""
         _, etag = await self.store.github_issue_poll(meeting_id)
+        polled = poll.comments
         if polled is not None and polled.changed:
             prefix = self.rooms.config.command_prefix
             items = [(comment, item.text, item.minutes) for comment in polled.items
@@ -859,6 +886,10 @@ class MeetingBot:
             await take_issue_comments(self.store, self.rooms, meeting_id, items, now)
             etag = polled.etag
         await self.store.set_github_issue_poll(meeting_id, now, etag)
+        if poll.labelled is not None and poll.labelled.changed:
+            await take_labelled_issues(self.store, self.rooms, meeting_id, poll.number,
+                                       poll.labelled.items, now)
+            await self.store.set_github_labels_etag(meeting_id, poll.labelled.etag)
 
     async def _update_issue_body(self, item: OutboxItem) -> str:
         """Write the issue's body, unless a newer one was queued since (body jobs run
@@ -950,18 +981,18 @@ class MeetingBot:
                 await self._upkeep(now)
                 self._job_failures.pop(job.id, None)
                 return
-            # Reading the issue's comments is the one job that talks to another service
-            # itself: a read changes nothing there, and what it finds is recorded below.
-            polled = (await self._poll_comments(job.meeting_id)
-                      if job.kind is JobKind.ISSUE_POLL and job.meeting_id is not None
-                      else None)
+            # Polling the issue is the one job that talks to another service itself:
+            # a read changes nothing there, and what it finds is recorded below.
+            poll = (await self._poll_issue(job.meeting_id)
+                    if job.kind is JobKind.ISSUE_POLL and job.meeting_id is not None
+                    else IssuePoll())
             async with self.store.transaction():
                 effects: list[Effect] = []
                 series = self.rooms.series(job.series_id)
                 if job.kind is JobKind.CLOSE and job.meeting_id is not None:
                     effects = await run_close(self.store, self.rooms, job.meeting_id, now)
                 elif job.kind is JobKind.ISSUE_POLL and job.meeting_id is not None:
-                    await self._take_comments(job.meeting_id, polled, now)
+                    await self._take_poll(job.meeting_id, poll, now)
                 elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
                     effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
@@ -981,7 +1012,11 @@ class MeetingBot:
                 room_id = self.rooms.room_of_series.get(job.series_id)
                 if room_id is not None:
                     await self._record(effects, room_id, None, now)
-            self._job_failures.pop(job.id, None)
+            if poll.retry_at is not None:
+                # GitHub named a time: the next poll waits for it, however soon it is due.
+                self._job_failures[job.id] = (1, poll.retry_at)
+            else:
+                self._job_failures.pop(job.id, None)
             self._outbox_ready.set()
         except Exception as error:
             self.metrics.error("job")
@@ -1067,7 +1102,7 @@ class MeetingBot:
                     result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:
-                    await self._retry_later(item, str(error))
+                    await self._retry_later(item, str(error), error.retry_at)
                     return progressed, None
                 self.metrics.error("delivery")
                 log.error("giving up on outbox item %s (%s) for %s: %s", item.id, item.kind,
@@ -1088,8 +1123,11 @@ class MeetingBot:
                             item.kind, item.attempts)
         return progressed, None
 
-    async def _retry_later(self, item: OutboxItem, error: str) -> None:
-        """Back off before the job's next attempt, or park it once it has failed too long.
+    async def _retry_later(self, item: OutboxItem, error: str,
+                           retry_at: datetime | None = None) -> None:
+        """Back off before the job's next attempt (no earlier than `retry_at`, when the
+        other side named a time), or park it once it has failed too long. The time is
+        stored with the job, so a restart waits for it too.
 
         The first failure and the parking are logged; a note that cannot be saved is
         also told to the room, where the chairs are waiting for it.
@@ -1106,7 +1144,10 @@ class MeetingBot:
                 await self._tell_chairs(item, error, Failure.PARKED, now)
                 return
             delay = backoff_delay(item.attempts + 1, cap=self.jobs.retry_cap.total_seconds())
-            await self.store.mark_retry(item.id, error, now + timedelta(seconds=delay))
+            next_attempt = now + timedelta(seconds=delay)
+            if retry_at is not None and retry_at > next_attempt:
+                next_attempt = retry_at
+            await self.store.mark_retry(item.id, error, next_attempt)
             if item.attempts == 0:
                 self.metrics.error("delivery")
                 log.warning("outbox item %s (%s) for %s failed (%s); retrying with backoff "

@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the meeting held on this date (default: the last one)")
     publish = with_config(
         "publish", "publish a held meeting's note again to the targets under its `publish:` "
-                   "(the git archive, the GitHub issue), for example after fixing a remote, "
+                   "(the git archive or its pull request, the GitHub issue), for example "
+                   "after fixing a remote, "
                    "key or token; safe to "
                    "repeat, and beside a running bot: a note already there is left alone")
     publish.add_argument("meeting_id", metavar="MEETING_ID",

@@ -189,6 +189,8 @@ class GitArchiveConfig(_Frozen):
     author: GitAuthor = GitAuthor()
     # The private key for an SSH remote, read by ssh from this file; never the key itself.
     ssh_key_file: Path | None = None
+    # true: each note on a branch of its own, `meeting/{id}/{date}`, and a pull request
+    # into `branch` whose body closes the sitting's GitHub issue (needs publish.github).
     pull_request: bool = False
     # How long one git command may take before the attempt counts as failed (and is retried).
     timeout: PositiveDuration = timedelta(minutes=2)
@@ -210,14 +212,6 @@ class GitArchiveConfig(_Frozen):
         if info.data.get("mode") == "file" and "{date}" not in value:
             raise ValueError("expected {date} in the path with `mode: file` (one file per "
                              "sitting), such as docs/meetings/{date}.md")
-        return value
-
-    @field_validator("pull_request")
-    @classmethod
-    def _needs_github(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("true needs the GitHub target (publish.github), which this "
-                             "version does not have yet; set it to false to push to `branch`")
         return value
 
 
@@ -250,6 +244,8 @@ class GitHubIssueConfig(_Frozen):
     issue_ahead: PositiveDuration = timedelta(days=7)
     # {title} {date} {id}: the meeting's title, the sitting's date and the meeting's `id`.
     title: Annotated[str, AfterValidator(_issue_title)] = "{title}: {date}"
+    # Open issues and pull requests in `repo` with this label are the sitting's agenda
+    # items too (polled with the comments), until it starts or they lose the label.
     agenda_label: Annotated[str, Field(min_length=1, max_length=50)] | None = None
 
     @field_validator("token_env")
@@ -265,10 +261,11 @@ class GitHubIssueConfig(_Frozen):
 
     @field_validator("agenda_label")
     @classmethod
-    def _not_yet(cls, value: str | None) -> str | None:
-        if value is not None:
-            raise ValueError("listing labelled issues as agenda items is not available in "
-                             "this version; leave `agenda_label` out")
+    def _label_name(cls, value: str | None) -> str | None:
+        # A comma would make it two labels in GitHub's `labels=` filter.
+        if value is not None and ("," in value or value.strip() != value):
+            raise ValueError(f"expected one label's name, such as meeting-agenda, got "
+                             f"{value!r}")
         return value
 
     @model_validator(mode="after")
@@ -285,8 +282,19 @@ class PublishConfig(_Frozen):
     One optional subsection per target; `hackmd:` is to come.
     """
 
-    git: GitArchiveConfig | None = None
+    # `github` first: the git archive's pull requests are opened through it.
     github: GitHubIssueConfig | None = None
+    git: GitArchiveConfig | None = None
+
+    @field_validator("git")
+    @classmethod
+    def _pull_request_needs_github(cls, value: GitArchiveConfig | None,
+                                   info: ValidationInfo) -> GitArchiveConfig | None:
+        if value is not None and value.pull_request and info.data.get("github") is None:
+            raise ValueError("`pull_request: true` needs the GitHub target (publish.github) "
+                             "to open the pull request through; add it, or set "
+                             "`pull_request: false` to push to `branch`")
+        return value
 
 
 class MeetingConfig(_Frozen):

@@ -27,7 +27,7 @@ from chatbot.model import (
 )
 from chatbot.polls import END_TYPE, POLL_END, Poll, count, end_content, result_line
 from chatbot.publish import Sitting, job_kinds
-from chatbot.publish.github import Comment
+from chatbot.publish.github import Comment, Issue
 from chatbot.publish.issue import OpenIssue, issue_body, issue_title
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
@@ -149,6 +149,13 @@ POLL_CLOSE_EVERY = timedelta(minutes=1)
 POLL_CLOSE_FROM = timedelta(hours=1)
 # Whom an item added on GitHub belongs to: not a Matrix id, never a chair.
 GITHUB_SENDER_PREFIX = "github:"
+# The event ids of agenda items listed from issues with the `agenda_label`: one per
+# sitting and issue, so a poll repeated (after a restart too) never adds one twice.
+GITHUB_LABEL_PREFIX = "github-label:"
+
+
+def labelled_item_key(meeting_id: int, repo: str, number: int) -> EventId:
+    return EventId(f"{GITHUB_LABEL_PREFIX}{meeting_id}:{repo}#{number}")
 
 
 def next_poll(polled_at: datetime | None, start: datetime, opened_at: datetime) -> datetime:
@@ -395,7 +402,10 @@ async def carry_over(
     store: Store, rooms: Rooms, series: MeetingConfig, record: MeetingRecord, now: datetime
 ) -> int:
     """Put the items the meeting did not reach on the series' next meeting; how many."""
-    unreached = [item for item in record.agenda if not item.visited and not item.dropped]
+    # Items listed from labelled issues are not carried: the next sitting lists again
+    # the issues that still carry the label, and only those.
+    unreached = [item for item in record.agenda if not item.visited and not item.dropped
+                 and not item.event_id.startswith(GITHUB_LABEL_PREFIX)]
     if not unreached:
         return 0
     pending = await upcoming(store, series, now, count=1)
@@ -635,7 +645,9 @@ async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
     agenda = (await store.record(meeting)).agenda
     return issue_body(title=series.title, start=start, zone=series.timezone,
                       duration=series.duration, links=links_of(series), agenda=agenda,
-                      room=series.room, prefix=rooms.config.command_prefix)
+                      room=series.room, prefix=rooms.config.command_prefix,
+                      closed_by_pull_request=series.publish.git is not None
+                      and series.publish.git.pull_request)
 
 
 async def run_issue_body(store: Store, rooms: Rooms, meeting_id: int,
@@ -684,6 +696,63 @@ async def take_issue_comments(
         log.info("meeting %s: %s agenda items added from GitHub comments", meeting_id, added,
                  extra={"room_id": meeting.room_id, "meeting_id": meeting_id})
     return added
+
+
+async def take_labelled_issues(
+    store: Store, rooms: Rooms, meeting_id: int, own_number: int | None,
+    issues: Sequence[Issue], now: datetime,
+) -> tuple[int, int]:
+    """Make the sitting's agenda list the open issues and pull requests that carry its
+    `agenda_label` (`issues`, a whole fresh listing), each as an item owned by its GitHub
+    author and linking to it; how many were added and removed.
+
+    Until the sitting starts the agenda follows the label: an issue that lost it, or was
+    closed, drops off, and a new title is taken. Once it has started, issues labelled
+    meanwhile are still added but none is taken away: the chairs run that agenda now.
+    The sitting's own issue is never an item. The room's agenda limit applies.
+    """
+    meeting = await store.get_meeting(meeting_id)
+    if meeting is None or meeting.ended_at is not None:
+        return 0, 0
+    # In the order they were filed, whatever order GitHub listed them in.
+    wanted = {labelled_item_key(meeting_id, issue.repo, issue.number): issue
+              for issue in sorted(issues, key=lambda issue: issue.number)
+              if issue.number != own_number and issue.state == "open"}
+    listed = {item.event_id: item for item in (await store.record(meeting)).agenda
+              if item.event_id.startswith(f"{GITHUB_LABEL_PREFIX}{meeting_id}:")}
+    added = removed = 0
+    if meeting.started_at is None:
+        for key, item in listed.items():
+            issue = wanted.get(key)
+            if issue is None:
+                await store.delete_entry(item.id)
+                removed += 1
+            elif item.text != labelled_item_text(issue):
+                await store.update_entry(item.id, labelled_item_text(issue), item.minutes,
+                                         item.assignee)
+    for key, issue in wanted.items():
+        if key in listed:
+            continue
+        if await store.count_agenda(meeting_id) >= rooms.config.limits.agenda_items:
+            log.info("agenda of meeting %s full: labelled %s not added", meeting_id,
+                     issue.html_url)
+            continue
+        await store.add_entry(meeting_id, EntryKind.AGENDA,
+                              UserId(f"{GITHUB_SENDER_PREFIX}{issue.author}"),
+                              f"{issue.author} (GitHub)", labelled_item_text(issue), None,
+                              key, now)
+        added += 1
+    if added or removed:
+        log.info("meeting %s: %s labelled issues added to the agenda, %s dropped off",
+                 meeting_id, added, removed,
+                 extra={"room_id": meeting.room_id, "meeting_id": meeting_id})
+    return added, removed
+
+
+def labelled_item_text(issue: Issue) -> str:
+    """A labelled issue as an agenda item: its title and its link. The text is escaped
+    wherever it is shown like any chat text; the link becomes an autolink there."""
+    return f"{issue.title} {issue.html_url}"
 
 
 async def run_issue(

@@ -305,6 +305,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         "CREATE INDEX poll_responses_by_poll ON poll_responses (poll_id)",
     ),
+    (  # 7: the ETag of the last answer listing the issues with the meeting's
+       # `agenda_label` (polled with the comments), so an unchanged list is a free 304
+        "ALTER TABLE github_issues ADD COLUMN labels_etag TEXT",
+    ),
 )
 
 
@@ -1074,6 +1078,15 @@ class Store:
         await self._db.execute(
             "UPDATE github_issues SET polled_at = ?, comments_etag = ? WHERE meeting_id = ?",
             (_stamp(now), etag, meeting_id))
+
+    async def github_labels_etag(self, meeting_id: int) -> str | None:
+        """The ETag of the last answer listing the issues with the `agenda_label`."""
+        return await self._scalar(
+            "SELECT labels_etag FROM github_issues WHERE meeting_id = ?", meeting_id)
+
+    async def set_github_labels_etag(self, meeting_id: int, etag: str | None) -> None:
+        await self._db.execute(
+            "UPDATE github_issues SET labels_etag = ? WHERE meeting_id = ?", (etag, meeting_id))
 
     async def github_issue_body(self, meeting_id: int) -> str | None:
         return await self._scalar(

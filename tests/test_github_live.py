@@ -70,3 +70,17 @@ async def test_a_missing_repository_is_a_permanent_error(github: GitHubClient) -
     with pytest.raises(GitHubPermanentError, match="no repository"):
         await github.labelled_issues(f"{os.environ[REPO_ENV]}-missing-{secrets.token_hex(3)}",
                                      "meeting-agenda")
+
+
+async def test_labelled_issues_and_pull_requests_are_read_as_documented(
+        github: GitHubClient) -> None:
+    """Read-only: the label poll answers 304 when unchanged, and a head branch with no
+    pull request finds none (the shapes `agenda_label` and `pull_request` rely on)."""
+    repo = os.environ[REPO_ENV]
+    first = await github.labelled_issues(repo, "meeting-agenda")
+    assert first.changed and all(issue.state == "open" for issue in first.items)
+    if first.etag is not None:
+        second = await github.labelled_issues(repo, "meeting-agenda", etag=first.etag)
+        assert not second.changed, "GitHub answered an unchanged list without a 304"
+    assert await github.find_pull_request(
+        repo, f"meeting/live-{secrets.token_hex(3)}/none") is None

@@ -11,7 +11,7 @@ idempotent: a job may run again after a crash, or from `chatbot publish`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Protocol
 
 from chatbot.config import Config, PublishConfig
@@ -54,11 +54,14 @@ class Sitting:
 class PublishFailed(Exception):
     """Publishing did not happen. The message is one sentence a chair may read (no
     secrets, no raw tool output) saying what went wrong and what to fix; `permanent`
-    means trying again unchanged cannot succeed."""
+    means trying again unchanged cannot succeed; `retry_at`, the earliest moment the
+    service allows another try (a rate limit's `Retry-After` or reset), if it named one."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool,
+                 retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_at = retry_at
 
 
 class Target(Protocol):

@@ -5,6 +5,11 @@ Plain `git` in a subprocess, in a working copy per meeting under
 identity. Every attempt starts from the remote's branch as it is now, so an attempt
 cut short (a crash between commit and push, a push refused because someone else
 pushed) simply runs again, and a marker comment in the file means "already done".
+
+With `pull_request: true` the note goes on a branch of its own (`meeting/<id>/<date>`)
+and a pull request into `branch` is opened through the GitHub target; its body closes
+the sitting's issue when merged. A retry finds the note on that branch (or already in
+`branch`, merged) and the pull request by its head branch, so neither is made twice.
 """
 
 from __future__ import annotations
@@ -23,9 +28,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chatbot.config import Config, GitArchiveConfig
 from chatbot.publish import GIT_ARCHIVE, PublishFailed, Sitting, required_settings, target_settings
+
+if TYPE_CHECKING:
+    from chatbot.publish.issue import GitHubIssues
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,11 @@ def marker(sitting: Sitting) -> str:
 def archive_path(settings: GitArchiveConfig, sitting: Sitting) -> str:
     return settings.path.format(year=sitting.held_on.year, date=sitting.name,
                                 id=sitting.series_id)
+
+
+def pull_request_branch(sitting: Sitting) -> str:
+    """The branch a sitting's note is proposed on: one per sitting, so a retry finds it."""
+    return f"meeting/{sitting.series_id}/{sitting.name}"
 
 
 def commit_message(settings: GitArchiveConfig, sitting: Sitting) -> str:
@@ -123,10 +137,14 @@ class GitArchive:
     kind = GIT_ARCHIVE
 
     def __init__(self, config: Config, work_dir: Path, *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 github: GitHubIssues | None = None) -> None:
         self.config = config
         self.work_dir = work_dir
         self.clock = clock
+        # Opens the pull requests of `pull_request: true` (config validation makes sure
+        # such a meeting has `publish.github`).
+        self.github = github
         self._locks: dict[str, asyncio.Lock] = {}
 
     def _settings(self, series_id: str) -> GitArchiveConfig:
@@ -137,8 +155,9 @@ class GitArchive:
         settings = target_settings(self.config, series_id, "git")
         if settings is None:
             return "the git archive"
+        into = "pull requests into" if settings.pull_request else "branch"
         return (f"the git archive ({without_credentials(settings.remote)}, "
-                f"branch {settings.branch})")
+                f"{into} {settings.branch})")
 
     async def publish(self, sitting: Sitting) -> str:
         """Commit the note unless the branch has it already, and push; the commit id."""
@@ -177,6 +196,8 @@ class GitArchive:
                    settings.timeout.total_seconds(), settings.remote)
         await self._check_key(settings)
         await git.prepare(settings.remote)
+        if settings.pull_request:
+            return await self._propose(sitting, settings, git, path)
         for _ in range(PUSH_TRIES):
             await git.start_from_remote(settings.branch)
             file = git.file(path)
@@ -198,6 +219,44 @@ class GitArchive:
                      sitting.name, sitting.series_id)
         raise PublishFailed(f"the branch {settings.branch} kept moving while I pushed",
                             permanent=False)
+
+    async def _propose(self, sitting: Sitting, settings: GitArchiveConfig, git: _Git,
+                       path: str) -> str:
+        """Commit the note on the sitting's own branch unless it is there (or merged into
+        `branch` already), push that branch, and open its pull request; the PR's URL, or
+        the commit when `branch` has the note already."""
+        if self.github is None:
+            raise PublishFailed("`pull_request: true` needs `publish.github` to open the "
+                                "pull request", permanent=True)
+        head = pull_request_branch(sitting)
+        for _ in range(PUSH_TRIES):
+            await git.start_from_remote(settings.branch)
+            existing = await asyncio.to_thread(_read, git.file(path))
+            if existing is not None and marker(sitting) in existing:
+                commit = await git.head()
+                log.info("note %s of %s is already in %s on %s at %s", sitting.name,
+                         sitting.series_id, path, settings.branch, commit[:12])
+                return commit
+            if await git.switch_to_remote(head):
+                existing = await asyncio.to_thread(_read, git.file(path))
+                if existing is not None and marker(sitting) in existing:
+                    break  # pushed before a crash: only the pull request may be missing
+            else:
+                await git.branch_off(head)
+            await asyncio.to_thread(_write, git.file(path),
+                                    place_note(existing, sitting, settings.mode))
+            await git.commit(path, commit_message(settings, sitting))
+            if await git.push(head):
+                log.info("note %s of %s committed to %s on branch %s and pushed", sitting.name,
+                         sitting.series_id, path, head)
+                break
+            log.info("push of branch %s refused: it moved; trying again", head)
+        else:
+            raise PublishFailed(f"the branch {head} kept moving while I pushed",
+                                permanent=False)
+        pull = await self.github.propose(sitting, head=head, base=settings.branch,
+                                         title=commit_message(settings, sitting), path=path)
+        return pull.html_url
 
     async def _check_key(self, settings: GitArchiveConfig) -> None:
         key = settings.ssh_key_file
@@ -286,6 +345,23 @@ class _Git:
             await self.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
             await self.run("read-tree", "--empty")
         await self.run("clean", "-q", "-f", "-d", "-x")
+
+    async def switch_to_remote(self, branch: str) -> bool:
+        """Check out the remote's `branch` as fetched last, if it has one; whether it had."""
+        remote_ref = f"refs/remotes/origin/{branch}"
+        if (await self.run("rev-parse", "-q", "--verify", remote_ref, check=False)).code != 0:
+            return False
+        await self.run("checkout", "-q", "-f", "-B", branch, remote_ref)
+        await self.run("clean", "-q", "-f", "-d", "-x")
+        return True
+
+    async def branch_off(self, branch: str) -> None:
+        """Start `branch` (anew) at what is checked out, which may be nothing yet."""
+        if (await self.run("rev-parse", "-q", "--verify", "HEAD", check=False)).code == 0:
+            await self.run("checkout", "-q", "-B", branch)
+        else:
+            await self.run("symbolic-ref", "HEAD", f"refs/heads/{branch}")
+            await self.run("update-ref", "-d", f"refs/heads/{branch}", check=False)
 
     async def commit(self, path: str, message: str) -> None:
         await self.run("add", "--", path)

@@ -173,6 +173,23 @@ class Comment:
 
 
 @dataclass(frozen=True, slots=True)
+class PullRequest:
+    repo: str
+    number: int
+    html_url: str
+    state: str
+    head: str
+    base: str
+    merged: bool
+
+    @classmethod
+    def from_json(cls, repo: str, data: Mapping[str, Any]) -> PullRequest:
+        return cls(repo, int(data["number"]), str(data["html_url"]), str(data["state"]),
+                   str(data["head"]["ref"]), str(data["base"]["ref"]),
+                   data.get("merged_at") is not None)
+
+
+@dataclass(frozen=True, slots=True)
 class Polled(Generic[T]):
     """One conditional poll: `changed` False means GitHub answered 304 (no rate limit
     spent) and `items` is empty. Keep `etag` for the next poll; it is None when the answer
@@ -393,6 +410,41 @@ class GitHubClient:
                                  what=f"close issue #{issue.number}", repo=issue.repo)).data
         return Issue.from_json(issue.repo, data)
 
+    async def find_pull_request(self, repo: str, head: str) -> PullRequest | None:
+        """The newest pull request from branch `head` of `repo` itself, in any state."""
+        owner = repo.split("/")[0]
+        params = {"head": f"{owner}:{head}", "state": "all", "per_page": str(PER_PAGE)}
+        async for item in self._pages(f"{_repo_path(repo)}/pulls", params,
+                                      what=f"list pull requests from {head}", repo=repo):
+            pull = PullRequest.from_json(repo, item)
+            if pull.head == head:
+                return pull
+        return None
+
+    async def open_pull_request(self, repo: str, *, head: str, base: str, title: str,
+                                body: str) -> PullRequest:
+        """The pull request from `head` into `base`, opened only when that branch has
+        none yet (open, merged or closed by a person): a retry after a crash finds it."""
+        found = await self.find_pull_request(repo, head)
+        if found is not None:
+            log.info("pull request from %s found in %s: %s", head, repo, found.html_url)
+            return found
+        try:
+            data = (await self._call("POST", f"{_repo_path(repo)}/pulls",
+                                     json={"title": title, "head": head, "base": base,
+                                           "body": body},
+                                     what=f"open a pull request from {head}", repo=repo)).data
+        except GitHubPermanentError as error:
+            # Opened meanwhile (by `chatbot publish` beside the bot): that one it is.
+            if error.status == 422 and "already exists" in str(error):
+                found = await self.find_pull_request(repo, head)
+                if found is not None:
+                    return found
+            raise
+        pull = PullRequest.from_json(repo, data)
+        log.info("opened pull request %s in %s from %s", pull.html_url, repo, head)
+        return pull
+
     # -- the wire -----------------------------------------------------------------------
 
     async def _poll(self, path: str, params: dict[str, str], etag: str | None,
@@ -481,7 +533,7 @@ class GitHubClient:
                    "copied whole")
         elif status == 403:
             fix = (f"the token may not do this in {where}: give it read and write access "
-                   f"to issues there")
+                   f"to issues there (and to pull requests, for the git archive's)")
         elif status == 404:
             fix = (f"no repository {where} or no access to it with this token: check "
                    f"the name and the token's repository access")

@@ -17,6 +17,7 @@ same moment in the room and on GitHub.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -38,9 +39,11 @@ from chatbot.publish.github import (
     GitHubClient,
     GitHubError,
     GitHubPermanentError,
+    GitHubTransientError,
     Issue,
     IssueRef,
     Polled,
+    PullRequest,
     Token,
 )
 from chatbot.render import LINK_LABELS, format_clock, format_date, time_zone_link
@@ -56,6 +59,13 @@ def sitting_marker(series_id: str, name: str) -> str:
     return f"<!-- chatbot:meeting:{series_id}:{name} -->"
 
 
+def closed_by_pull_request(config: Config, series_id: str) -> bool:
+    """Whether the git archive's pull request closes the sitting's issue when merged
+    (so the bot leaves it open after posting the note)."""
+    git = target_settings(config, series_id, "git")
+    return git is not None and git.pull_request
+
+
 def issue_title(settings: GitHubIssueConfig, series_id: str, title: str, day: date) -> str:
     return settings.title.format(title=title, date=day.isoformat(), id=series_id)
 
@@ -67,7 +77,7 @@ def _no_mentions(text: str) -> str:
 
 def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedelta,
                links: Mapping[str, str | None], agenda: Sequence[Entry], room: str,
-               prefix: str) -> str:
+               prefix: str, closed_by_pull_request: bool = False) -> str:
     """The issue's body: when (meeting zone, UTC, the reader's zone), the links, the
     agenda so far and how to add to it. The marker is added by the client."""
     local = start.astimezone(zone)
@@ -94,7 +104,9 @@ def issue_body(*, title: str, start: datetime, zone: ZoneInfo, duration: timedel
     lines += ["", "This agenda follows the meeting's as it changes. To add an item, comment "
               f"here with `{prefix}agenda (10 min) topic` (the item is yours), or write the "
               f"same in the Matrix room {_no_mentions(room)}. The meeting's note will be "
-              "posted here afterwards, and the issue closed.", ""]
+              "posted here afterwards, and the issue closed"
+              + (" by the pull request that archives it." if closed_by_pull_request
+                 else "."), ""]
     return "\n".join(lines)
 
 
@@ -132,6 +144,11 @@ class GitHubIssues:
         self.config = config
         self.clock = clock or (lambda: datetime.now(UTC))
         self.environ = environ
+        # When GitHub last named a time to wait until (a rate limit's `Retry-After` or
+        # reset), per API and token: every job and poll using them waits, not only the
+        # one that was told.
+        self._held_until: dict[tuple[str, str], datetime] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
 
     def _settings(self, series_id: str) -> GitHubIssueConfig:
         settings: GitHubIssueConfig = required_settings(self.config, series_id, "github")
@@ -142,6 +159,10 @@ class GitHubIssues:
         return "GitHub" if settings is None else f"GitHub ({settings.repo})"
 
     def _client(self, settings: GitHubIssueConfig) -> GitHubClient:
+        held = self._held_until.get(_account(settings))
+        if held is not None and self.clock() < held:
+            raise PublishFailed(f"GitHub asked not to be called before {held:%H:%M:%S} UTC "
+                                "(its rate limit)", permanent=False, retry_at=held)
         try:
             token = (Token.from_env(settings.token_env, self.environ)
                      if settings.token_env is not None
@@ -159,7 +180,7 @@ class GitHubIssues:
                     settings.repo, job.title, job.body, sitting_marker(job.series_id, job.name),
                     created_after=job.created_after)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
 
     async def update_body(self, series_id: str, repo: str, number: int, body: str) -> str:
         """Make the issue's body `body` (its marker kept); no write when it is already."""
@@ -169,7 +190,7 @@ class GitHubIssues:
                 issue = await github.get_issue(IssueRef(repo, number))
                 await github.update_issue_body(issue, body)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
         return issue.html_url
 
     async def comments(self, series_id: str, repo: str, number: int,
@@ -180,26 +201,77 @@ class GitHubIssues:
             async with self._client(settings) as github:
                 return await github.comments_since(IssueRef(repo, number), etag=etag)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
+
+    def agenda_label(self, series_id: str) -> str | None:
+        settings = target_settings(self.config, series_id, "github")
+        return None if settings is None else settings.agenda_label
+
+    async def labelled(self, series_id: str, etag: str | None) -> Polled[Issue]:
+        """The open issues and pull requests with the series' `agenda_label`,
+        conditionally: an unchanged list is a free 304."""
+        settings = self._settings(series_id)
+        label = settings.agenda_label
+        if label is None:
+            return Polled(False, (), etag)
+        try:
+            async with self._client(settings) as github:
+                return await github.labelled_issues(settings.repo, label, etag=etag)
+        except GitHubError as error:
+            raise self._failed(settings, error) from error
 
     async def publish(self, sitting: Sitting) -> str:
         """Post the note on the sitting's issue (opened now if it never was) and close
-        it; the issue's URL."""
+        it, unless the git archive's pull request is to close it when merged; the
+        issue's URL."""
         settings = self._settings(sitting.series_id)
+        try:
+            async with self._client(settings) as github:
+                issue = await self._sitting_issue(github, settings, sitting)
+                await github.post_note(issue, sitting.text)
+                if not closed_by_pull_request(self.config, sitting.series_id):
+                    await github.close_issue(issue)
+        except GitHubError as error:
+            raise self._failed(settings, error) from error
+        return issue.html_url
+
+    async def propose(self, sitting: Sitting, *, head: str, base: str, title: str,
+                      path: str) -> PullRequest:
+        """The pull request from branch `head` into `base` that archives the sitting's
+        note at `path` and closes its issue when merged; opened unless that branch has
+        one. Raises PublishFailed."""
+        settings = self._settings(sitting.series_id)
+        try:
+            async with self._client(settings) as github:
+                issue = await self._sitting_issue(github, settings, sitting)
+                body = (f"The note of {_no_mentions(sitting.title)} on {sitting.name}, "
+                        f"archived in `{path}` by the meeting bot.\n\n"
+                        f"Closes #{issue.number}\n")
+                return await github.open_pull_request(settings.repo, head=head, base=base,
+                                                      title=title, body=body)
+        except GitHubError as error:
+            raise self._failed(settings, error) from error
+
+    async def _sitting_issue(self, github: GitHubClient, settings: GitHubIssueConfig,
+                             sitting: Sitting) -> Issue:
+        """The sitting's issue, opened now if it never was. One at a time per sitting:
+        the note's comment and the archive's pull request both need it, at once."""
+        marker = sitting_marker(sitting.series_id, sitting.name)
         created_after = (datetime.combine(sitting.held_on, datetime.min.time(), UTC)
                          - settings.issue_ahead - FIND_SLACK)
         title = issue_title(settings, sitting.series_id, sitting.title, sitting.held_on)
-        try:
-            async with self._client(settings) as github:
-                issue = await github.open_meeting_issue(
-                    settings.repo, title, f"**{_no_mentions(sitting.title)}**: the note "
-                    "follows.\n", sitting_marker(sitting.series_id, sitting.name),
-                    created_after=created_after)
-                await github.post_note(issue, sitting.text)
-                await github.close_issue(issue)
-        except GitHubError as error:
-            raise _failed(error) from error
-        return issue.html_url
+        async with self._opening.setdefault(marker, asyncio.Lock()):
+            return await github.open_meeting_issue(
+                settings.repo, title, f"**{_no_mentions(sitting.title)}**: the note "
+                "follows.\n", marker, created_after=created_after)
+
+    def _failed(self, settings: GitHubIssueConfig, error: GitHubError) -> PublishFailed:
+        retry_at = error.retry_at if isinstance(error, GitHubTransientError) else None
+        if retry_at is not None:
+            account = _account(settings)
+            self._held_until[account] = max(retry_at, self._held_until.get(account, retry_at))
+        return PublishFailed(str(error), permanent=isinstance(error, GitHubPermanentError),
+                             retry_at=retry_at)
 
     async def check(self, series_id: str) -> str:
         settings = self._settings(series_id)
@@ -207,7 +279,7 @@ class GitHubIssues:
             async with self._client(settings) as github:
                 access = await github.check_access(settings.repo)
         except GitHubError as error:
-            raise _failed(error) from error
+            raise self._failed(settings, error) from error
         if not access.has_issues:
             raise PublishFailed(f"{settings.repo} has issues turned off", permanent=True)
         if not access.can_write_issues:
@@ -216,5 +288,6 @@ class GitHubIssues:
         return f"the token ({access.login or 'an app'}) may open issues in {settings.repo}"
 
 
-def _failed(error: GitHubError) -> PublishFailed:
-    return PublishFailed(str(error), permanent=isinstance(error, GitHubPermanentError))
+def _account(settings: GitHubIssueConfig) -> tuple[str, str]:
+    """Whose rate limit a call spends: GitHub counts per token, on each API host."""
+    return settings.api_url, settings.token_env or str(settings.token_file)

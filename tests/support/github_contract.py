@@ -8,8 +8,9 @@ It serves only what the bot uses, and rejects what GitHub would reject:
   "Resource not accessible by personal access token"; a repository the token cannot
   see → 404 (GitHub hides private repositories that way); no `User-Agent` → 403;
 * request bodies checked against the documented schemas of "Create an issue",
-  "Update an issue" and "Create an issue comment" (the same fields githubkit's models
-  carry): a missing, unknown or mistyped key → 422 "Invalid request." with the reason,
+  "Update an issue", "Create an issue comment" and "Create a pull request" (the same
+  fields githubkit's models carry; a pull request needs `title`, `head` and `base`):
+  a missing, unknown or mistyped key → 422 "Invalid request." with the reason,
   as GitHub's schema validation answers; a comment body past 65,536 characters → 422
   "Validation Failed" with an `errors` list; JSON that does not parse → 400;
 * answers in the documented shapes: `full-repository`, `private-user`, `issue` (with
@@ -18,7 +19,15 @@ It serves only what the bot uses, and rejects what GitHub would reject:
   "status"[, "errors"]}`). tests/unit/test_github_contract.py checks them against
   githubkit's models where githubkit is importable;
 * `per_page` (≤ 100) / `page` pagination with a `Link` header, `state`, `labels`,
-  `since`, `sort`, `direction`, `creator` filters on issue lists, `since` on comments;
+  `since`, `sort`, `direction`, `creator` filters on issue lists, `since` on comments,
+  `state`, `head` (`owner:branch`) and `base` on pull request lists;
+* pull requests share the issues' numbers and show in issue lists (with
+  `pull_request`); a second open one for the same head branch → 422 "A pull request
+  already exists for owner:branch."; a head or base branch the repository does not have
+  → 422 with an `errors` entry on that field. The stand-in cannot see the git remote the
+  tests push to (a bare repository on disk), so unless a test lists the repository's
+  `branches`, any branch name counts as existing. `merge_pull` plays a person merging:
+  the issues its body closes ("Closes #N") are closed;
 * a weak `ETag` on every GET and 304 on a matching `If-None-Match`; a 304 costs no rate
   limit, everything else costs one; `X-RateLimit-Limit/Remaining/Reset/Used/Resource`
   on every answer; a spent limit → 403 with `X-RateLimit-Remaining: 0`;
@@ -80,6 +89,10 @@ class StoredIssue:
     closed_at: datetime | None = None
     pull_request: bool = False
     comments: list[StoredComment] = field(default_factory=list)
+    # Pull requests only: the branches, and whether it was merged.
+    head: str | None = None
+    base: str | None = None
+    merged_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -98,6 +111,9 @@ class Repo:
     id: int
     has_issues: bool = True
     issues: dict[int, StoredIssue] = field(default_factory=dict)
+    # The branches pull requests may name; None: any (the stand-in cannot see the remote).
+    branches: set[str] | None = None
+    default_branch: str = "main"
 
     @property
     def full_name(self) -> str:
@@ -153,7 +169,7 @@ class _Answer(Exception):
 # The request bodies' schemas, from GitHub's OpenAPI description (as githubkit's
 # `ReposOwnerRepoIssuesPostBody`, `...IssuesIssueNumberPatchBody`,
 # `...IssuesIssueNumberCommentsPostBody` models carry them): key → accepted JSON types.
-_STR, _INT, _NULL, _LIST = (str,), (int,), (type(None),), (list,)
+_STR, _INT, _NULL, _LIST, _BOOL = (str,), (int,), (type(None),), (list,), (bool,)
 CREATE_ISSUE = {
     "title": _STR + _INT, "body": _STR, "assignee": _STR + _NULL,
     "milestone": _STR + _INT + _NULL, "labels": _LIST, "assignees": _LIST,
@@ -165,9 +181,16 @@ UPDATE_ISSUE = {
     "labels": _LIST, "assignees": _LIST, "type": _STR + _NULL,
 }
 CREATE_COMMENT = {"body": _STR}
+CREATE_PULL = {
+    "title": _STR, "head": _STR, "head_repo": _STR, "base": _STR, "body": _STR,
+    "maintainer_can_modify": _BOOL, "draft": _BOOL, "issue": _INT,
+}
+# GitHub's closing keywords: "Closes #12" in a merged pull request's body closes #12.
+_CLOSES = re.compile(r"\b(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?)\s+#(\d+)\b", re.IGNORECASE)
 STATES = ("open", "closed")
 STATE_REASONS = ("completed", "not_planned", "duplicate", "reopened", None)
-_TYPE_NAMES = {str: "a string", int: "an integer", type(None): "null", list: "an array"}
+_TYPE_NAMES = {str: "a string", int: "an integer", type(None): "null", list: "an array",
+               bool: "a boolean"}
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -199,7 +222,7 @@ def _check_body(schema: Mapping[str, tuple[type, ...]], body: Any,
             raise _Answer(422, f'Invalid request.\n\n"{key}" is not a permitted key.')
         allowed = schema[key]
         # Python counts True as an int; to JSON Schema, true is no integer.
-        if isinstance(value, bool) or not isinstance(value, allowed):
+        if isinstance(value, bool) != (allowed == _BOOL) or not isinstance(value, allowed):
             names = " or ".join(_TYPE_NAMES[kind] for kind in allowed)
             raise _Answer(422, f"Invalid request.\n\nFor 'properties/{key}', "
                                f"{json.dumps(value)} is not {names}.")
@@ -262,6 +285,26 @@ class GitHubContract:
         issue = self.repos[full_name.lower()].issues[number]
         return self._create_comment(issue, body, user)
 
+    def pulls(self, full_name: str) -> list[StoredIssue]:
+        return [issue for issue in self.repos[full_name.lower()].issues.values()
+                if issue.pull_request]
+
+    def merge_pull(self, full_name: str, number: int) -> StoredIssue:
+        """A person merges the pull request: it closes, and so do the issues its body
+        closes (GitHub does that for a merge into the default branch)."""
+        repo = self.repos[full_name.lower()]
+        pull = repo.issues[number]
+        assert pull.pull_request and pull.state == "open", "only an open pull request merges"
+        now = self.clock()
+        pull.state, pull.merged_at, pull.closed_at, pull.updated_at = "closed", now, now, now
+        if pull.base == repo.default_branch:
+            for closed in _CLOSES.findall(pull.body or ""):
+                issue = repo.issues.get(int(closed))
+                if issue is not None and not issue.pull_request and issue.state == "open":
+                    issue.state, issue.state_reason = "closed", "completed"
+                    issue.closed_at = issue.updated_at = now
+        return pull
+
     def fail(self, method: str, path: str, status: int, *, times: int = 1,
              retry_after: int | None = None, secondary: bool = False,
              skip: int = 0) -> Fault:
@@ -293,6 +336,8 @@ class GitHubContract:
                            self._list_comments)
         app.router.add_post("/repos/{owner}/{repo}/issues/{number}/comments",
                             self._post_comment)
+        app.router.add_get("/repos/{owner}/{repo}/pulls", self._list_pulls)
+        app.router.add_post("/repos/{owner}/{repo}/pulls", self._post_pull)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -576,6 +621,53 @@ class GitHubContract:
         comment = self._create_comment(issue, body["body"], request[ACCOUNT].login)
         return web.json_response(self._comment_json(repo, issue, comment), status=201)
 
+    async def _list_pulls(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        query = request.query
+        state = query.get("state", "open")
+        if state not in ("open", "closed", "all"):
+            raise _Answer(422, "Validation Failed", errors=[
+                {"value": state, "resource": "PullRequest", "field": "state",
+                 "code": "invalid"}])
+        pulls = [issue for issue in repo.issues.values() if issue.pull_request]
+        if state != "all":
+            pulls = [pull for pull in pulls if pull.state == state]
+        if query.get("head"):
+            # `user:ref-name`; GitHub ignores a head without the owner part.
+            owner, _, branch = query["head"].partition(":")
+            if branch:
+                pulls = [pull for pull in pulls if owner.lower() == repo.owner.lower()
+                         and pull.head == branch]
+        if query.get("base"):
+            pulls = [pull for pull in pulls if pull.base == query["base"]]
+        pulls.sort(key=lambda pull: (pull.created_at, pull.number), reverse=True)
+        return self._page(request, [self._pull_json(repo, pull, full=False)
+                                    for pull in pulls])
+
+    async def _post_pull(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        self._writable(request)
+        body = _check_body(CREATE_PULL, request[BODY], required=("head", "base", "title"))
+        head = body["head"].split(":", 1)[-1]
+        for name, branch in (("head", head), ("base", body["base"])):
+            if not branch or (repo.branches is not None and branch not in repo.branches):
+                raise _Answer(422, "Validation Failed", errors=[
+                    {"resource": "PullRequest", "field": name, "code": "invalid"}])
+        if head == body["base"]:
+            raise _Answer(422, "Validation Failed", errors=[
+                {"resource": "PullRequest", "code": "custom",
+                 "message": f"No commits between {body['base']} and {head}"}])
+        if any(pull.pull_request and pull.state == "open" and pull.head == head
+               for pull in repo.issues.values()):
+            raise _Answer(422, "Validation Failed", errors=[
+                {"resource": "PullRequest", "code": "custom",
+                 "message": f"A pull request already exists for {repo.owner}:{head}."}])
+        pull = self._create_issue(repo, body["title"], body.get("body"),
+                                  request[ACCOUNT].login, [], pull_request=True)
+        pull.head, pull.base = head, body["base"]
+        return web.json_response(self._pull_json(repo, pull, full=True), status=201, headers={
+            "Location": f"{self.url}/repos/{repo.full_name}/pulls/{pull.number}"})
+
     # -- state and shapes -------------------------------------------------------------
 
     def _new_id(self) -> int:
@@ -681,7 +773,52 @@ class GitHubContract:
             shape["pull_request"] = {
                 "url": pulls, "html_url": shape["html_url"],
                 "diff_url": shape["html_url"] + ".diff",
-                "patch_url": shape["html_url"] + ".patch", "merged_at": None}
+                "patch_url": shape["html_url"] + ".patch", "merged_at": _iso(issue.merged_at)}
+        return shape
+
+    def _pull_json(self, repo: Repo, pull: StoredIssue, *, full: bool) -> dict[str, Any]:
+        """GitHub's `pull-request-simple` (in lists) or `pull-request` (`full`)."""
+        api = f"{self.url}/repos/{repo.full_name}/pulls/{pull.number}"
+        issue_api = f"{self.url}/repos/{repo.full_name}/issues/{pull.number}"
+        html = f"{self.html_root}/{repo.full_name}/pull/{pull.number}"
+        sha = hashlib.sha1(f"{pull.id}:{pull.head}".encode()).hexdigest()
+        owner = self._user_json(repo.owner, repo.id + 1)
+
+        def branch(ref: str | None) -> dict[str, Any]:
+            return {"label": f"{repo.owner}:{ref}", "ref": ref, "sha": sha, "user": owner,
+                    "repo": None}
+
+        links = {name: {"href": href} for name, href in (
+            ("self", api), ("html", html), ("issue", issue_api),
+            ("comments", f"{issue_api}/comments"),
+            ("review_comments", f"{api}/comments"),
+            ("review_comment", f"{self.url}/repos/{repo.full_name}/pulls/comments"
+                               "{/number}"),
+            ("commits", f"{api}/commits"),
+            ("statuses", f"{self.url}/repos/{repo.full_name}/statuses/{sha}"))}
+        shape: dict[str, Any] = {
+            "url": api, "id": pull.id, "node_id": _node_id("PR", pull.id), "html_url": html,
+            "diff_url": f"{html}.diff", "patch_url": f"{html}.patch", "issue_url": issue_api,
+            "commits_url": f"{api}/commits", "review_comments_url": f"{api}/comments",
+            "review_comment_url": links["review_comment"]["href"],
+            "comments_url": f"{issue_api}/comments",
+            "statuses_url": links["statuses"]["href"], "number": pull.number,
+            "state": pull.state, "locked": False, "title": pull.title,
+            "user": self._user_json(pull.user, _stable_id(pull.user)), "body": pull.body,
+            "labels": [], "milestone": None, "active_lock_reason": None,
+            "created_at": _iso(pull.created_at), "updated_at": _iso(pull.updated_at),
+            "closed_at": _iso(pull.closed_at), "merged_at": _iso(pull.merged_at),
+            "merge_commit_sha": None, "assignee": None, "assignees": [],
+            "requested_reviewers": [], "requested_teams": [], "head": branch(pull.head),
+            "base": branch(pull.base), "_links": links, "author_association": "MEMBER",
+            "auto_merge": None, "draft": False,
+        }
+        if full:
+            shape |= {"merged": pull.merged_at is not None, "mergeable": None,
+                      "rebaseable": None, "mergeable_state": "unknown", "merged_by": None,
+                      "comments": len(pull.comments), "review_comments": 0,
+                      "maintainer_can_modify": False, "commits": 1, "additions": 1,
+                      "deletions": 0, "changed_files": 1}
         return shape
 
     def _comment_json(self, repo: Repo, issue: StoredIssue,

@@ -135,7 +135,7 @@ def test_credentials_in_a_remote_url_are_never_shown() -> None:
      "meetings[0].publish.git.path: expected {date} in the path with `mode: file`"),
     ({"mode": "append"}, "meetings[0].publish.git.mode: "),
     ({"pull_request": True},
-     "meetings[0].publish.git.pull_request: true needs the GitHub target (publish.github)"),
+     "meetings[0].publish.git: `pull_request: true` needs the GitHub target (publish.github)"),
     ({"branch": "-f"}, "meetings[0].publish.git.branch: expected a branch name"),
     ({"author": {"email": "nobody"}}, "meetings[0].publish.git.author.email: expected an "
                                       "email address"),

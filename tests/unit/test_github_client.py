@@ -440,3 +440,47 @@ async def test_the_token_never_reaches_the_log(github: GitHubContract, clock: Ma
             await client.update_issue_body(issue, "changed")
     assert caplog.records
     assert github.token not in caplog.text
+
+
+# -- pull requests ------------------------------------------------------------------------
+
+
+async def test_a_pull_request_is_opened_once_per_head_branch(
+        client: GitHubClient, github: GitHubContract) -> None:
+    first = await client.open_pull_request(REPO, head="meeting/x", base="main",
+                                           title="Notes", body="Closes #1")
+    again = await client.open_pull_request(REPO, head="meeting/x", base="main",
+                                           title="Notes", body="Closes #1")
+    assert again == first and (first.head, first.base, first.merged) == (
+        "meeting/x", "main", False)
+    assert len(github.calls_to("POST", r"/pulls$")) == 1
+    assert github.calls_to("GET", r"/pulls$")[0].query == {
+        "head": "jupyterhub:meeting/x", "state": "all", "per_page": "100"}
+
+
+async def test_a_pull_request_opened_meanwhile_elsewhere_is_the_one(
+        client: GitHubClient, github: GitHubContract, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`chatbot publish` beside the bot: the listing showed none, then GitHub says one
+    exists (422): that one is found and taken."""
+    other = await client.open_pull_request(REPO, head="meeting/x", base="main",
+                                           title="Notes", body="")
+    real = client.find_pull_request
+    stale = [None]  # the first listing, made before the other one was opened
+
+    async def listing(repo: str, head: str) -> Any:
+        return stale.pop() if stale else await real(repo, head)
+
+    monkeypatch.setattr(client, "find_pull_request", listing)
+    found = await client.open_pull_request(REPO, head="meeting/x", base="main",
+                                           title="Notes", body="")
+    assert found == other
+    assert [call.status for call in github.calls_to("POST", r"/pulls$")] == [201, 422]
+
+
+async def test_a_merged_pull_request_reads_as_merged(
+        client: GitHubClient, github: GitHubContract) -> None:
+    opened = await client.open_pull_request(REPO, head="meeting/x", base="main",
+                                            title="Notes", body="")
+    github.merge_pull(REPO, opened.number)
+    found = await client.find_pull_request(REPO, "meeting/x")
+    assert found is not None and found.merged and found.state == "closed"

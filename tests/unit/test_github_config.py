@@ -28,6 +28,12 @@ def test_defaults() -> None:
     assert github.agenda_label is None
 
 
+def test_an_agenda_label_is_taken() -> None:
+    config = parse_config(with_github(repo="a/b", token_env="T", agenda_label="meeting-agenda"))
+    github = config.meetings[0].publish.github
+    assert github is not None and github.agenda_label == "meeting-agenda"
+
+
 def test_a_relative_token_file_is_found_from_the_config_file() -> None:
     config = parse_config(with_github(repo="a/b", token_file="secrets/gh"),
                           base_dir=Path("/etc/chatbot"))
@@ -56,8 +62,8 @@ def test_a_relative_token_file_is_found_from_the_config_file() -> None:
          "meetings[0].publish.github.title", "expected only {date} {id} {title}"),
         ({"repo": "a/b", "token_env": "T", "agenda_label": ""},
          "meetings[0].publish.github.agenda_label", ""),
-        ({"repo": "a/b", "token_env": "T", "agenda_label": "meeting-agenda"},
-         "meetings[0].publish.github.agenda_label", "not available in this version"),
+        ({"repo": "a/b", "token_env": "T", "agenda_label": "agenda,help"},
+         "meetings[0].publish.github.agenda_label", "expected one label's name"),
     ],
 )
 def test_a_mistake_names_its_key(github: dict[str, Any], key: str, expected: str) -> None:

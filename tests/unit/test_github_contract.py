@@ -318,6 +318,64 @@ async def test_every_call_is_recorded(wire: Wire, github: GitHubContract) -> Non
     assert github.calls_to("GET", "/issues$")[0].query == {"state": "all"}
 
 
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"head": "meeting/x", "base": "main"}, 'Invalid request.\n\n"title" wasn\'t supplied.'),
+    ({"title": "t", "base": "main"}, 'Invalid request.\n\n"head" wasn\'t supplied.'),
+    ({"title": "t", "head": "meeting/x"}, 'Invalid request.\n\n"base" wasn\'t supplied.'),
+    ({"title": "t", "head": "meeting/x", "base": "main", "draft": "yes"},
+     "Invalid request.\n\nFor 'properties/draft', \"yes\" is not a boolean."),
+    ({"title": "t", "head": "meeting/x", "base": "main", "labels": ["x"]},
+     'Invalid request.\n\n"labels" is not a permitted key.'),
+])
+async def test_a_pull_request_off_the_schema_is_422(
+        wire: Wire, github: GitHubContract, payload: dict[str, Any], message: str) -> None:
+    status, body, _ = await wire.send("POST", f"/repos/{REPO}/pulls", json=payload)
+    assert status == 422
+    assert_error_shape(body, message)
+    assert github.pulls(REPO) == []
+
+
+async def test_pull_requests_open_once_per_head_branch_and_list_by_head(
+        wire: Wire, github: GitHubContract) -> None:
+    github.add_issue(REPO, "Meeting issue")
+    payload = {"title": "Notes", "head": "meeting/x", "base": "main", "body": "Closes #1",
+               "draft": False}
+    status, body, headers = await wire.send("POST", f"/repos/{REPO}/pulls", json=payload)
+    assert status == 201 and body["number"] == 2  # numbers shared with issues
+    assert (body["head"]["ref"], body["base"]["ref"], body["merged"]) == (
+        "meeting/x", "main", False)
+    assert body["html_url"].endswith(f"/{REPO}/pull/2") and "Location" in headers
+    status, body, _ = await wire.send("POST", f"/repos/{REPO}/pulls", json=payload)
+    assert status == 422
+    assert body["errors"][0]["message"] == "A pull request already exists for jupyterhub:meeting/x."
+    _, listed, _ = await wire.send("GET", f"/repos/{REPO}/pulls",
+                                   params={"head": "jupyterhub:meeting/x", "state": "all"})
+    assert [pull["number"] for pull in listed] == [2]
+    _, listed, _ = await wire.send("GET", f"/repos/{REPO}/pulls",
+                                   params={"head": "jupyterhub:meeting/y", "state": "all"})
+    assert listed == []
+    _, issues, _ = await wire.send("GET", f"/repos/{REPO}/issues")
+    assert [("pull_request" in issue) for issue in issues] == [True, False]
+    github.merge_pull(REPO, 2)
+    assert github.repos[REPO].issues[1].state == "closed"
+    _, listed, _ = await wire.send("GET", f"/repos/{REPO}/pulls",
+                                   params={"head": "jupyterhub:meeting/x"})
+    assert listed == []  # `state` is open unless asked
+
+
+async def test_a_pull_request_from_or_into_a_missing_branch_is_422(
+        wire: Wire, github: GitHubContract) -> None:
+    # The stand-in checks branches only when a test lists them (it cannot see the remote).
+    github.repos[REPO].branches = {"main"}
+    status, body, _ = await wire.send("POST", f"/repos/{REPO}/pulls", json={
+        "title": "t", "head": "meeting/x", "base": "main"})
+    assert status == 422 and body["errors"] == [
+        {"resource": "PullRequest", "field": "head", "code": "invalid"}]
+    status, body, _ = await wire.send("POST", f"/repos/{REPO}/pulls", json={
+        "title": "t", "head": "main", "base": "main"})
+    assert status == 422 and body["errors"][0]["message"] == "No commits between main and main"
+
+
 # githubkit ships GitHub's OpenAPI description as pydantic models. It is not a dependency
 # of the bot, so this check runs where it is importable (see the module's docstring).
 @pytest.fixture
@@ -348,6 +406,12 @@ async def test_answers_validate_against_githubs_own_models(
     _, body, _ = await wire.send("POST", f"/repos/{REPO}/issues/{issue.number}/comments",
                                  json={"body": "x" * (COMMENT_LIMIT + 1)})
     models.ValidationError.model_validate(body)
+    _, body, _ = await wire.send("POST", f"/repos/{REPO}/pulls", json={
+        "title": "Notes", "head": "meeting/x", "base": "main", "body": "Closes #1"})
+    models.PullRequest.model_validate(body)
+    _, body, _ = await wire.send("GET", f"/repos/{REPO}/pulls", params={"state": "all"})
+    for item in body:
+        models.PullRequestSimple.model_validate(item)
 
 
 @pytest.mark.parametrize(("model", "payload"), [
@@ -356,6 +420,8 @@ async def test_answers_validate_against_githubs_own_models(
     ("ReposOwnerRepoIssuesIssueNumberPatchBody", {"state": "closed",
                                                   "state_reason": "completed"}),
     ("ReposOwnerRepoIssuesIssueNumberCommentsPostBody", {"body": "note"}),
+    ("ReposOwnerRepoPullsPostBody", {"title": "Notes", "head": "meeting/x", "base": "main",
+                                     "body": "Closes #1"}),
 ])
 def test_what_the_stand_in_accepts_githubs_models_accept(models: Any, model: str,
                                                         payload: dict[str, Any]) -> None:

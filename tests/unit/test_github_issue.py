@@ -428,3 +428,144 @@ async def test_an_older_body_retried_late_never_undoes_a_newer_one(
     assert "1. First, by Chair\n2. Second, by Chair" in body
     patches = [call for call in github.calls_to("PATCH", r"/issues/\d+$") if call.status == 200]
     assert len(patches) == 1  # the first body's retry found itself superseded
+
+
+# --- the agenda label ------------------------------------------------------------------
+
+
+async def agenda_of(harness: Harness) -> list[tuple[str, str]]:
+    store = harness.bot.store.read
+    meeting = await store.get_meeting(1)
+    assert meeting is not None
+    return [(item.text, item.sender_name) for item in (await store.record(meeting)).agenda]
+
+
+async def open_the_issue(harness: Harness, clock: ManualClock) -> None:
+    clock.now = START - timedelta(days=2)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+
+
+async def test_issues_with_the_agenda_label_are_items_owned_by_their_authors_and_linked(
+        tmp_path: Path, github: GitHubContract, clock: ManualClock) -> None:
+    labelled = github.add_issue(REPO, "Docs *sprint* [click](javascript:alert(1))",
+                                labels=("meeting-agenda",), user="octocat")
+    github.add_issue(REPO, "Release 5.0", labels=("meeting-agenda", "help"),
+                     pull_request=True, user="hubot")
+    github.add_issue(REPO, "Not for the meeting", user="octocat")
+    github.add_issue(REPO, "Done already", labels=("meeting-agenda",), state="closed")
+    async with make_harness(tmp_path, github, clock, agenda_label="meeting-agenda") as harness:
+        await open_the_issue(harness, clock)
+        assert await harness.run(JobKind.ISSUE_POLL)
+        site = f"https://ghe.example.test/{REPO}"
+        assert await agenda_of(harness) == [
+            (f"Docs *sprint* [click](javascript:alert(1)) {site}/issues/1", "octocat (GitHub)"),
+            (f"Release 5.0 {site}/pull/2", "hubot (GitHub)")]
+        [query] = [call.query for call in github.calls_to("GET", r"/issues$")
+                   if "labels" in call.query]
+        assert (query["labels"], query["state"]) == ("meeting-agenda", "open")
+
+        # Unchanged: a free 304, nothing doubled, also after a restart.
+        clock.now += timedelta(minutes=15)
+        assert await harness.run(JobKind.ISSUE_POLL)
+    async with make_harness(tmp_path, github, clock, agenda_label="meeting-agenda") as harness:
+        clock.now += timedelta(minutes=15)
+        assert await harness.run(JobKind.ISSUE_POLL)
+        label_polls = [call for call in github.calls_to("GET", r"/issues$")
+                       if "labels" in call.query]
+        assert [call.status for call in label_polls] == [200, 304, 304]
+        assert len(await agenda_of(harness)) == 2
+
+        # The issue body and the note show the link, the title's markdown inert.
+        clock.now += timedelta(minutes=1)
+        assert await harness.run(JobKind.ISSUE_BODY)
+        await harness.drain()
+        assert "2. Release 5.0 https://ghe.example.test/" in the_issue_of(github).body
+
+        # Losing the label, or closing, before the sitting takes an issue off.
+        labelled.labels = ["help"]
+        labelled.updated_at = clock.now
+        clock.now += timedelta(minutes=15)
+        assert await harness.run(JobKind.ISSUE_POLL)
+        assert [owner for _, owner in await agenda_of(harness)] == ["hubot (GitHub)"]
+        labelled.labels = ["meeting-agenda"]  # labelled again: back on
+        clock.now += timedelta(minutes=15)
+        assert await harness.run(JobKind.ISSUE_POLL)
+        assert len(await agenda_of(harness)) == 2
+
+        # Once the sitting has started nothing is taken away; new ones still come.
+        clock.now = START
+        assert await harness.run(JobKind.START)
+        labelled.state = "closed"
+        github.add_issue(REPO, "Late topic", labels=("meeting-agenda",), user="carol")
+        clock.now += timedelta(minutes=1)
+        assert await harness.run(JobKind.ISSUE_POLL)
+        assert [owner for _, owner in await agenda_of(harness)] == [
+            "hubot (GitHub)", "octocat (GitHub)", "carol (GitHub)"]  # labelled again: last
+        await harness.say("!endmeeting", "e1")
+        await harness.drain()
+        note = next(text for text in harness.transport.texts() if text.startswith("# Team"))
+        assert (f"Docs \\*sprint\\* \\[click\\](javascript:alert(1)) <{site}/issues/1>"
+                in note), note
+        # Not carried to the next sitting: it lists the issues still labelled then.
+        following = await harness.bot.store.read.find_scheduled("team", START + timedelta(days=7))
+        assert following is None or not (
+            await harness.bot.store.read.record(following)).agenda
+
+
+def the_issue_of(github: GitHubContract) -> Any:
+    return next(issue for issue in github.repos[REPO].issues.values()
+                if issue.user == GitHubContract.LOGIN)
+
+
+async def test_without_an_agenda_label_no_labelled_issues_are_asked_for(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    github.add_issue(REPO, "Topic", labels=("meeting-agenda",))
+    await open_the_issue(harness, clock)
+    assert await harness.run(JobKind.ISSUE_POLL)
+    assert not [call for call in github.calls_to("GET", r"/issues$") if "labels" in call.query]
+    assert await agenda_of(harness) == []
+
+
+# --- rate limits ------------------------------------------------------------------------
+
+
+async def test_a_429_with_retry_after_holds_back_the_next_call_until_then(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    clock.now = START - timedelta(days=2)
+    github.fail("POST", r"/issues$", 429, retry_after=120)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    refused_at = clock.now
+    [job] = await harness.bot.store.read.pending_outbox()
+    assert job.next_attempt_at == refused_at + timedelta(seconds=120)  # not the 1 s backoff
+    calls = len(github.calls)
+    for _ in range(4):
+        clock.now += timedelta(seconds=29)
+        await harness.drain()
+    assert len(github.calls) == calls  # not one call before the time GitHub named
+    clock.now = refused_at + timedelta(seconds=120)
+    await harness.drain()
+    assert len(github.repos[REPO].issues) == 1
+    assert harness.transport.chairs_told() == []
+
+
+async def test_a_poll_refused_for_the_rate_limit_waits_for_the_time_github_named(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    await open_the_issue(harness, clock)
+    github.fail("GET", r"/comments$", 403, retry_after=1800, secondary=True)
+    assert await harness.run(JobKind.ISSUE_POLL)
+    [job] = await harness.planned(JobKind.ISSUE_POLL)
+    assert job.due_at == clock.now + timedelta(minutes=30)  # not in 15 min
+    calls = len(github.calls)
+    # Meanwhile the agenda changes: the body's job is held back too, without a call.
+    await harness.say("!agenda Budget", "a1")
+    clock.now += timedelta(minutes=2)
+    assert await harness.run(JobKind.ISSUE_BODY)
+    await harness.drain()
+    assert len(github.calls) == calls
+    clock.now = job.due_at
+    assert await harness.run(JobKind.ISSUE_POLL)
+    await harness.drain()
+    assert [call.status for call in github.calls_to("GET", r"/comments$")][-1] == 200
+    assert "1. Budget, by Chair" in the_issue(github).body

@@ -188,6 +188,67 @@ async def test_the_runner_sleeps_until_the_next_retry_instead_of_spinning(world)
     assert first_wait >= 0.45 and second_wait >= 0.95, (first_wait, second_wait)
 
 
+class RateLimitedTransport(FlakyTransport):
+    """Answers the first `limited` sends as a rate-limited service does: try again at
+    `retry_at`, not before."""
+
+    def __init__(self, retry_at: datetime, limited: int = 1) -> None:
+        super().__init__()
+        self.retry_at, self.limited = retry_at, limited
+
+    async def deliver(self, item: OutboxItem) -> str:
+        if self.limited > 0:
+            self.limited -= 1
+            self.tries.append(item)
+            raise DeliveryError("429 Too Many Requests", permanent=False,
+                                retry_at=self.retry_at)
+        return await super().deliver(item)
+
+
+@pytest.mark.parametrize(("wait", "expected_wait"), [
+    # Longer than the backoff (0.5 to 1 s for a first failure): the service's time wins.
+    (timedelta(minutes=5), timedelta(minutes=5)),
+    # Shorter than the backoff, or already past: the backoff still applies.
+    (timedelta(seconds=0), None),
+])
+async def test_a_retry_comes_no_earlier_than_the_time_the_service_named(
+        tmp_path: Path, wait: timedelta, expected_wait: timedelta | None) -> None:
+    clock = ManualClock(T0)
+    transport = RateLimitedTransport(T0 + wait)
+    rooms = Rooms(parse_config(config(retry_cap="10s", park_after="1h")), {"team": ROOM})
+    store = await Store.open(tmp_path / "bot.db")
+    try:
+        bot = MeetingBot(rooms, store, tmp_path / "notes", transport, clock=clock)
+        await queue(bot, ROOM, "message", {"text": "hello", "html": "hello"})
+        await bot.deliver_due()
+        [waiting] = await store.read.pending_outbox()
+        assert waiting.attempts == 1
+        if expected_wait is None:
+            assert T0 + timedelta(seconds=0.5) <= waiting.next_attempt_at <= \
+                T0 + timedelta(seconds=1)
+        else:
+            assert waiting.next_attempt_at == T0 + expected_wait
+        clock.now = waiting.next_attempt_at - timedelta(seconds=1)
+        for _ in range(3):
+            await bot.deliver_due()
+        assert len(transport.tries) == 1  # not a try before the time
+    finally:
+        await store.close()
+
+    # The time is the job's, in the database: a restarted bot waits for it too.
+    store = await Store.open(tmp_path / "bot.db")
+    try:
+        bot = MeetingBot(rooms, store, tmp_path / "notes", transport, clock=clock)
+        await bot.deliver_due()
+        assert len(transport.tries) == 1
+        clock.now = waiting.next_attempt_at
+        await bot.deliver_due()
+        assert texts(transport) == ["hello"]
+        assert await bot.outbox_empty()
+    finally:
+        await store.close()
+
+
 async def test_a_failing_scheduled_job_waits_out_its_backoff(world) -> None:
     bot, clock, _, _ = world
     [job] = [job for job in await bot.plan() if job.due_at <= clock.now + timedelta(days=1)][:1]
