@@ -76,7 +76,7 @@ class BotApp:
         store = self.store = await Store.open(database_path(self.config))
         web = WebServer(self.config,
                         lambda series: next_agenda(store.read, series, self.clock()),
-                        self.clock, self.metrics)
+                        self.clock, self.metrics, store=store, notes_dir=notes_dir(self.config))
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit, metrics=self.metrics)
         scheduler: JobScheduler | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 
+from chatbot.archive import note_sections, note_stems
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import Entry, EntryKind, EventId, Meeting, MeetingRecord, RoomId, UserId
 from chatbot.publish import Sitting, job_kinds
@@ -87,6 +88,15 @@ class PublishNote:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectMessage:
+    """A message for one person only, in the bot's direct chat with them (opened if
+    need be): links that must not be posted in the room."""
+
+    user_id: UserId
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueIssue:
     """Open a scheduled sitting's GitHub issue (the `github_issue` job)."""
 
@@ -104,7 +114,8 @@ class UpdateIssueBody:
     body: str
 
 
-Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
+Effect = (React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
+          | DirectMessage)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -252,14 +263,9 @@ async def open_adhoc(
 
 async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> PurePosixPath:
     """`<meeting id>/<YYYY-MM-DD>.md`; a second sitting on the same day gets `-2`, and so on."""
+    stems = note_stems(series, await store.meetings_of_series(series.id))
     day = meeting.held_at.astimezone(series.timezone).date()
-    same_day = [
-        m.id for m in await store.meetings_of_series(series.id)
-        if m.held_at.astimezone(series.timezone).date() == day
-    ]
-    position = same_day.index(meeting.id) + 1 if meeting.id in same_day else 1
-    suffix = "" if position == 1 else f"-{position}"
-    return PurePosixPath(series.id, f"{day.isoformat()}{suffix}.md")
+    return PurePosixPath(series.id, f"{stems.get(meeting.id, day.isoformat())}.md")
 
 
 def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
@@ -341,6 +347,9 @@ async def close_meeting(
     assert closed is not None
     note = await compile_note(store, series, closed)
     path = await note_path(store, series, closed)
+    # The search index follows the note in the same commit (and a regenerated note
+    # replaces its rows the same way).
+    await store.index_note(closed.id, series.id, note_sections(note))
     log.info("meeting %s closed in %s; note %s", meeting.id, meeting.room_id, path,
              extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     closing = render_closed(closed.title, f"notes/{path}")
