@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import hmac
+import html
 import re
 import secrets
 from collections.abc import Iterable, Sequence
@@ -81,7 +82,7 @@ _ESCAPED = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~&])")
 
 
 def _plain(markdown: str) -> str:
-    text = _ESCAPED.sub(r"\1", markdown)
+    text = html.unescape(_ESCAPED.sub(r"\1", markdown))
     text = text.replace("**", "")
     return "".join(ch for ch in text if ch not in MARKS).strip()
 
@@ -301,9 +302,30 @@ def now_view(record: MeetingRecord, series: MeetingConfig, now: datetime) -> Now
                    item.minutes, until, overrun)
 
 
+_HEADING = re.compile(r"<(/?)h([1-6])>")
+
+
+def _headings_in_order(html: str) -> str:
+    """No heading level skipped (a page's outline): the note's `####` code of conduct
+    line follows its `#` title, which a chat client does not mind but a screen reader does."""
+    level = 0
+    opened: list[int] = []
+
+    def relevel(match: re.Match[str]) -> str:
+        nonlocal level
+        if match[1]:
+            return f"</h{opened.pop() if opened else match[2]}>"
+        level = min(int(match[2]), level + 1)
+        opened.append(level)
+        return f"<h{level}>"
+
+    return _HEADING.sub(relevel, html)
+
+
 def note_html(note: str) -> Markup:
-    """A note as the room shows it: markdown through the same allow-list sanitizer."""
-    return Markup(markdown_to_html(note))
+    """A note as the room shows it: markdown through the same allow-list sanitizer
+    (headings re-levelled so none is skipped)."""
+    return Markup(_headings_in_order(markdown_to_html(note)))
 
 
 def next_occurrence(start: datetime, series: MeetingConfig) -> dict[str, str]:

@@ -415,5 +415,5 @@ class WebServer:
 def _is_query_error(error: sqlite3.OperationalError) -> bool:
     """FTS5's complaints about a query (as opposed to a database that cannot be read)."""
     text = str(error)
-    return text.startswith(("fts5:", "no such column", "unknown special query")) or (
-        "syntax error" in text)
+    return text.startswith(("fts5:", "no such column", "unknown special query",
+                            "unterminated string"))
