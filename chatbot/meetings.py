@@ -281,6 +281,23 @@ async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) ->
                        template=series.template_source)
 
 
+async def index_missing_notes(store: Store, config: Config) -> int:
+    """Index the notes of closed sittings the search does not know yet (those closed
+    before the index existed); how many. Each in its own short transaction."""
+    indexed = await store.read.indexed_meetings()
+    count = 0
+    for series in config.meetings:
+        for meeting in await store.read.meetings_of_series(series.id):
+            if meeting.is_closed and meeting.id not in indexed:
+                note = await compile_note(store.read, series, meeting)
+                async with store.transaction():
+                    await store.index_note(meeting.id, series.id, note_sections(note))
+                count += 1
+    if count:
+        log.info("indexed the notes of %s earlier sittings for search", count)
+    return count
+
+
 async def go_to_item(
     store: Store, series: MeetingConfig, record: MeetingRecord, item: Entry | None,
     now: datetime,

@@ -963,6 +963,10 @@ class Store:
             "INSERT INTO note_search (section, body, meeting_id, series_id) VALUES (?, ?, ?, ?)",
             [(section, body, meeting_id, series_id) for section, body in sections])
 
+    async def indexed_meetings(self) -> set[int]:
+        rows = await self._rows("SELECT DISTINCT meeting_id FROM note_search")
+        return {int(row["meeting_id"]) for row in rows}
+
     async def search_notes(self, query: str, series_ids: Sequence[str], *, marks: tuple[str, str],
                            limit: int = 50) -> list[tuple[int, str, str, str]]:
         """(meeting id, series id, section, snippet with `marks` around each hit), best

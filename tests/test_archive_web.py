@@ -214,3 +214,20 @@ async def test_text_from_chat_is_shown_as_text(site: Site, path: str) -> None:
     _, page, _ = await site.get(path)
     assert "<script>window" not in page and "<img src=x" not in page
     assert 'href="javascript' not in page
+
+
+async def test_archive_answers_in_the_room_for_a_public_meeting_and_explains_a_missing_server(
+        site: Site, tmp_path: Path) -> None:
+    from chatbot.meetings import Reply
+    context = Context(site.rooms, ROOMS["team"], UserId("@ada:example.org"), "Ada",
+                      EventId("$cmd"), NOW)
+    async with site.store.transaction():
+        [reply] = await handle_archive(ArchiveLink(False), context, site.store)
+    assert reply == Reply("This meeting's archive is public: https://meet.example.org/meetings/team/")
+    without_http = Rooms(site.server.config.model_copy(update={"http": None}), ROOMS)
+    context = Context(without_http, ROOMS["secret"], UserId("@ada:example.org"), "Ada",
+                      EventId("$cmd"), NOW)
+    async with site.store.transaction():
+        [reply] = await handle_archive(ArchiveLink(False), context, site.store)
+    assert isinstance(reply, Reply) and "no `http` section" in reply.text
+    assert await site.store.read.archive_token("secret") is None  # nothing was made

@@ -229,3 +229,24 @@ def test_the_note_page_keeps_the_sanitizer_and_skips_no_heading_level() -> None:
     assert re.findall(r"<h\d>", html) == ["<h1>", "<h2>", "<h2>"]
     assert "<script>" not in html and "<img" not in html and "javascript:" not in html.replace(
         "(javascript:alert(1))", "")
+
+
+async def test_notes_closed_before_the_index_existed_are_indexed_once(store: Store) -> None:
+    from chatbot.config import parse_config as parse
+    from chatbot.meetings import index_missing_notes
+    config = parse({
+        "matrix": {"homeserver": "https://m.example.org", "user_id": "@bot:example.org",
+                   "password": "x"},
+        "meetings": [{"id": "team", "title": "Team", "room": "#team:example.org",
+                      "timezone": "UTC", "start": "2026-06-18 09:00"}],
+    })
+    async with store.transaction():
+        held = await store.ensure_scheduled("team", RoomId("!t:example.org"), "Team", T0)
+        await store.mark_started(held.id, T0, T0 + timedelta(hours=1), "Team")
+        await store.mark_ended(held.id, T0 + timedelta(minutes=30))
+        still_open = await store.create_adhoc("team", RoomId("!t:example.org"), "Extra",
+                                              T0 + timedelta(hours=2), T0 + timedelta(hours=3))
+    assert await index_missing_notes(store, config) == 1
+    assert await index_missing_notes(store, config) == 0
+    assert {hit[0] for hit in await search(store, "roll")} == {held.id}
+    assert still_open.id not in await store.read.indexed_meetings()
