@@ -963,6 +963,11 @@ class Store:
             "INSERT INTO note_search (section, body, meeting_id, series_id) VALUES (?, ?, ?, ?)",
             [(section, body, meeting_id, series_id) for section, body in sections])
 
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits (on `read`: whenever anything was
+        written), so what was read from an unchanged version can be reused."""
+        return int(await self._scalar("PRAGMA data_version"))
+
     async def indexed_meetings(self) -> set[int]:
         rows = await self._rows("SELECT DISTINCT meeting_id FROM note_search")
         return {int(row["meeting_id"]) for row in rows}

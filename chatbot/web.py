@@ -18,6 +18,7 @@ later ones go through `add_routes`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -60,6 +61,7 @@ SECURITY_HEADERS = {
 WRONG_TOKENS = 20
 WRONG_TOKENS_PER = timedelta(minutes=10)
 SEARCH_RESULTS = 50
+BODIES_KEPT = 32
 MAX_QUERY = 200
 STATIC_TYPES = {".css": "text/css", ".js": "text/javascript"}
 SITTING = r"{name:\d{4}-\d{2}-\d{2}(?:-\d{1,4})?}"
@@ -116,6 +118,8 @@ class WebServer:
         self.store = store
         self.notes_dir = notes_dir
         self.wrong_tokens = archive.FailureLimit(WRONG_TOKENS, WRONG_TOKENS_PER)
+        # Rendered note bodies by meeting id: (version, HTML, ETag), oldest first.
+        self._bodies: dict[int, tuple[object, str, str]] = {}
         self.app = web.Application(middlewares=[_errors(self.metrics)])
         self.app.on_response_prepare.append(_security_headers)
         self._runner: web.AppRunner | None = None
@@ -320,19 +324,35 @@ class WebServer:
         return saved if saved is not None else await compile_note(self._read, series, meeting)
 
     async def _note_body(self, series: MeetingConfig, meeting: Meeting,
-                         path: PurePosixPath) -> str:
+                         path: PurePosixPath) -> tuple[str, str]:
+        """The note's HTML (with the item under discussion while open) and its ETag.
+
+        Rendering a big note takes a while and a live page asks every second, so the
+        result is kept until the database changes (or, while open, the minute turns:
+        the time box can run over without a write)."""
+        now = self.clock()
+        version = (await self._read.data_version(), meeting.ended_at,
+                   now.replace(second=0, microsecond=0) if meeting.is_open else None)
+        cached = self._bodies.get(meeting.id)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
         note = archive.note_html(await self._note_text(series, meeting, path))
         now_item = None
         if meeting.is_open:
             record = await self._read.record(meeting)
-            now_item = archive.now_view(record, series, self.clock())
-        return archive.render_page("note_body.html.j2", note=note, now_item=now_item)
+            now_item = archive.now_view(record, series, now)
+        body = archive.render_page("note_body.html.j2", note=note, now_item=now_item)
+        etag = '"' + hashlib.sha256(body.encode()).hexdigest()[:32] + '"'
+        if len(self._bodies) >= BODIES_KEPT:
+            self._bodies.pop(next(iter(self._bodies)))
+        self._bodies[meeting.id] = (version, body, etag)
+        return body, etag
 
     async def _sitting(self, request: web.Request) -> web.Response:
         series, keys, meeting, path = await self._find_sitting(request)
         base = f"/meetings/{series.id}/{path.stem}"
         log_text = await self._file(archive.log_path_of(path))
-        body = await self._note_body(series, meeting, path)
+        body, _ = await self._note_body(series, meeting, path)
         return self._page(
             "sitting.html.j2", keys=keys, title=meeting.title, series_title=series.title,
             date=path.stem, series_url=_with_keys(f"/meetings/{series.id}/", keys),
@@ -345,10 +365,13 @@ class WebServer:
 
     async def _live(self, request: web.Request) -> web.Response:
         series, _, meeting, path = await self._find_sitting(request)
-        return web.Response(
-            text=await self._note_body(series, meeting, path), content_type="text/html",
-            charset="utf-8", headers={"Cache-Control": "no-store",
-                                      "X-Sitting-Open": "1" if meeting.is_open else "0"})
+        body, etag = await self._note_body(series, meeting, path)
+        headers = {"Cache-Control": "no-store", "ETag": etag,
+                   "X-Sitting-Open": "1" if meeting.is_open else "0"}
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers=headers)
+        return web.Response(text=body, content_type="text/html", charset="utf-8",
+                            headers=headers)
 
     async def _raw_note(self, request: web.Request) -> web.Response:
         series, _, meeting, path = await self._find_sitting(request)

@@ -231,3 +231,19 @@ async def test_archive_answers_in_the_room_for_a_public_meeting_and_explains_a_m
         [reply] = await handle_archive(ArchiveLink(False), context, site.store)
     assert isinstance(reply, Reply) and "no `http` section" in reply.text
     assert await site.store.read.archive_token("secret") is None  # nothing was made
+
+
+async def test_the_live_fragment_answers_304_until_the_note_changes(site: Site) -> None:
+    path = site.base + "/meetings/team/2026-06-11/live"
+    async with site.session.get(path) as response:
+        etag = response.headers["ETag"]
+        assert response.status == 200 and response.headers["X-Sitting-Open"] == "0"
+    async with site.session.get(path, headers={"If-None-Match": etag}) as response:
+        assert response.status == 304 and await response.read() == b""
+    [meeting] = [m for m in await site.store.read.meetings_of_series("team")]
+    async with site.store.transaction():  # the note changes (as a regenerated one would)
+        await site.store.add_entry(meeting.id, EntryKind.CELEBRATION,
+                                   UserId("@ada:example.org"), "Ada", "a late celebration",
+                                   None, EventId("$late"), NOW)
+    async with site.session.get(path, headers={"If-None-Match": etag}) as response:
+        assert response.status == 200 and "a late celebration" in await response.text()

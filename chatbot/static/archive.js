@@ -13,11 +13,15 @@ document.querySelectorAll("time[data-local]").forEach(function (time) {
 (function () {
   var note = document.getElementById("note");
   if (!note || !note.dataset.live) { return; }
-  var url = note.dataset.live, shown = null, stopped = false;
+  var url = note.dataset.live, shown = null, stopped = false, etag = null;
   function poll() {
-    fetch(url, {cache: "no-store", credentials: "same-origin"}).then(function (response) {
+    var headers = etag ? {"If-None-Match": etag} : {};
+    fetch(url, {cache: "no-store", credentials: "same-origin", headers: headers}
+    ).then(function (response) {
+      if (response.status === 304) { return; }  // unchanged since the last look
       if (!response.ok) { throw new Error(String(response.status)); }
       var open = response.headers.get("X-Sitting-Open") === "1";
+      etag = response.headers.get("ETag");
       return response.text().then(function (text) {
         if (shown === null) { shown = note.innerHTML; }
         if (text !== shown) {
