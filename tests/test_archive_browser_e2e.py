@@ -6,6 +6,7 @@ Screenshots of each page at 375 px wide are saved in `test-artifacts/web/`.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -93,7 +94,12 @@ async def not_pwned(page: Page) -> None:
 
 
 async def narrow_screenshot(page: Page, name: str) -> None:
-    """At 375 px: no horizontal scrolling; the picture saved as a test artifact."""
+    """At 375 px: no horizontal scrolling; the picture saved as a test artifact. And
+    the page's outline: one h1 first, no heading level skipped."""
+    levels = await page.eval_on_selector_all(
+        "h1, h2, h3, h4, h5, h6", "hs => hs.map(h => Number(h.tagName[1]))")
+    assert levels and levels[0] == 1 and levels.count(1) == 1, (name, levels)
+    assert all(b <= a + 1 for a, b in itertools.pairwise(levels)), (name, levels)
     await page.set_viewport_size({"width": 375, "height": 800})
     width = await page.evaluate(
         "[document.documentElement.scrollWidth, window.innerWidth]")

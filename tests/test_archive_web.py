@@ -122,7 +122,7 @@ async def test_a_public_meeting_is_listed_and_readable_and_a_private_one_is_not(
     assert status == 200 and 'href="/meetings/team/2026-06-11"' in page
     row = re.search(r'<tr class="sitting">.*?</tr>', page, re.S)
     assert row is not None
-    assert [int(n) for n in re.findall(r"<td>(\d+)</td>", row[0])[:4]] == [2, 1, 0, 1]
+    assert [int(n) for n in re.findall(r"<td[^>]*>(\d+)</td>", row[0])[:4]] == [2, 1, 0, 1]
     assert "40 min" in row[0]
     status, page, _ = await site.get("/meetings/team/2026-06-11")
     assert status == 200
@@ -247,3 +247,39 @@ async def test_the_live_fragment_answers_304_until_the_note_changes(site: Site) 
                                    None, EventId("$late"), NOW)
     async with site.session.get(path, headers={"If-None-Match": etag}) as response:
         assert response.status == 200 and "a late celebration" in await response.text()
+
+
+async def test_an_open_sitting_is_the_live_note_and_refreshes_itself_without_javascript(
+        site: Site) -> None:
+    async with site.store.transaction():
+        meeting = await site.store.create_adhoc("team", ROOMS["team"], "Extra", NOW,
+                                                NOW + timedelta(hours=1))
+        await site.store.add_entry(meeting.id, EntryKind.AGENDA, UserId("@ada:example.org"),
+                                   "Ada", f"Budget {HOSTILE}", 15, EventId("$item"), NOW)
+        found = await site.store.entry_by_event(EventId("$item"))
+        assert found is not None
+        await site.store.set_current_item(meeting.id, found[1].id)
+        await site.store.start_item(found[1].id, NOW)
+    status, page, _ = await site.get("/meetings/team/2026-06-18")
+    assert status == 200
+    assert '<noscript><meta http-equiv="refresh" content="5"></noscript>' in page
+    assert 'data-live="/meetings/team/2026-06-18/live"' in page
+    assert "Now: item 1 of 1" in page and "Time box: 15 min, until 9:15AM UTC" in page
+    assert "<script>window" not in page
+    async with site.session.get(site.base + "/meetings/team/2026-06-18/live") as response:
+        assert response.headers["X-Sitting-Open"] == "1"
+    _, closed, _ = await site.get("/meetings/team/2026-06-11")
+    assert "http-equiv" not in closed and "data-live" not in closed
+
+
+async def test_a_sittings_full_log_is_linked_and_shown_when_saved(site: Site,
+                                                                  tmp_path: Path) -> None:
+    folder = tmp_path / "data" / "notes" / "team"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "2026-06-11.log.md").write_text(f"- 09:01 **Ada:** hello {HOSTILE}\n")
+    _, page, _ = await site.get("/meetings/team/2026-06-11")
+    assert 'href="/meetings/team/2026-06-11.log.md"' in page and "hello" in page
+    assert "<script>window" not in page
+    status, text, response = await site.get("/meetings/team/2026-06-11.log.md")
+    assert status == 200 and text.startswith("- 09:01")
+    assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
