@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -89,6 +90,18 @@ def _errors(metrics: Metrics) -> Middleware:
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers.update(SECURITY_HEADERS)
+
+
+def client_address(request: web.Request) -> str:
+    """Whom to rate-limit: the peer, or behind a reverse proxy on this machine the
+    address that proxy saw (the last one it appended to X-Forwarded-For)."""
+    remote = request.remote or "unknown"
+    forwarded = request.headers.get("X-Forwarded-For", "").split(",")[-1].strip()
+    try:
+        local = ipaddress.ip_address(remote).is_loopback
+    except ValueError:
+        local = False
+    return forwarded if local and forwarded else remote
 
 
 def _with_keys(path: str, keys: Sequence[str]) -> str:
@@ -219,7 +232,7 @@ class WebServer:
         if series.archive == "public":
             return series, []
         key = request.query.get("key")
-        address = request.remote or "unknown"
+        address = client_address(request)
         now = self.clock()
         if key and self.wrong_tokens.blocked(address, now):
             raise web.HTTPTooManyRequests(text="too many wrong links; try again later\n")
@@ -390,7 +403,7 @@ class WebServer:
         keys = [key for key in request.query.getall("key", []) if key][:8]
         readable = [series for series in self.config.meetings if series.archive == "public"]
         granted: list[str] = []
-        address = request.remote or "unknown"
+        address = client_address(request)
         now = self.clock()
         if keys and self.wrong_tokens.blocked(address, now):
             raise web.HTTPTooManyRequests(text="too many wrong links; try again later\n")

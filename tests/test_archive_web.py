@@ -283,3 +283,16 @@ async def test_a_sittings_full_log_is_linked_and_shown_when_saved(site: Site,
     status, text, response = await site.get("/meetings/team/2026-06-11.log.md")
     assert status == 200 and text.startswith("- 09:01")
     assert response.headers["Content-Type"] == "text/plain; charset=utf-8"
+
+
+async def test_behind_a_local_proxy_each_forwarded_address_has_its_own_limit(site: Site) -> None:
+    for attempt in range(WRONG_TOKENS):
+        async with site.session.get(f"{site.base}/meetings/secret/?key=guess{attempt}",
+                                    headers={"X-Forwarded-For": "198.51.100.7"}) as response:
+            assert response.status == 404
+    async with site.session.get(f"{site.base}/meetings/secret/?key=guess",
+                                headers={"X-Forwarded-For": "198.51.100.7"}) as response:
+        assert response.status == 429
+    async with site.session.get(f"{site.base}/meetings/secret/?key=guess",
+                                headers={"X-Forwarded-For": "203.0.113.9"}) as response:
+        assert response.status == 404
