@@ -601,7 +601,7 @@ async def handle_archive(command: ArchiveLink, context: Context, store: Store) -
     if series.archive == "public":
         if command.reset:
             return [Reply("This meeting's archive is public; it has no link to reset.")]
-        return [Reply(f"This meeting's archive is public: {url}")]
+        return [Reply(f"This meeting's archive is public: <{url}>")]
     if command.reset and not context.is_chair:
         return [Reply(f"Only chairs can reset the archive link ({chairs_are(context.prefix)}).")]
     token = await store.archive_token(series.id)
@@ -613,8 +613,8 @@ async def handle_archive(command: ArchiveLink, context: Context, store: Store) -
     what = "The new link to" if command.reset else "Your link to"
     return [React(), DirectMessage(context.sender, (
         f"{what} the archive of **{title}** (its notes, attendance and search; "
-        f"keep it among the room's members): {url}?key={token}\n\n"
-        f"Calendar feed: {http.link_base}/calendar/{series.id}.ics?key={token}"
+        f"keep it among the room's members): <{url}?key={token}>\n\n"
+        f"Calendar feed: <{http.link_base}/calendar/{series.id}.ics?key={token}>"
         + ("\n\nThe old link no longer opens." if command.reset else "")))]
 
 

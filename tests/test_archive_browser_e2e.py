@@ -76,6 +76,7 @@ async def archive_link(person: Person, room_id: str, text: str = "!archive") -> 
     message = await person.wait_for(linked, after=mark)
     found = re.search(r"(http://\S+/meetings/team/\?key=[\w-]+)", body_of(message))
     assert found is not None, body_of(message)
+    assert f'href="{found[1]}"' in message["content"]["formatted_body"]  # one whole link
     return found[1]
 
 

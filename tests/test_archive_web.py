@@ -223,7 +223,8 @@ async def test_archive_answers_in_the_room_for_a_public_meeting_and_explains_a_m
                       EventId("$cmd"), NOW)
     async with site.store.transaction():
         [reply] = await handle_archive(ArchiveLink(False), context, site.store)
-    assert reply == Reply("This meeting's archive is public: https://meet.example.org/meetings/team/")
+    assert reply == Reply(
+        "This meeting's archive is public: <https://meet.example.org/meetings/team/>")
     without_http = Rooms(site.server.config.model_copy(update={"http": None}), ROOMS)
     context = Context(without_http, ROOMS["secret"], UserId("@ada:example.org"), "Ada",
                       EventId("$cmd"), NOW)
