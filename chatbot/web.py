@@ -398,53 +398,56 @@ class WebServer:
             raise web.HTTPNotFound(text="this sitting has no log\n")
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
+    async def _granted(self, request: web.Request) -> dict[str, str]:
+        """The private meetings the URL's keys open: meeting id -> its key."""
+        keys = list(dict.fromkeys(key for key in request.query.getall("key", []) if key))[:8]
+        if not keys:
+            return {}
+        address, now = client_address(request), self.clock()
+        if self.wrong_tokens.blocked(address, now):
+            raise web.HTTPTooManyRequests(text="too many wrong links; try again later\n")
+        granted: dict[str, str] = {}
+        for series in self.config.meetings:
+            if series.archive == "private":
+                token = await self._read.archive_token(series.id)
+                key = next((key for key in keys if archive.check_token(key, token, ())
+                            is Access.GRANTED), None)
+                if key is not None:
+                    granted[series.id] = key
+        if len(granted) < len(keys):
+            self.wrong_tokens.failed(address, now)
+        return granted
+
     async def _search(self, request: web.Request) -> web.Response:
         query = request.query.get("q", "").strip()[:MAX_QUERY]
-        keys = [key for key in request.query.getall("key", []) if key][:8]
-        readable = [series for series in self.config.meetings if series.archive == "public"]
-        granted: list[str] = []
-        address = client_address(request)
-        now = self.clock()
-        if keys and self.wrong_tokens.blocked(address, now):
-            raise web.HTTPTooManyRequests(text="too many wrong links; try again later\n")
-        for key in keys:
-            for series in self.config.meetings:
-                if series.archive == "private" and archive.check_token(
-                        key, await self._read.archive_token(series.id), ()) is Access.GRANTED:
-                    readable.append(series)
-                    granted.append(key)
-        if len(set(granted)) < len(set(keys)):
-            self.wrong_tokens.failed(address, now)
-        results: list[dict[str, object]] = []
+        granted = await self._granted(request)
+        readable = [series.id for series in self.config.meetings
+                    if series.archive == "public" or series.id in granted]
+        found: list[tuple[int, str, str, str]] = []
         error = None
         if query:
             try:
-                found = await self._read.search_notes(
-                    query, [series.id for series in readable], marks=archive.MARKS,
-                    limit=SEARCH_RESULTS)
+                found = await self._read.search_notes(query, readable, marks=archive.MARKS,
+                                                      limit=SEARCH_RESULTS)
             except sqlite3.OperationalError as problem:
                 if not _is_query_error(problem):
                     raise
-                error, found = archive.search_error(problem), []
-            stems_of: dict[str, dict[int, str]] = {}
-            meetings_by_id: dict[int, Meeting] = {}
-            for meeting_id, series_id, section, snippet in found:
-                found_in = self.config.meeting(series_id)
-                if found_in is None:
-                    continue
-                if series_id not in stems_of:
-                    meetings, stems_of[series_id] = await self._sittings(found_in)
-                    meetings_by_id.update((m.id, m) for m in meetings)
-                name = stems_of[series_id].get(meeting_id)
-                if name is None:
-                    continue
-                series_keys = [] if found_in.archive == "public" else list(dict.fromkeys(granted))
-                results.append({
-                    "title": meetings_by_id[meeting_id].title, "date": name,
-                    "section": section, "snippet": archive.highlight(snippet),
-                    "url": _with_keys(f"/meetings/{series_id}/{name}", series_keys),
-                })
-        return self._page("search.html.j2", query=query, keys=list(dict.fromkeys(granted)),
+                error = archive.search_error(problem)
+        sittings = {series.id: await self._sittings(series) for series in self.config.meetings
+                    if series.id in {series_id for _, series_id, _, _ in found}}
+        results = []
+        for meeting_id, series_id, section, snippet in found:
+            meetings, stems = sittings[series_id]
+            title = next((m.title for m in meetings if m.id == meeting_id), None)
+            if title is None:  # indexed, but no longer a held sitting of the series
+                continue
+            keys = [granted[series_id]] if series_id in granted else []
+            results.append({
+                "title": title, "date": stems[meeting_id], "section": section,
+                "snippet": archive.highlight(snippet),
+                "url": _with_keys(f"/meetings/{series_id}/{stems[meeting_id]}", keys),
+            })
+        return self._page("search.html.j2", query=query, keys=list(granted.values()),
                           results=results, error=error, limit=SEARCH_RESULTS)
 
 
