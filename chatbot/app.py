@@ -14,7 +14,7 @@ from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
 from chatbot.logs import RedactSecrets
 from chatbot.matrix import LoginFailed, MatrixEdge
-from chatbot.meetings import Rooms
+from chatbot.meetings import Rooms, index_missing_notes
 from chatbot.metrics import Metrics
 from chatbot.model import RoomId
 from chatbot.publish import Target
@@ -78,9 +78,10 @@ class BotApp:
     async def run(self) -> None:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
         store = self.store = await Store.open(database_path(self.config))
+        await index_missing_notes(store, self.config)
         web = WebServer(self.config,
                         lambda series: next_agenda(store.read, series, self.clock()),
-                        self.clock, self.metrics)
+                        self.clock, self.metrics, store=store, notes_dir=notes_dir(self.config))
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit, metrics=self.metrics)
         scheduler: JobScheduler | None = None

@@ -32,6 +32,7 @@ from chatbot.commands import (
 )
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
 from chatbot.meetings import (
+    DirectMessage,
     Effect,
     Job,
     JobKind,
@@ -78,7 +79,7 @@ from chatbot.publish import (
 from chatbot.publish.github import Comment, Issue, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
-from chatbot.render import escape_markdown, message_parts, roll_call_profile
+from chatbot.render import escape_markdown, markdown_to_html, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
 from chatbot.store import OutboxItem, Store, is_storage_full
 from chatbot.upkeep import LEAVE, run_upkeep
@@ -221,6 +222,9 @@ class Transport(Protocol):
         """Leave the room and forget it; a room the bot is not in is already left.
         Raises DeliveryError."""
 
+    async def open_direct_chat(self, user_id: UserId) -> RoomId:
+        """Open a direct chat with one person and remember it; raises DeliveryError."""
+
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
 # that a burst does not trip the homeserver's rate limits all at once.
@@ -228,7 +232,9 @@ MAX_SENDS_IN_FLIGHT = 4
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
 LOG_FILE = "log_file"
-INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE, LOG_FILE}) | PUBLISH_KINDS
+# A message for one person, in the bot's direct chat with them (`DirectMessage`).
+DIRECT = "direct"
+INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE, LOG_FILE, DIRECT}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
 # handled again after a failed save does not answer them twice.
 STORAGE_FULL_MEMORY = 1000
@@ -334,7 +340,8 @@ class MeetingBot:
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
                                               LOG_FILE: self._save_log_file,
-                                              LEAVE: self._leave_room}
+                                              LEAVE: self._leave_room,
+                                              DIRECT: self._send_direct}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice,
                                                          LOG_FILE: self._log_file_notice}
         self._targets = {target.kind: target for target in targets}
@@ -804,6 +811,11 @@ class MeetingBot:
                 case PollEvent(kind, poll_id, event_type, content):
                     await self.store.enqueue(room_id, kind, {
                         "poll_id": poll_id, "type": event_type, "content": content}, now)
+                case DirectMessage(user_id, text):
+                    # Queued under the room it was asked in; sent in the direct chat.
+                    html = markdown_to_html(text)
+                    await self.store.enqueue(room_id, DIRECT, {
+                        "user_id": user_id, "text": text, "html": html}, now)
                 case UpdateIssueBody(series_id, meeting_id, repo, number, body):
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
@@ -915,6 +927,20 @@ class MeetingBot:
         payload = item.payload | {"content": refer_to(item.payload["content"],
                                                       poll.start_event_id)}
         return await self.transport.deliver(replace(item, payload=payload))
+
+    async def _send_direct(self, item: OutboxItem) -> str:
+        """Send a `DirectMessage` in the bot's direct chat with its person, opening one
+        when there is none (or the bot left it since)."""
+        user_id = UserId(item.payload["user_id"])
+        room_id = await self.store.read.direct_partner_room(user_id)
+        if room_id is None:
+            room_id = await self.transport.open_direct_chat(user_id)
+        message = replace(item, room_id=room_id, kind="post",
+                          payload={"text": item.payload["text"], "html": item.payload["html"]})
+        event_id = await self.transport.deliver(message)
+        async with self.store.transaction():
+            await self.store.touch_direct_room(room_id, self.clock())
+        return event_id
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from chatbot import archive
 from chatbot.meetings import (
     EARLY_START_WINDOW,
+    DirectMessage,
     Effect,
     PollEvent,
     React,
@@ -145,6 +147,11 @@ class ItemNumber:
 @dataclass(frozen=True, slots=True)
 class Person:
     user_id: UserId
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveLink:
+    reset: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +292,13 @@ def _person(args: str) -> Person:
     if not _USER_ID.fullmatch(user) or len(user.encode()) > MAX_ID:
         raise UsageError("name the person by their Matrix id, like @ada:example.org")
     return Person(UserId(user))
+
+
+def _archive(args: str) -> ArchiveLink:
+    word = args.strip().lower()
+    if word not in ("", "reset"):
+        raise UsageError("`archive` alone sends you the link; a chair may `archive reset`")
+    return ArchiveLink(reset=word == "reset")
 
 
 def _start_meeting(args: str) -> StartMeeting:
@@ -683,6 +697,34 @@ async def handle_vote(command: AskVote | CloseVote | CastVote, context: Context,
     return [React()]
 
 
+async def handle_archive(command: ArchiveLink, context: Context, store: Store) -> list[Effect]:
+    """The meeting's archive link: in the room when public, else in a direct chat with
+    the asker (the link carries the token). `reset` replaces the token: old links 403."""
+    http = context.rooms.config.http
+    if http is None:
+        return [Reply("The web archive is off: the bot's config has no `http` section.")]
+    series = context.rooms.series_in(context.room_id)[0]
+    url = f"{http.link_base}/meetings/{series.id}/"
+    if series.archive == "public":
+        if command.reset:
+            return [Reply("This meeting's archive is public; it has no link to reset.")]
+        return [Reply(f"This meeting's archive is public: <{url}>")]
+    if command.reset and not context.is_chair:
+        return [Reply(f"Only chairs can reset the archive link ({chairs_are(context.prefix)}).")]
+    token = await store.archive_token(series.id)
+    if token is None or command.reset:
+        old = archive.token_digest(token) if token is not None else None
+        token = archive.new_token()
+        await store.set_archive_token(series.id, token, old, context.now)
+    title = escape_markdown(series.title)
+    what = "The new link to" if command.reset else "Your link to"
+    return [React(), DirectMessage(context.sender, (
+        f"{what} the archive of **{title}** (its notes, attendance and search; "
+        f"keep it among the room's members): <{url}?key={token}>\n\n"
+        f"Calendar feed: <{http.link_base}/calendar/{series.id}.ics?key={token}>"
+        + ("\n\nThe old link no longer opens." if command.reset else "")))]
+
+
 # --- the registry ---------------------------------------------------------------------------
 
 
@@ -759,6 +801,10 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 handle_startmeeting, chair_only=True),
     CommandSpec("endmeeting", "endmeeting", "closes the meeting, posts and saves the note",
                 _no_arguments, handle_endmeeting, chair_only=True),
+    CommandSpec("archive", "archive [reset]",
+                "sends you the link to this meeting's notes on the web; `archive reset` "
+                "(chairs) replaces it, so old links stop working",
+                _archive, handle_archive, chair_aware=True),
 )
 
 _BY_NAME = {name: spec for spec in REGISTRY for name in (spec.name, *spec.aliases)}

@@ -314,6 +314,9 @@ class MeetingConfig(_Frozen):
     # Keep every message of a sitting, from the start announcement to the close, and save
     # it beside the note as `<date>.log.md`.
     log: StrictBool = False
+    # Who may read the sittings' pages on the web server: `private` needs the link a
+    # member gets with `!archive`; `public` is listed on `/` and readable by anyone.
+    archive: Literal["private", "public"] = "private"
     # The template's text, read and compiled when the file is loaded, so a later
     # broken edit of the file cannot break the closing of a meeting.
     _template_source: str | None = PrivateAttr(default=None)
@@ -402,10 +405,20 @@ def _is_host(host: str, *, ipv6: bool) -> bool:
     return _HOST_NAME.fullmatch(host) is not None
 
 
+def _public_url(value: str) -> str:
+    if not re.fullmatch(r"https?://[^\s<>()\[\]?#\"']+", value):
+        raise ValueError("expected the http(s) address people reach the web server at, "
+                         f"without a query or fragment, such as https://meet.example.org, "
+                         f"got {value!r}")
+    return value.rstrip("/")
+
+
 class HttpConfig(_Frozen):
-    """The optional web server (calendar feeds): where it listens."""
+    """The optional web server (calendar feeds, the archive): where it listens, and the
+    address people reach it at (behind a reverse proxy, not the listening one)."""
 
     listen: Annotated[str, BeforeValidator(_listen)]
+    public_url: Annotated[str, AfterValidator(_public_url)] | None = None
 
     @property
     def host(self) -> str:
@@ -419,6 +432,11 @@ class HttpConfig(_Frozen):
     def base_url(self) -> str:
         """`http://HOST:PORT`, as a link to the listening address."""
         return f"http://{self.listen}"
+
+    @property
+    def link_base(self) -> str:
+        """Where links the bot hands out point: `public_url`, else the listening address."""
+        return self.public_url or self.base_url
 
 
 class EncryptionConfig(_Frozen):

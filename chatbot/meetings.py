@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
+from chatbot.archive import log_path_of, note_sections, note_stems
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import (
     Entry,
@@ -111,6 +112,15 @@ class PublishNote:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectMessage:
+    """A message for one person only, in the bot's direct chat with them (opened if
+    need be): links that must not be posted in the room."""
+
+    user_id: UserId
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class QueueIssue:
     """Open a scheduled sitting's GitHub issue (the `github_issue` job)."""
 
@@ -140,7 +150,7 @@ class PollEvent:
 
 
 Effect = (React | Reply | Post | SaveNote | SaveLog | PublishNote | QueueIssue
-          | UpdateIssueBody | PollEvent)
+          | UpdateIssueBody | PollEvent | DirectMessage)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -295,19 +305,9 @@ async def open_adhoc(
 
 async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> PurePosixPath:
     """`<meeting id>/<YYYY-MM-DD>.md`; a second sitting on the same day gets `-2`, and so on."""
+    stems = note_stems(series, await store.meetings_of_series(series.id))
     day = meeting.held_at.astimezone(series.timezone).date()
-    same_day = [
-        m.id for m in await store.meetings_of_series(series.id)
-        if m.held_at.astimezone(series.timezone).date() == day
-    ]
-    position = same_day.index(meeting.id) + 1 if meeting.id in same_day else 1
-    suffix = "" if position == 1 else f"-{position}"
-    return PurePosixPath(series.id, f"{day.isoformat()}{suffix}.md")
-
-
-def log_path(note: PurePosixPath) -> PurePosixPath:
-    """The full log's file, beside the note and named like it: `<date>.log.md`."""
-    return note.with_name(f"{note.stem}.log.md")
+    return PurePosixPath(series.id, f"{stems.get(meeting.id, day.isoformat())}.md")
 
 
 async def compile_log(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
@@ -354,7 +354,7 @@ async def forget_in_log(store: Store, rooms: Rooms, event_id: EventId) -> list[E
     series = rooms.series(meeting.series_id) if meeting is not None else None
     if meeting is None or series is None or not meeting.is_closed:
         return []
-    path = log_path(await note_path(store, series, meeting))
+    path = log_path_of(await note_path(store, series, meeting))
     log.info("meeting %s: redacted %s removed from its saved log %s", meeting.id, event_id,
              path, extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     return [SaveLog(path, meeting.id, await compile_log(store, series, meeting))]
@@ -371,6 +371,23 @@ async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) ->
     record = await store.record(meeting)
     return render_note(record, series.timezone, await sitting_links(store, series, meeting),
                        template=series.template_source)
+
+
+async def index_missing_notes(store: Store, config: Config) -> int:
+    """Index the notes of closed sittings the search does not know yet (those closed
+    before the index existed); how many. Each in its own short transaction."""
+    indexed = await store.read.indexed_meetings()
+    count = 0
+    for series in config.meetings:
+        for meeting in await store.read.meetings_of_series(series.id):
+            if meeting.is_closed and meeting.id not in indexed:
+                note = await compile_note(store.read, series, meeting)
+                async with store.transaction():
+                    await store.index_note(meeting.id, series.id, note_sections(note))
+                count += 1
+    if count:
+        log.info("indexed the notes of %s earlier sittings for search", count)
+    return count
 
 
 async def go_to_item(
@@ -445,6 +462,9 @@ async def close_meeting(
     assert closed is not None
     note = await compile_note(store, series, closed)
     path = await note_path(store, series, closed)
+    # The search index follows the note in the same commit (and a regenerated note
+    # replaces its rows the same way).
+    await store.index_note(closed.id, series.id, note_sections(note))
     log.info("meeting %s closed in %s; note %s", meeting.id, meeting.room_id, path,
              extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     closing = render_closed(closed.title, f"notes/{path}")
@@ -452,7 +472,7 @@ async def close_meeting(
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
     sitting = sitting_of(series, closed, path, note)
-    saved_log = ([SaveLog(log_path(path), closed.id, await compile_log(store, series, closed))]
+    saved_log = ([SaveLog(log_path_of(path), closed.id, await compile_log(store, series, closed))]
                  if series.log else [])
     return [
         *ended_polls,

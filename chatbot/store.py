@@ -309,6 +309,38 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
        # `agenda_label` (polled with the comments), so an unchanged list is a free 304
         "ALTER TABLE github_issues ADD COLUMN labels_etag TEXT",
     ),
+    (  # 8: the web archive: each series' capability token, retired ones, the notes' index
+        """
+        CREATE TABLE archive_tokens (
+            series_id TEXT PRIMARY KEY,
+            token TEXT NOT NULL,
+            created_at TEXT NOT NULL
+        )
+        """,
+        # Only a digest of a retired token is kept: enough to answer 403, not to read.
+        """
+        CREATE TABLE retired_archive_tokens (
+            series_id TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            retired_at TEXT NOT NULL,
+            PRIMARY KEY (series_id, digest)
+        )
+        """,
+        # One row per section of each sitting's note; a regenerated note replaces its rows.
+        """
+        CREATE VIRTUAL TABLE note_search USING fts5(
+            section, body, meeting_id UNINDEXED, series_id UNINDEXED,
+            tokenize = 'unicode61 remove_diacritics 2'
+        )
+        """,
+        # The bot's own direct chat with a person, for links sent privately.
+        """
+        CREATE TABLE direct_partners (
+            user_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL
+        )
+        """,
+    ),
 )
 
 
@@ -1046,6 +1078,102 @@ class Store:
         return await self._changes(
             "UPDATE polls SET closed_at = ?, item_id = ?, result = ? "
             "WHERE id = ? AND closed_at IS NULL", _stamp(now), item_id, result, poll_id) > 0
+
+    # --- the web archive -------------------------------------------------------------
+
+    async def archive_token(self, series_id: str) -> str | None:
+        return await self._scalar(
+            "SELECT token FROM archive_tokens WHERE series_id = ?", series_id)
+
+    async def set_archive_token(self, series_id: str, token: str, digest_of_old: str | None,
+                                now: datetime) -> None:
+        """Make `token` the series' token; the old one (by its digest) answers 403 from now."""
+        if digest_of_old is not None:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO retired_archive_tokens (series_id, digest, retired_at) "
+                "VALUES (?, ?, ?)", (series_id, digest_of_old, _stamp(now)))
+        await self._db.execute(
+            "INSERT INTO archive_tokens (series_id, token, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (series_id) DO UPDATE SET token = excluded.token, "
+            "created_at = excluded.created_at", (series_id, token, _stamp(now)))
+
+    async def retired_archive_digests(self, series_id: str) -> list[str]:
+        rows = await self._rows(
+            "SELECT digest FROM retired_archive_tokens WHERE series_id = ?", series_id)
+        return [row["digest"] for row in rows]
+
+    async def index_note(self, meeting_id: int, series_id: str,
+                         sections: Sequence[tuple[str, str]]) -> None:
+        """The note's sections as the search finds them, replacing what was indexed before."""
+        await self._db.execute("DELETE FROM note_search WHERE meeting_id = ?", (meeting_id,))
+        await self._db.executemany(
+            "INSERT INTO note_search (section, body, meeting_id, series_id) VALUES (?, ?, ?, ?)",
+            [(section, body, meeting_id, series_id) for section, body in sections])
+
+    async def data_version(self) -> int:
+        """Changes whenever another connection commits (on `read`: whenever anything was
+        written), so what was read from an unchanged version can be reused."""
+        return int(await self._scalar("PRAGMA data_version"))
+
+    async def indexed_meetings(self) -> set[int]:
+        rows = await self._rows("SELECT DISTINCT meeting_id FROM note_search")
+        return {int(row["meeting_id"]) for row in rows}
+
+    async def search_notes(self, query: str, series_ids: Sequence[str], *, marks: tuple[str, str],
+                           limit: int = 50) -> list[tuple[int, str, str, str]]:
+        """(meeting id, series id, section, snippet with `marks` around each hit), best
+        first. Raises sqlite3.OperationalError for a query FTS5 cannot parse."""
+        if not series_ids:
+            return []
+        places = ",".join("?" * len(series_ids))
+        rows = await self._rows(
+            "SELECT meeting_id, series_id, section, "
+            "snippet(note_search, 1, ?, ?, '…', 16) AS snippet FROM note_search "
+            f"WHERE note_search MATCH ? AND series_id IN ({places}) ORDER BY rank LIMIT ?",
+            marks[0], marks[1], query, *series_ids, limit)
+        return [(int(r["meeting_id"]), r["series_id"], r["section"], r["snippet"]) for r in rows]
+
+    async def sitting_counts(self, series_id: str) -> dict[int, tuple[int, int, int, int]]:
+        """Per held sitting: (people present, updates, agenda items reached, items not
+        reached nor dropped, which a close carries over)."""
+        rows = await self._rows(
+            "SELECT m.id, "
+            "(SELECT count(*) FROM attendees a WHERE a.meeting_id = m.id) AS present, "
+            "(SELECT count(*) FROM entries e WHERE e.meeting_id = m.id "
+            " AND e.kind = 'update') AS updates, "
+            "(SELECT count(*) FROM entries e WHERE e.meeting_id = m.id AND e.kind = 'agenda' "
+            " AND (e.item_started_at IS NOT NULL OR e.took_seconds > 0)) AS reached, "
+            "(SELECT count(*) FROM entries e WHERE e.meeting_id = m.id AND e.kind = 'agenda' "
+            " AND e.item_started_at IS NULL AND e.took_seconds = 0 AND e.dropped = 0) AS open "
+            "FROM meetings m WHERE m.series_id = ? AND m.started_at IS NOT NULL",
+            series_id)
+        return {int(r["id"]): (r["present"], r["updates"], r["reached"], r["open"])
+                for r in rows}
+
+    async def attendance(self, meeting_ids: Sequence[int]) -> list[tuple[int, str, str, bool]]:
+        """(meeting id, person, name, passed) for everyone on the roll call or passing."""
+        if not meeting_ids:
+            return []
+        places = ",".join("?" * len(meeting_ids))
+        rows = await self._rows(
+            f"SELECT meeting_id, user_id, name, 0 AS passed FROM attendees "
+            f"WHERE meeting_id IN ({places}) "
+            f"UNION ALL SELECT meeting_id, sender, sender_name, 1 FROM entries "
+            f"WHERE kind = 'pass' AND meeting_id IN ({places})",
+            *meeting_ids, *meeting_ids)
+        return [(int(r["meeting_id"]), r["user_id"], r["name"], bool(r["passed"]))
+                for r in rows]
+
+    async def direct_partner_room(self, user_id: UserId) -> RoomId | None:
+        room = await self._scalar(
+            "SELECT p.room_id FROM direct_partners p JOIN direct_rooms d USING (room_id) "
+            "WHERE p.user_id = ?", user_id)
+        return RoomId(room) if room is not None else None
+
+    async def set_direct_partner(self, user_id: UserId, room_id: RoomId) -> None:
+        await self._db.execute(
+            "INSERT INTO direct_partners (user_id, room_id) VALUES (?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id", (user_id, room_id))
 
     # --- the meeting's GitHub issue ---------------------------------------------------
 

@@ -40,10 +40,10 @@ def config_data(data_dir: Path, **top: Any) -> dict[str, Any]:
         "meetings": [
             {"id": "team", "title": "Example Team Meeting", "room": "#team:example.org",
              "timezone": "Europe/London", "start": "2026-06-18 09:00",
-             "rrule": "FREQ=MONTHLY;BYDAY=+3TH",
+             "rrule": "FREQ=MONTHLY;BYDAY=+3TH", "archive": "public",
              "links": {"notes": "https://notes.example.org/team"}},
             {"id": "docs", "title": "Docs", "room": "#docs:example.org", "timezone": "UTC",
-             "start": "2026-07-01 15:00"},
+             "start": "2026-07-01 15:00", "archive": "public"},
         ],
         **top,
     }

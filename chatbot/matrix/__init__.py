@@ -94,3 +94,6 @@ class MatrixEdge:
 
     async def leave(self, room_id: RoomId) -> None:
         await self.rooms.leave(room_id)
+
+    async def open_direct_chat(self, user_id: UserId) -> RoomId:
+        return await self.rooms.open_direct_chat(user_id)

@@ -13,8 +13,10 @@ from nio import (
     ErrorResponse,
     JoinedRoomsResponse,
     JoinResponse,
+    RoomCreateResponse,
     RoomGetStateResponse,
     RoomLeaveResponse,
+    RoomPreset,
     RoomResolveAliasResponse,
 )
 
@@ -201,6 +203,30 @@ class RoomDirectory:
         for room_id, owed in list(self.joins_owed.items()):
             if owed.retry_at <= now:
                 await self.join(room_id, owed.reason, direct=owed.direct, patience=0)
+
+    async def open_direct_chat(self, user_id: UserId) -> RoomId:
+        """A new direct chat with one person (invited, flagged direct), remembered like a
+        direct chat they opened. Unencrypted: the invitee has no session to share keys
+        with until they join. Raises DeliveryError."""
+        try:
+            created = await call_homeserver(
+                "opening a direct chat with " + user_id,
+                lambda: self.client.room_create(is_direct=True, invite=[user_id],
+                                                preset=RoomPreset.trusted_private_chat),
+                give_up_after=JOIN_PATIENCE)
+        except NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        if not isinstance(created, RoomCreateResponse):
+            raise DeliveryError(f"cannot open a direct chat with {user_id} "
+                                f"({created.status_code} {created.message})",
+                                permanent=not is_transient(created))
+        room_id = RoomId(created.room_id)
+        self.direct_rooms.add(room_id)
+        async with self.store.transaction():
+            await self.store.add_direct_room(room_id, self.clock())
+            await self.store.set_direct_partner(user_id, room_id)
+        log.info("opened direct chat %s with %s", room_id, user_id, extra={"room_id": room_id})
+        return room_id
 
     async def leave(self, room_id: RoomId) -> None:
         """Leave the room and forget it; a room the bot is not in counts as left."""

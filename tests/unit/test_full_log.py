@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from chatbot.archive import log_path_of
 from chatbot.bot import (
     LOG_FILE,
     NOTE_FILE,
@@ -21,7 +22,7 @@ from chatbot.bot import (
 )
 from chatbot.config import ConfigError, parse_config
 from chatbot.matrix.intake import chat_event, incoming_event
-from chatbot.meetings import Rooms, keep_in_log, log_path
+from chatbot.meetings import Rooms, keep_in_log
 from chatbot.model import EventId, LogLine, RoomId, UserId
 from chatbot.render import LOGGED_NOTICE, markdown_to_html, render_log
 from chatbot.store import OutboxItem, Store
@@ -96,9 +97,9 @@ def test_chat_text_and_names_in_a_log_stay_text(text: str) -> None:
 
 
 def test_the_log_file_sits_beside_the_note_and_is_named_like_it() -> None:
-    assert log_path(PurePosixPath("team/2026-06-18.md")) == PurePosixPath(
+    assert log_path_of(PurePosixPath("team/2026-06-18.md")) == PurePosixPath(
         "team/2026-06-18.log.md")
-    assert log_path(PurePosixPath("team/2026-06-18-2.md")) == PurePosixPath(
+    assert log_path_of(PurePosixPath("team/2026-06-18-2.md")) == PurePosixPath(
         "team/2026-06-18-2.log.md")
 
 
