@@ -32,6 +32,7 @@ from chatbot.commands import (
 )
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
 from chatbot.meetings import (
+    CallTurn,
     Effect,
     Job,
     JobKind,
@@ -70,6 +71,7 @@ from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
+from chatbot.rounds import resume_rounds, run_time_up
 from chatbot.store import OutboxItem, Store, is_storage_full
 from chatbot.upkeep import LEAVE, run_upkeep
 
@@ -152,12 +154,17 @@ class Transport(Protocol):
         """Leave the room and forget it; a room the bot is not in is already left.
         Raises DeliveryError."""
 
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        """The homeserver's timestamp of an event the bot sent; raises DeliveryError."""
+
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
 # that a burst does not trip the homeserver's rate limits all at once.
 MAX_SENDS_IN_FLIGHT = 4
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
+# A turn's line in the update round: a message, whose server time starts the turn's clock.
+ROUND_TURN = "round_turn"
 INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
 # handled again after a failed save does not answer them twice.
@@ -248,7 +255,8 @@ class MeetingBot:
         self._outbox_ready = asyncio.Event()
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
-                                              LEAVE: self._leave_room}
+                                              LEAVE: self._leave_room,
+                                              ROUND_TURN: self._call_turn}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
         # Every kind that publishes a note, configured or not: a job queued before its
@@ -518,7 +526,8 @@ class MeetingBot:
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
         # With GitHub issues, any command may change an agenda an issue shows.
-        if self._issues is not None or any(isinstance(effect, Post) for effect in effects):
+        if self._issues is not None or any(isinstance(effect, Post | CallTurn)
+                                           for effect in effects):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -608,6 +617,13 @@ class MeetingBot:
                             "text": part.text, "html": part.html,
                             "announces": announces if number == 0 else None,
                         }, now)
+                case CallTurn(turn_room, text, meeting_id, user_id, mention):
+                    (part,) = message_parts(text)  # one line: never split
+                    await self.store.enqueue(turn_room, ROUND_TURN, {
+                        "text": part.text, "html": part.html,
+                        "mentions": [mention] if mention is not None else [],
+                        "meeting_id": meeting_id, "user_id": user_id,
+                    }, now)
                 case SaveNote(relative_path, text):
                     # A job like any message: written after the close commits, retried
                     # if the disk refuses, never holding the close itself back.
@@ -621,6 +637,36 @@ class MeetingBot:
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
                         "number": number, "body": body}, now)
+
+    async def _call_turn(self, item: OutboxItem) -> str:
+        """Post a turn's line, then start the turn's clock at the homeserver's time of it,
+        so the time-up is counted from when the room saw the line."""
+        event_id = await self.transport.deliver(item)
+        try:
+            sent_at = await self.transport.event_time(item.room_id, event_id)
+        except DeliveryError as error:
+            # Later than the server's time, never earlier: the turn is not cut short.
+            sent_at = self.clock()
+            log.warning("no server time for turn %s in %s (%s); counting from now",
+                        event_id, item.room_id, error, extra={"room_id": item.room_id})
+        payload = item.payload
+        async with self.store.transaction():
+            started = await self.store.start_turn_clock(
+                payload["meeting_id"], UserId(payload["user_id"]), sent_at)
+        if started:
+            self.on_schedule_change()
+        return event_id
+
+    async def resume(self) -> None:
+        """At start: each update round's current turn gets its time again."""
+        async with self.store.transaction():
+            now = self.clock()
+            effects = await resume_rounds(self.store, self.rooms, now)
+            for effect in effects:
+                assert isinstance(effect, CallTurn)
+                await self._record([effect], effect.room_id, None, now)
+        if effects:
+            self._outbox_ready.set()
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -775,6 +821,9 @@ class MeetingBot:
                     await self._take_comments(job.meeting_id, polled, now)
                 elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
                     effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.TIME_UP and job.meeting_id and job.user_id:
+                    effects = await run_time_up(self.store, self.rooms, job.meeting_id,
+                                                UserId(job.user_id), now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:

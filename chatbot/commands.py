@@ -29,7 +29,17 @@ from chatbot.meetings import (
     resolve_target,
     upcoming,
 )
-from chatbot.model import Entry, EntryKind, EventId, MeetingRecord, Profile, RoomId, UserId
+from chatbot.model import (
+    Entry,
+    EntryKind,
+    EventId,
+    MeetingRecord,
+    PassReason,
+    Profile,
+    RoomId,
+    RoundOutcome,
+    UserId,
+)
 from chatbot.power import CHAIR_LEVEL
 from chatbot.render import (
     clean_text,
@@ -38,6 +48,13 @@ from chatbot.render import (
     render_agenda,
     render_when_line,
     roll_call_profile,
+)
+from chatbot.rounds import (
+    active_round,
+    end_current_turn,
+    round_order,
+    start_round,
+    status_line,
 )
 from chatbot.store import Store
 
@@ -134,6 +151,14 @@ class Person:
 @dataclass(frozen=True, slots=True)
 class StartMeeting:
     title: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCommand:
+    """`round` (start, or how it stands), `round shuffle`, `round @a @b …`, `round stop`."""
+
+    verb: str  # "start", "shuffle", "stop"
+    people: tuple[UserId, ...] = ()
 
 
 # --- parsers ----------------------------------------------------------------------------
@@ -253,6 +278,23 @@ def _person(args: str) -> Person:
     return Person(UserId(user))
 
 
+ROUND_SYNTAX = "round [shuffle | @user:server @user:server … | stop]"
+
+
+def _round(args: str) -> RoundCommand:
+    words = args.split()
+    if not words:
+        return RoundCommand("start")
+    if len(words) == 1 and words[0].lower() in ("shuffle", "stop"):
+        return RoundCommand(words[0].lower())
+    people = [word.rstrip(":,") for word in words]
+    if all(_USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID
+           for person in people):
+        return RoundCommand("start", tuple(UserId(person) for person in people))
+    raise UsageError("say `round`, `round shuffle`, `round @ada:example.org @bo:example.org` "
+                     "(people by their Matrix ids) or `round stop`")
+
+
 def _start_meeting(args: str) -> StartMeeting:
     title = " ".join(args.split())
     if len(title) > 200:
@@ -365,8 +407,12 @@ async def _over_limit(store: Store, context: Context, target: Target,
     return []
 
 
-def _entry_handler(kind: EntryKind) -> Handler:
-    """Updates, passes, celebrations, notes and decisions: a line of text in the meeting."""
+def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Handler:
+    """Updates, passes, celebrations, notes and decisions: a line of text in the meeting.
+
+    An update or a pass from the person whose turn it is in the update round ends
+    their turn.
+    """
 
     async def handle(command: Text | NoArguments, context: Context, store: Store) -> list[Effect]:
         target = await _target(store, context)
@@ -379,8 +425,12 @@ def _entry_handler(kind: EntryKind) -> Handler:
         # Notes and decisions belong to the item being discussed, if there is one.
         item_id = meeting.current_item_id if kind in (EntryKind.NOTE, EntryKind.DECISION) else None
         await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
-                              text, None, context.event_id, context.now, item_id=item_id)
-        return [React()]
+                              text, None, context.event_id, context.now, item_id=item_id,
+                              pass_reason=pass_reason)
+        if kind not in (EntryKind.UPDATE, EntryKind.PASS) or not meeting.is_open:
+            return [React()]
+        return [React(), *await end_current_turn(store, target.series, meeting, context.sender,
+                                                 RoundOutcome.SPOKE, context.now)]
 
     return handle
 
@@ -529,6 +579,42 @@ async def handle_undo(command: NoArguments, context: Context, store: Store) -> l
     return [React(), Reply(f"Removed {whose} {_KIND_NAMES[entry.kind]}{text}")]
 
 
+async def handle_round(command: RoundCommand, context: Context, store: Store) -> list[Effect]:
+    meeting = await store.open_meeting_in_room(context.room_id)
+    series = context.rooms.series(meeting.series_id) if meeting is not None else None
+    if meeting is None or series is None:
+        return _not_open(context)
+    found = await active_round(store, meeting)
+    if command.verb == "stop":
+        if found is None or not await store.end_round(meeting.id, context.now):
+            return [Reply("No update round is on.")]
+        return [React(), Reply("The update round is stopped.")]
+    if found is not None:
+        if command.verb == "start" and not command.people:
+            return [Reply(status_line(found, await store.quick_update_senders(meeting.id)))]
+        return [Reply(f"An update round is on already; `{context.prefix}round stop` ends it.")]
+    record = await store.record(meeting)
+    roll_call = [(attendee.user_id, attendee.profile.name) for attendee in record.attendees]
+    if not roll_call and not command.people:
+        return [Reply(f"Nobody is on the roll call yet: people join it with "
+                      f"`{context.prefix}here`.")]
+    places = round_order(roll_call, explicit=command.people,
+                         shuffle_seed=context.event_id if command.verb == "shuffle" else None)
+    return [React(), *await start_round(store, series, meeting, places, context.now)]
+
+
+async def handle_skip(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    meeting = await store.open_meeting_in_room(context.room_id)
+    series = context.rooms.series(meeting.series_id) if meeting is not None else None
+    found = await active_round(store, meeting) if meeting is not None else None
+    if meeting is None or series is None or found is None or found.current is None:
+        return [Reply("No update round is on, so there is no turn to skip.")]
+    name = next(place.name for place in found.places if place.user_id == found.current)
+    return [React(), *await end_current_turn(store, series, meeting, found.current,
+                                             RoundOutcome.SKIPPED, context.now,
+                                             lead=f"Skipping {escape_markdown(name)}. ")]
+
+
 async def handle_chair(command: Person, context: Context, store: Store) -> list[Effect]:
     target = await _target(store, context)
     if target is None:
@@ -617,6 +703,9 @@ REGISTRY: tuple[CommandSpec, ...] = (
     CommandSpec("pass", "pass", "passes on your quick update",
                 _no_arguments, _entry_handler(EntryKind.PASS), entry_kind=EntryKind.PASS,
                 editable=True),
+    CommandSpec("done", "done", "says you gave your update on the call, without typing it",
+                _no_arguments, _entry_handler(EntryKind.PASS, PassReason.ON_CALL),
+                entry_kind=EntryKind.PASS),
     CommandSpec("celebrate", "celebrate text", "adds a report or celebration",
                 _text, _entry_handler(EntryKind.CELEBRATION), aliases=("report",),
                 entry_kind=EntryKind.CELEBRATION, editable=True),
@@ -639,6 +728,11 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 entry_kind=EntryKind.DECISION, editable=True),
     CommandSpec("undo", "undo", "removes your last entry (a chair's: anyone's)",
                 _no_arguments, handle_undo, chair_aware=True),
+    CommandSpec("round", ROUND_SYNTAX,
+                "calls on each person on the roll call in turn for their update; during "
+                "a round, shows who is left", _round, handle_round, chair_only=True),
+    CommandSpec("skip", "skip", "ends the current turn of the update round", _no_arguments,
+                handle_skip, chair_only=True),
     CommandSpec("chair", "chair @user", "makes someone a chair of this meeting", _person,
                 handle_chair, chair_only=True),
     CommandSpec("unchair", "unchair @user", "takes back `chair`", _person, handle_unchair,

@@ -71,6 +71,19 @@ class Post:
 
 
 @dataclass(frozen=True, slots=True)
+class CallTurn:
+    """A turn's line in the update round. Once it is sent, the homeserver's time of it
+    starts the turn's clock; `mention` is pinged (a real Matrix mention), None for a
+    line that only names someone called before."""
+
+    room_id: RoomId
+    text: str
+    meeting_id: int
+    user_id: UserId
+    mention: UserId | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SaveNote:
     """Write the compiled note below `<data_dir>/notes/`."""
 
@@ -104,7 +117,8 @@ class UpdateIssueBody:
     body: str
 
 
-Effect = React | Reply | Post | SaveNote | PublishNote | QueueIssue | UpdateIssueBody
+Effect = (React | Reply | Post | CallTurn | SaveNote | PublishNote | QueueIssue
+          | UpdateIssueBody)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -368,6 +382,7 @@ class JobKind(enum.StrEnum):
     ISSUE = "issue"  # `issue_ahead` before a sitting: open its GitHub issue
     ISSUE_BODY = "issue_body"  # the agenda changed: the issue's body follows
     ISSUE_POLL = "issue_poll"  # read the issue's comments for `!agenda`
+    TIME_UP = "time_up"  # the update round's current turn runs out
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,6 +397,7 @@ class Job:
     meeting_id: int | None = None
 
     item_id: int | None = None
+    user_id: str | None = None
     # When a job that failed may run again (its backoff); not part of its id.
     retry_at: datetime | None = None
 
@@ -395,6 +411,8 @@ class Job:
             return f"close:{self.meeting_id}"
         if self.kind is JobKind.OVERRUN:
             return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
+        if self.kind is JobKind.TIME_UP:
+            return f"time_up:{self.meeting_id}:{self.user_id}:{self.run_at.isoformat()}"
         if self.kind is JobKind.UPKEEP:
             return f"upkeep:{self.run_at.isoformat()}"
         if self.kind in (JobKind.ISSUE_BODY, JobKind.ISSUE_POLL):
@@ -454,6 +472,12 @@ async def plan_jobs(
                 box_left = timedelta(minutes=item.minutes, seconds=-item.took_seconds)
                 jobs.append(Job(JobKind.OVERRUN, elapsed(item.item_started_at, box_left),
                                 meeting.series_id, meeting_id=meeting.id, item_id=item.id))
+        series_of_meeting = rooms.series(meeting.series_id)
+        update_round = await store.get_round(meeting.id)
+        if series_of_meeting is not None and update_round is not None and (
+                time_up := update_round.time_up_at(series_of_meeting.update_seconds)):
+            jobs.append(Job(JobKind.TIME_UP, time_up, meeting.series_id,
+                            meeting_id=meeting.id, user_id=update_round.current))
     for series in rooms.config.meetings:
         if series.id not in rooms.room_of_series:
             continue

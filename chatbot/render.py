@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 from xml.etree import ElementTree as etree
 from zoneinfo import ZoneInfo
 
@@ -35,6 +36,7 @@ from chatbot.model import (
     EventId,
     Meeting,
     MeetingRecord,
+    PassReason,
     Profile,
     RoomId,
     UserId,
@@ -417,6 +419,18 @@ def _agenda_bullet(entry: Entry) -> str:
     return f"**{escape_markdown(entry.sender_name)}**{estimate} {_said(entry.text)}"
 
 
+_PASS_TEXT = {None: "pass", PassReason.ON_CALL: "(spoke on the call)",
+              PassReason.TIME_UP: "no update"}
+
+
+def _quick_update(entry: Entry, started_at: datetime | None) -> str:
+    """An update's text, or what a pass was; marked when it came before the meeting."""
+    text = _PASS_TEXT[entry.pass_reason] if entry.kind is EntryKind.PASS else _said(entry.text)
+    if started_at is not None and entry.created_at < started_at:
+        return f"{text} (posted ahead)"
+    return text
+
+
 def minutes_taken(item: Entry) -> int:
     """Whole minutes an agenda item took; one at least, once the meeting reached it."""
     return max(1, round(item.took_seconds / 60))
@@ -499,8 +513,7 @@ def note_context(
         "code_of_conduct": code_of_conduct_line(links.get("code_of_conduct")),
         "roll_call": [roll_call_line(a.profile) for a in record.attendees],
         "updates": [
-            UpdateView(escaped_name(e.sender_name),
-                       "pass" if e.kind is EntryKind.PASS else _said(e.text))
+            UpdateView(escaped_name(e.sender_name), _quick_update(e, meeting.started_at))
             for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)
         ],
         "celebrations": [_said(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
@@ -675,6 +688,15 @@ def render_start(
 def render_closed(title: str, path_hint: str) -> str:
     return (f"**{escape_markdown(title)}** is closed. "
             f"The note follows and is saved as `{path_hint}`.")
+
+
+def mention(user_id: str, name: str) -> str:
+    """A Matrix mention as markdown: a link to the person's matrix.to address (a "pill"
+    in clients). Only the bot writes these; chat text cannot, its `[` being escaped.
+    The id is percent-encoded but for `@` and `:`, so no character of it can end the
+    link early."""
+    address = "https://matrix.to/#/" + quote(user_id, safe="@:")
+    return f"[{escape_markdown(name) or escape_markdown(user_id)}]({address})"
 
 
 def roll_call_profile(profile: Profile | None, display_name: str, user_id: str) -> Profile:

@@ -10,6 +10,8 @@ backs off; every other request to the homeserver goes through `chatbot.retry`.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from chatbot.bot import Clock
 from chatbot.config import Config
 from chatbot.matrix.encryption import Encryption, exchange_keys
@@ -88,6 +90,9 @@ class MatrixEdge:
 
     async def deliver(self, item: OutboxItem) -> str:
         return await self.sender.deliver(item)
+
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        return await self.sender.event_time(room_id, event_id)
 
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
         return await self.rooms.power_level(room_id, user_id)
