@@ -696,7 +696,10 @@ def mention(user_id: str, name: str) -> str:
     The id is percent-encoded but for `@` and `:`, so no character of it can end the
     link early."""
     address = "https://matrix.to/#/" + quote(user_id, safe="@:")
-    return f"[{escape_markdown(name) or escape_markdown(user_id)}]({address})"
+    # Inline escapes only: a web link in the name stays text (a link inside a link
+    # would cut the pill in two).
+    shown = " ".join(clean_text(name).split()) or user_id
+    return f"[{_escape_inline(shown)}]({address})"
 
 
 def roll_call_profile(profile: Profile | None, display_name: str, user_id: str) -> Profile:

@@ -85,8 +85,10 @@ def end_turn(places: Sequence[RoundPlace], user_id: UserId,
 def still_to_come(places: Sequence[RoundPlace], current: UserId | None,
                   done: Collection[UserId]) -> list[RoundPlace]:
     """Who the round will still call after `current`, in order."""
-    return [place for place in places if place.outcome is None
-            and place.user_id != current and place.user_id not in done]
+    users = [place.user_id for place in places]
+    after = users.index(current) + 1 if current in users else 0
+    return [place for place in places[after:] if place.outcome is None
+            and place.user_id not in done]
 
 
 def turn_line(places: Sequence[RoundPlace], current: RoundPlace, seconds: int,
