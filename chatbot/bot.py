@@ -33,6 +33,7 @@ from chatbot.commands import (
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
 from chatbot.meetings import (
     CallTurn,
+    DirectMessage,
     Effect,
     Job,
     JobKind,
@@ -56,6 +57,7 @@ from chatbot.meetings import (
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, RoomId, UserId
+from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
@@ -69,7 +71,12 @@ from chatbot.publish import (
 from chatbot.publish.github import Comment, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
-from chatbot.render import escape_markdown, message_parts, roll_call_profile
+from chatbot.render import (
+    escape_markdown,
+    message_parts,
+    render_when_line,
+    roll_call_profile,
+)
 from chatbot.retry import backoff_delay
 from chatbot.rounds import resume_rounds, run_time_up
 from chatbot.store import OutboxItem, Store, is_storage_full
@@ -157,6 +164,9 @@ class Transport(Protocol):
     async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
         """The homeserver's timestamp of an event the bot sent; raises DeliveryError."""
 
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        """Open a direct chat with a person (invited, flagged direct); raises DeliveryError."""
+
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
 # that a burst does not trip the homeserver's rate limits all at once.
@@ -165,7 +175,10 @@ MAX_SENDS_IN_FLIGHT = 4
 NOTE_FILE = "note_file"
 # A turn's line in the update round: a message, whose server time starts the turn's clock.
 ROUND_TURN = "round_turn"
-INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE}) | PUBLISH_KINDS
+# A message to one person, in their direct chat with the bot; queued under their user id
+# (the chat may not exist yet), one lane each.
+DIRECT = "direct"
+INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE, DIRECT}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
 # handled again after a failed save does not answer them twice.
 STORAGE_FULL_MEMORY = 1000
@@ -256,7 +269,8 @@ class MeetingBot:
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
                                               LEAVE: self._leave_room,
-                                              ROUND_TURN: self._call_turn}
+                                              ROUND_TURN: self._call_turn,
+                                              DIRECT: self._send_direct}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice}
         self._targets = {target.kind: target for target in targets}
         # Every kind that publishes a note, configured or not: a job queued before its
@@ -314,31 +328,58 @@ class MeetingBot:
                 await self._apologise(event)
 
     async def handle_direct(self, message: IncomingMessage) -> None:
-        """A direct chat gets help, and nothing else: meetings live in their rooms."""
+        """A direct chat: a quick update or pass there counts for the sender's next
+        meeting (`nudges.direct_target`), `nudge off|on` sets their nudges; anything
+        else gets help."""
         if message.replaces is not None:
             return
         try:
             if not await self._admit(message):
                 return
+            invocation = parse_invocation(strip_reply_fallback(message.body),
+                                          self.rooms.config.command_prefix)
             async with self.store.transaction():
                 now = self.clock()
                 if not await self.store.claim_event(message.event_id, message.room_id, now,
                                                     message.sender):
                     return
-                await self.store.touch_direct_room(message.room_id, now)
-                rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
-                context = Context(self.rooms, message.room_id, message.sender,
-                                  message.display_name, message.event_id, now)
-                (help_reply,) = await handle_help(NoArguments(), context, self.store)
-                assert isinstance(help_reply, Reply)
-                await self._record([Reply(
-                    f"I run team meetings in {escape_markdown(rooms)}; commands work there, "
-                    f"not in direct chats.\n\n{help_reply.text}")],
-                    message.room_id, message.event_id, now)
-            self._outbox_ready.set()
+                await self.store.touch_direct_room(message.room_id, now, message.sender)
+                effects = await self._direct_effects(message, invocation, now)
+                await self._record(effects, message.room_id, message.event_id, now)
+            self._after(effects)
         except Exception:
             log.exception("failed to answer %s in direct chat %s", message.event_id,
                           message.room_id)
+
+    async def _direct_effects(self, message: IncomingMessage,
+                              invocation: Invocation | Unknown | None,
+                              now: datetime) -> list[Effect]:
+        context = Context(self.rooms, message.room_id, message.sender, message.display_name,
+                          message.event_id, now)
+        prefix = context.prefix
+        if isinstance(invocation, Invocation) and invocation.spec.name == "nudge":
+            return await self._dispatch(invocation, context)
+        if isinstance(invocation, Invocation) and invocation.spec.name in DIRECT_COMMANDS:
+            target = await direct_target(self.store, self.rooms, message.sender, now)
+            if target is None:
+                return [Reply(
+                    "You are not a regular of a meeting I run yet (on the roll call of "
+                    "2 of its last 4 sittings), so I cannot tell which meeting this is "
+                    "for: please post it in the meeting's room.")]
+            context = replace(context, room_id=self.rooms.room_of_series[target.series.id])
+            effects = await self._dispatch(invocation, context)
+            if any(isinstance(effect, React) for effect in effects):
+                when = render_when_line(target.series.title, target.start,
+                                        target.series.timezone)
+                effects.append(Reply(f"Noted for {when}."))
+            return effects
+        rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
+        (help_reply,) = await handle_help(NoArguments(), context, self.store)
+        assert isinstance(help_reply, Reply)
+        return [Reply(
+            f"I run team meetings in {escape_markdown(rooms)}; commands work there. Here, "
+            f"`{prefix}update text` and `{prefix}pass` count for your next meeting, and "
+            f"`{prefix}nudge off` stops my reminders to post one.\n\n{help_reply.text}")]
 
     async def cannot_read(self, room_id: RoomId, sender: UserId, display_name: str,
                           event_ids: Sequence[EventId]) -> None:
@@ -624,6 +665,10 @@ class MeetingBot:
                         "mentions": [mention] if mention is not None else [],
                         "meeting_id": meeting_id, "user_id": user_id,
                     }, now)
+                case DirectMessage(user_id, text):
+                    (part,) = message_parts(text)
+                    await self.store.enqueue(RoomId(user_id), DIRECT, {
+                        "user_id": user_id, "text": part.text, "html": part.html}, now)
                 case SaveNote(relative_path, text):
                     # A job like any message: written after the close commits, retried
                     # if the disk refuses, never holding the close itself back.
@@ -656,6 +701,19 @@ class MeetingBot:
         if started:
             self.on_schedule_change()
         return event_id
+
+    async def _send_direct(self, item: OutboxItem) -> str:
+        """Send a message to a person in their direct chat with the bot, opening one
+        (and remembering it at once, so a retry does not open another) if there is none."""
+        user_id = UserId(item.payload["user_id"])
+        room_id = await self.store.read.direct_room_of(user_id)
+        if room_id is None:
+            room_id = await self.transport.open_direct(user_id)
+            async with self.store.transaction():
+                await self.store.touch_direct_room(room_id, self.clock(), user_id)
+            log.info("opened direct chat %s with %s", room_id, user_id,
+                     extra={"room_id": room_id})
+        return await self.transport.deliver(replace(item, room_id=room_id))
 
     async def resume(self) -> None:
         """At start: each update round's current turn gets its time again."""
@@ -830,6 +888,9 @@ class MeetingBot:
                     if job.kind is JobKind.ISSUE:
                         effects = await run_issue(self.store, self.rooms, series, job.start,
                                                   now)
+                    elif job.kind is JobKind.NUDGE:
+                        effects = await run_nudges(self.store, self.rooms, series, job.start,
+                                                   now)
                     elif job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:

@@ -278,6 +278,18 @@ def _person(args: str) -> Person:
     return Person(UserId(user))
 
 
+@dataclass(frozen=True, slots=True)
+class NudgeChoice:
+    wanted: bool
+
+
+def _nudge(args: str) -> NudgeChoice:
+    choice = args.strip().lower()
+    if choice not in ("on", "off"):
+        raise UsageError("say `nudge off` or `nudge on`")
+    return NudgeChoice(choice == "on")
+
+
 ROUND_SYNTAX = "round [shuffle | @user:server @user:server … | stop]"
 
 
@@ -615,6 +627,15 @@ async def handle_skip(command: NoArguments, context: Context, store: Store) -> l
                                              lead=f"Skipping {escape_markdown(name)}. ")]
 
 
+async def handle_nudge(command: NudgeChoice, context: Context, store: Store) -> list[Effect]:
+    await store.set_nudges_wanted(context.sender, command.wanted, context.now)
+    if command.wanted:
+        return [React(), Reply("I will nudge you again before meetings where you have not "
+                               "posted a quick update.")]
+    return [React(), Reply(f"No more nudges from me. `{context.prefix}nudge on` brings "
+                           "them back.")]
+
+
 async def handle_chair(command: Person, context: Context, store: Store) -> list[Effect]:
     target = await _target(store, context)
     if target is None:
@@ -733,6 +754,9 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 "a round, shows who is left", _round, handle_round, chair_only=True),
     CommandSpec("skip", "skip", "ends the current turn of the update round", _no_arguments,
                 handle_skip, chair_only=True),
+    CommandSpec("nudge", "nudge off|on",
+                "stops (or restarts) my direct messages asking for your update before a "
+                "meeting", _nudge, handle_nudge),
     CommandSpec("chair", "chair @user", "makes someone a chair of this meeting", _person,
                 handle_chair, chair_only=True),
     CommandSpec("unchair", "unchair @user", "takes back `chair`", _person, handle_unchair,

@@ -310,6 +310,9 @@ class MeetingConfig(_Frozen):
     grace: Duration = timedelta(minutes=30)
     # Each person's time in the update round (`!round`), in seconds.
     update_seconds: Annotated[Count, Field(le=3600)] = 60
+    # How long before each sitting regulars without an update get a direct message
+    # (off unless set).
+    nudge: PositiveDuration | None = None
     chairs: tuple[UserId, ...] = ()
     links: Links = Links()
     template: Path | None = None

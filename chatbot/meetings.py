@@ -84,6 +84,14 @@ class CallTurn:
 
 
 @dataclass(frozen=True, slots=True)
+class DirectMessage:
+    """A message to one person in their direct chat with the bot (opened if need be)."""
+
+    user_id: UserId
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class SaveNote:
     """Write the compiled note below `<data_dir>/notes/`."""
 
@@ -117,7 +125,7 @@ class UpdateIssueBody:
     body: str
 
 
-Effect = (React | Reply | Post | CallTurn | SaveNote | PublishNote | QueueIssue
+Effect = (React | Reply | Post | CallTurn | DirectMessage | SaveNote | PublishNote | QueueIssue
           | UpdateIssueBody)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
@@ -383,6 +391,7 @@ class JobKind(enum.StrEnum):
     ISSUE_BODY = "issue_body"  # the agenda changed: the issue's body follows
     ISSUE_POLL = "issue_poll"  # read the issue's comments for `!agenda`
     TIME_UP = "time_up"  # the update round's current turn runs out
+    NUDGE = "nudge"  # `nudge` before a sitting: regulars without an update get a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,10 +436,11 @@ def plan_series(
     next_occurrence: Occurrence,
     decided_leads: set[int],
     owed_since: datetime,
-    *, issue_queued: bool = False,
+    *, issue_queued: bool = False, nudged: bool = False,
 ) -> list[Job]:
-    """The reminders and start of a series' next sitting that is not yet held, and the
-    opening of its GitHub issue unless that was queued already.
+    """The reminders and start of a series' next sitting that is not yet held, the
+    opening of its GitHub issue unless that was queued already, and its nudges unless
+    they were decided already.
 
     Reminders that fell due before `owed_since` (the bot's first start) are not owed.
     An issue is owed whenever: a bot started within `issue_ahead` opens it at once.
@@ -441,6 +451,9 @@ def plan_series(
     if github is not None and not issue_queued:
         jobs.append(Job(JobKind.ISSUE, elapsed(start, -github.issue_ahead), series.id,
                         start=start))
+    if series.nudge is not None and not nudged:
+        # Owed whenever: a bot started within `nudge` of the sitting nudges at once.
+        jobs.append(Job(JobKind.NUDGE, elapsed(start, -series.nudge), series.id, start=start))
     for lead in series.reminders:
         due = elapsed(start, -lead)
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
@@ -490,8 +503,10 @@ async def plan_jobs(
                 scheduled = await store.find_scheduled(series.id, occurrence.start)
                 queued = (scheduled is not None
                           and await store.github_issue_queued(scheduled.id))
+            nudged = (series.nudge is not None
+                      and await store.nudges_decided(series.id, occurrence.start))
             jobs.extend(plan_series(series, occurrence, decided, owed_since,
-                                    issue_queued=queued))
+                                    issue_queued=queued, nudged=nudged))
     for meeting_id, _, _, body, body_at in await store.open_github_issues():
         held = await store.get_meeting(meeting_id)
         issue_series = rooms.series(held.series_id) if held is not None else None

@@ -277,6 +277,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """,
         # 'on_call' (`!done`) or 'time_up' (the round's turn ran out) for a pass.
         "ALTER TABLE entries ADD COLUMN pass_reason TEXT",
+        # Nudges before a sitting: decided once per sitting; who said `!nudge off`.
+        """
+        CREATE TABLE nudges (
+            series_id TEXT NOT NULL,
+            scheduled_start TEXT NOT NULL,
+            decided_at TEXT NOT NULL,
+            PRIMARY KEY (series_id, scheduled_start)
+        )
+        """,
+        """
+        CREATE TABLE nudge_opt_outs (
+            user_id TEXT PRIMARY KEY,
+            opted_out_at TEXT NOT NULL
+        )
+        """,
+        # Whom a direct chat is with, so a nudge finds it again.
+        "ALTER TABLE direct_rooms ADD COLUMN user_id TEXT",
+        "CREATE INDEX direct_rooms_by_user ON direct_rooms (user_id) WHERE user_id IS NOT NULL",
     ),
 )
 
@@ -541,13 +559,24 @@ class Store:
         return {RoomId(row["room_id"]) for row in await self._rows(
             "SELECT room_id FROM direct_rooms")}
 
-    async def touch_direct_room(self, room_id: RoomId, now: datetime) -> None:
-        """Someone used a direct chat: it is not idle. A chat forgotten by upkeep while
-        its leave was still queued is remembered again, which calls the leave off."""
+    async def touch_direct_room(self, room_id: RoomId, now: datetime,
+                                user_id: UserId | None = None) -> None:
+        """Someone (`user_id`, if known) used a direct chat: it is not idle. A chat
+        forgotten by upkeep while its leave was still queued is remembered again, which
+        calls the leave off."""
         await self._db.execute(
-            "INSERT INTO direct_rooms (room_id, joined_at, last_used_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (room_id) DO UPDATE SET last_used_at = excluded.last_used_at",
-            (room_id, _stamp(now), _stamp(now)))
+            "INSERT INTO direct_rooms (room_id, joined_at, last_used_at, user_id) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET "
+            "last_used_at = excluded.last_used_at, "
+            "user_id = coalesce(excluded.user_id, user_id)",
+            (room_id, _stamp(now), _stamp(now), user_id))
+
+    async def direct_room_of(self, user_id: UserId) -> RoomId | None:
+        """The direct chat with a person the bot knows of, the latest used."""
+        room_id = await self._scalar(
+            "SELECT room_id FROM direct_rooms WHERE user_id = ? "
+            "ORDER BY coalesce(last_used_at, joined_at) DESC LIMIT 1", user_id)
+        return RoomId(room_id) if room_id is not None else None
 
     async def direct_room_last_used(self, room_id: RoomId) -> datetime | None:
         """When a direct chat was last used (else joined); None for one not recorded."""
@@ -945,6 +974,44 @@ class Store:
         return {UserId(row["sender"]) for row in await self._rows(
             "SELECT DISTINCT sender FROM entries WHERE meeting_id = ? "
             "AND kind IN ('update', 'pass')", meeting_id)}
+
+    async def regulars(self, series_id: str, before: datetime, *, of_last: int = 4,
+                       at_least: int = 2) -> set[UserId]:
+        """Who is on at least `at_least` of the roll calls of the series' last `of_last`
+        sittings held before `before`."""
+        rows = await self._rows(
+            "SELECT user_id FROM attendees WHERE meeting_id IN ("
+            "  SELECT id FROM meetings WHERE series_id = ? AND started_at IS NOT NULL"
+            "  AND started_at < ? ORDER BY started_at DESC LIMIT ?"
+            ") GROUP BY user_id HAVING count(*) >= ?",
+            series_id, _stamp(before), of_last, at_least)
+        return {UserId(row["user_id"]) for row in rows}
+
+    # --- nudges -------------------------------------------------------------------------
+
+    async def decide_nudges(self, series_id: str, scheduled_start: datetime,
+                            now: datetime) -> bool:
+        """Note that a sitting's nudges are decided; False if they were before."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO nudges (series_id, scheduled_start, decided_at) "
+            "VALUES (?, ?, ?)", series_id, _stamp(scheduled_start), _stamp(now)) == 1
+
+    async def nudges_decided(self, series_id: str, scheduled_start: datetime) -> bool:
+        return await self._scalar(
+            "SELECT 1 FROM nudges WHERE series_id = ? AND scheduled_start = ?",
+            series_id, _stamp(scheduled_start)) == 1
+
+    async def set_nudges_wanted(self, user_id: UserId, wanted: bool, now: datetime) -> None:
+        if wanted:
+            await self._db.execute("DELETE FROM nudge_opt_outs WHERE user_id = ?", (user_id,))
+        else:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO nudge_opt_outs (user_id, opted_out_at) VALUES (?, ?)",
+                (user_id, _stamp(now)))
+
+    async def nudge_opt_outs(self) -> set[UserId]:
+        return {UserId(row["user_id"]) for row in await self._rows(
+            "SELECT user_id FROM nudge_opt_outs")}
 
     # --- the update round ---------------------------------------------------------------
 

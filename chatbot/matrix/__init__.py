@@ -91,6 +91,9 @@ class MatrixEdge:
     async def deliver(self, item: OutboxItem) -> str:
         return await self.sender.deliver(item)
 
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        return await self.rooms.open_direct(user_id)
+
     async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
         return await self.sender.event_time(room_id, event_id)
 

@@ -13,8 +13,10 @@ from nio import (
     ErrorResponse,
     JoinedRoomsResponse,
     JoinResponse,
+    RoomCreateResponse,
     RoomGetStateResponse,
     RoomLeaveResponse,
+    RoomPreset,
     RoomResolveAliasResponse,
 )
 
@@ -201,6 +203,22 @@ class RoomDirectory:
         for room_id, owed in list(self.joins_owed.items()):
             if owed.retry_at <= now:
                 await self.join(room_id, owed.reason, direct=owed.direct, patience=0)
+
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        """Open a direct chat with a person: a private room they are invited to, flagged
+        direct so their client lists it with their direct messages."""
+        try:
+            response = await self.client.room_create(
+                is_direct=True, invite=[user_id], preset=RoomPreset.trusted_private_chat)
+        except NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        if not isinstance(response, RoomCreateResponse):
+            raise DeliveryError(
+                f"cannot open a direct chat with {user_id} ({response.status_code} "
+                f"{response.message})", permanent=False)
+        room_id = RoomId(response.room_id)
+        self.direct_rooms.add(room_id)
+        return room_id
 
     async def leave(self, room_id: RoomId) -> None:
         """Leave the room and forget it; a room the bot is not in counts as left."""

@@ -17,6 +17,7 @@ class RecordingTransport:
         self.sent: list[OutboxItem] = []
         self.left: list[RoomId] = []
         self.sent_at: datetime | None = None
+        self.opened: list[UserId] = []
 
     async def deliver(self, item: OutboxItem) -> str:
         self.sent.append(item)
@@ -24,6 +25,10 @@ class RecordingTransport:
 
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
         return self.power.get(user_id, 0)
+
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        self.opened.append(user_id)
+        return RoomId(f"!direct-{len(self.opened)}:example.org")
 
     async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
         """When the homeserver would have stamped an event: `sent_at`, else now."""

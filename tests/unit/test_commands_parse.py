@@ -40,7 +40,7 @@ def test_the_registry_is_the_documented_command_set() -> None:
     names = [spec.name for spec in REGISTRY]
     assert names == ["help", "when", "iam", "here", "update", "pass", "done", "celebrate",
                      "agenda", "next", "item", "note", "action", "agreed", "undo", "round",
-                     "skip", "chair", "unchair", "startmeeting", "endmeeting"]
+                     "skip", "nudge", "chair", "unchair", "startmeeting", "endmeeting"]
     assert {alias for spec in REGISTRY for alias in spec.aliases} == {"report", "decision"}
     assert {spec.name for spec in REGISTRY if spec.chair_only} == {
         "next", "item", "round", "skip", "chair", "unchair", "startmeeting", "endmeeting"}
