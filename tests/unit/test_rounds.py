@@ -12,11 +12,12 @@ import pytest
 from chatbot.bot import ROUND_TURN, IncomingMessage, MeetingBot
 from chatbot.commands import Invocation, RoundCommand, UsageError, parse_invocation
 from chatbot.config import parse_config
+from chatbot.matrix import message_content
 from chatbot.meetings import JobKind, Rooms
 from chatbot.model import EventId, RoomId, RoundOutcome, RoundPlace, UserId
 from chatbot.render import message_parts
 from chatbot.rounds import end_turn, next_turn, round_order, still_to_come, turn_line
-from chatbot.store import Store
+from chatbot.store import OutboxItem, Store
 from tests.support.clock import ManualClock
 from tests.support.transports import RecordingTransport
 
@@ -263,3 +264,19 @@ async def test_a_restart_restarts_the_clock_without_calling_anyone_again(
                     "start again now.")
     assert harness.transport.sent[-1].payload["mentions"] == []
     assert await harness.time_up_jobs() == [(harness.clock() + timedelta(seconds=30), ADA)]
+
+
+def test_a_turn_line_is_sent_with_its_mention_and_pill() -> None:
+    (part,) = message_parts(turn_line((RoundPlace(ADA, "Ada"),), RoundPlace(ADA, "Ada"), 60,
+                                      done=set()))
+    item = OutboxItem(1, ROOM, ROUND_TURN, {"text": part.text, "html": part.html,
+                                            "mentions": [ADA], "meeting_id": 1,
+                                            "user_id": ADA}, NOW)
+    event_type, content = message_content(item)
+    assert event_type == "m.room.message" and content["msgtype"] == "m.text"
+    assert content["m.mentions"] == {"user_ids": [ADA]}
+    assert content["formatted_body"].startswith(
+        '<p><a href="https://matrix.to/#/@ada:example.org" rel="noopener noreferrer">Ada</a>')
+    # Other messages mention nobody on purpose: no m.mentions, as before.
+    assert "m.mentions" not in message_content(
+        OutboxItem(2, ROOM, "post", {"text": "hi", "html": "<p>hi</p>"}, NOW))[1]
