@@ -458,7 +458,8 @@ class MeetingBot:
                     effects = [Reply(f"Sorry, I kept the message as it was: {error}. "
                                      f"{editable.spec.usage(context.prefix)}")]
                 else:
-                    if entry is not None and entry.kind is editable.spec.entry_kind:
+                    if (entry is not None and entry.kind is editable.spec.entry_kind
+                            and entry.pass_reason is editable.spec.pass_reason):
                         text, minutes, assignee = _recorded_fields(command, entry)
                         await self.store.update_entry(entry.id, text, minutes, assignee)
                     else:

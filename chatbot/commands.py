@@ -436,6 +436,9 @@ def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Ha
         text = command.text if isinstance(command, Text) else ""
         # Notes and decisions belong to the item being discussed, if there is one.
         item_id = meeting.current_item_id if kind in (EntryKind.NOTE, EntryKind.DECISION) else None
+        if kind in (EntryKind.UPDATE, EntryKind.PASS):
+            # Said after all: it replaces the "no update" of a turn that timed out.
+            await store.delete_timed_out(meeting.id, context.sender)
         await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
                               text, None, context.event_id, context.now, item_id=item_id,
                               pass_reason=pass_reason)
@@ -705,6 +708,9 @@ class CommandSpec:
     chair_aware: bool = False
     entry_kind: EntryKind | None = None
     editable: bool = False
+    # For a pass: why it is one (`!done`), so an edit between `!pass` and `!done`
+    # records the other.
+    pass_reason: PassReason | None = None
 
     def usage(self, prefix: str) -> str:
         return f"Usage: `{prefix}{self.syntax}` ({self.summary})"
@@ -726,7 +732,7 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 editable=True),
     CommandSpec("done", "done", "says you gave your update on the call, without typing it",
                 _no_arguments, _entry_handler(EntryKind.PASS, PassReason.ON_CALL),
-                entry_kind=EntryKind.PASS),
+                entry_kind=EntryKind.PASS, editable=True, pass_reason=PassReason.ON_CALL),
     CommandSpec("celebrate", "celebrate text", "adds a report or celebration",
                 _text, _entry_handler(EntryKind.CELEBRATION), aliases=("report",),
                 entry_kind=EntryKind.CELEBRATION, editable=True),

@@ -969,6 +969,12 @@ class Store:
             "ORDER BY arrived_at, rowid", meeting_id, _stamp(since))
         return [(UserId(row["user_id"]), row["name"]) for row in rows]
 
+    async def delete_timed_out(self, meeting_id: int, sender: UserId) -> None:
+        """Remove the "no update" the round recorded for `sender` when their time ran out."""
+        await self._db.execute(
+            "DELETE FROM entries WHERE meeting_id = ? AND sender = ? AND kind = 'pass' "
+            "AND pass_reason = 'time_up'", (meeting_id, sender))
+
     async def quick_update_senders(self, meeting_id: int) -> set[UserId]:
         """Who gave a quick update or a pass in a meeting (in any form)."""
         return {UserId(row["sender"]) for row in await self._rows(

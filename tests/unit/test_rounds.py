@@ -280,3 +280,24 @@ def test_a_turn_line_is_sent_with_its_mention_and_pill() -> None:
     # Other messages mention nobody on purpose: no m.mentions, as before.
     assert "m.mentions" not in message_content(
         OutboxItem(2, ROOM, "post", {"text": "hi", "html": "<p>hi</p>"}, NOW))[1]
+
+
+async def test_a_late_update_replaces_no_update_and_edits_switch_pass_and_done(
+        harness: Harness) -> None:
+    await harness.say(CHAIR, "!startmeeting")
+    for person in (ADA, BO):
+        await harness.say(person, "!here")
+    await harness.say(CHAIR, "!round")
+    await harness.sent()
+    harness.clock.advance(seconds=30)
+    await harness.run_time_up()  # Ada said nothing in time
+    await harness.say(ADA, "!update late, but here it is")
+    await harness.say(BO, "!pass")
+    pass_event = EventId(f"$m{harness.count}")
+    await harness.bot.handle(IncomingMessage(ROOM, EventId("$edit"), BO, "Bo", "!done",
+                                             replaces=pass_event))
+    await harness.sent()
+    await harness.say(CHAIR, "!endmeeting")
+    note = next(text for text in await harness.sent() if text.startswith("# Team"))
+    assert ("## Quick updates\n\n- **Ada:** late, but here it is\n"
+            "- **Bo:** (spoke on the call)\n") in note
