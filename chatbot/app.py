@@ -98,6 +98,7 @@ class BotApp:
             bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,
                              on_schedule_change=replan_needed.set, metrics=self.metrics,
                              targets=publish_targets(self.config, self.clock))
+            await bot.resume()
             scheduler = JobScheduler(bot.run_job)
             scheduler.start()
             scheduler.replace_all(await bot.plan())

@@ -32,6 +32,7 @@ from chatbot.commands import (
 )
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
 from chatbot.meetings import (
+    CallTurn,
     DirectMessage,
     Effect,
     Job,
@@ -65,6 +66,7 @@ from chatbot.meetings import (
 )
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
+from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
@@ -79,8 +81,14 @@ from chatbot.publish import (
 from chatbot.publish.github import Comment, Issue, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
 from chatbot.recurrence import ReminderDecision, format_duration
-from chatbot.render import escape_markdown, markdown_to_html, message_parts, roll_call_profile
+from chatbot.render import (
+    escape_markdown,
+    message_parts,
+    render_when_line,
+    roll_call_profile,
+)
 from chatbot.retry import backoff_delay
+from chatbot.rounds import resume_rounds, run_time_up
 from chatbot.store import OutboxItem, Store, is_storage_full
 from chatbot.upkeep import LEAVE, run_upkeep
 
@@ -222,8 +230,11 @@ class Transport(Protocol):
         """Leave the room and forget it; a room the bot is not in is already left.
         Raises DeliveryError."""
 
-    async def open_direct_chat(self, user_id: UserId) -> RoomId:
-        """Open a direct chat with one person and remember it; raises DeliveryError."""
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        """The homeserver's timestamp of an event the bot sent; raises DeliveryError."""
+
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        """Open a direct chat with a person (invited, flagged direct); raises DeliveryError."""
 
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
@@ -232,7 +243,10 @@ MAX_SENDS_IN_FLIGHT = 4
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
 LOG_FILE = "log_file"
-# A message for one person, in the bot's direct chat with them (`DirectMessage`).
+# A turn's line in the update round: a message, whose server time starts the turn's clock.
+ROUND_TURN = "round_turn"
+# A message to one person, in their direct chat with the bot; queued under their user id
+# (the chat may not exist yet), one lane each.
 DIRECT = "direct"
 INDEPENDENT_KINDS = frozenset({"react", NOTE_FILE, LOG_FILE, DIRECT}) | PUBLISH_KINDS
 # How many commands answered "storage is full" are remembered, so that a sync batch
@@ -341,6 +355,7 @@ class MeetingBot:
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
                                               LOG_FILE: self._save_log_file,
                                               LEAVE: self._leave_room,
+                                              ROUND_TURN: self._call_turn,
                                               DIRECT: self._send_direct}
         self._chairs_notices: dict[str, ChairsNotice] = {NOTE_FILE: self._note_file_notice,
                                                          LOG_FILE: self._log_file_notice}
@@ -409,31 +424,58 @@ class MeetingBot:
                 await self._apologise(event)
 
     async def handle_direct(self, message: IncomingMessage) -> None:
-        """A direct chat gets help, and nothing else: meetings live in their rooms."""
+        """A direct chat: a quick update or pass there counts for the sender's next
+        meeting (`nudges.direct_target`), `nudge off|on` sets their nudges; anything
+        else gets help."""
         if message.replaces is not None:
             return
         try:
             if not await self._admit(message):
                 return
+            invocation = parse_invocation(strip_reply_fallback(message.body),
+                                          self.rooms.config.command_prefix)
             async with self.store.transaction():
                 now = self.clock()
                 if not await self.store.claim_event(message.event_id, message.room_id, now,
                                                     message.sender):
                     return
-                await self.store.touch_direct_room(message.room_id, now)
-                rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
-                context = Context(self.rooms, message.room_id, message.sender,
-                                  message.display_name, message.event_id, now)
-                (help_reply,) = await handle_help(NoArguments(), context, self.store)
-                assert isinstance(help_reply, Reply)
-                await self._record([Reply(
-                    f"I run team meetings in {escape_markdown(rooms)}; commands work there, "
-                    f"not in direct chats.\n\n{help_reply.text}")],
-                    message.room_id, message.event_id, now)
-            self._outbox_ready.set()
+                await self.store.touch_direct_room(message.room_id, now, message.sender)
+                effects = await self._direct_effects(message, invocation, now)
+                await self._record(effects, message.room_id, message.event_id, now)
+            self._after(effects)
         except Exception:
             log.exception("failed to answer %s in direct chat %s", message.event_id,
                           message.room_id)
+
+    async def _direct_effects(self, message: IncomingMessage,
+                              invocation: Invocation | Unknown | None,
+                              now: datetime) -> list[Effect]:
+        context = Context(self.rooms, message.room_id, message.sender, message.display_name,
+                          message.event_id, now)
+        prefix = context.prefix
+        if isinstance(invocation, Invocation) and invocation.spec.name == "nudge":
+            return await self._dispatch(invocation, context)
+        if isinstance(invocation, Invocation) and invocation.spec.name in DIRECT_COMMANDS:
+            target = await direct_target(self.store, self.rooms, message.sender, now)
+            if target is None:
+                return [Reply(
+                    "You are not a regular of a meeting I run yet (on the roll call of "
+                    "2 of its last 4 sittings), so I cannot tell which meeting this is "
+                    "for: please post it in the meeting's room.")]
+            context = replace(context, room_id=self.rooms.room_of_series[target.series.id])
+            effects = await self._dispatch(invocation, context)
+            if any(isinstance(effect, React) for effect in effects):
+                when = render_when_line(target.series.title, target.start,
+                                        target.series.timezone)
+                effects.append(Reply(f"Noted for {when}."))
+            return effects
+        rooms = ", ".join(sorted({series.room for series in self.rooms.config.meetings}))
+        (help_reply,) = await handle_help(NoArguments(), context, self.store)
+        assert isinstance(help_reply, Reply)
+        return [Reply(
+            f"I run team meetings in {escape_markdown(rooms)}; commands work there. Here, "
+            f"`{prefix}update text` and `{prefix}pass` count for your next meeting, and "
+            f"`{prefix}nudge off` stops my reminders to post one.\n\n{help_reply.text}")]
 
     async def cannot_read(self, room_id: RoomId, sender: UserId, display_name: str,
                           event_ids: Sequence[EventId]) -> None:
@@ -517,7 +559,8 @@ class MeetingBot:
                     effects = [Reply(f"Sorry, I kept the message as it was: {error}. "
                                      f"{editable.spec.usage(context.prefix)}")]
                 else:
-                    if entry is not None and entry.kind is editable.spec.entry_kind:
+                    if (entry is not None and entry.kind is editable.spec.entry_kind
+                            and entry.pass_reason is editable.spec.pass_reason):
                         text, minutes, assignee = _recorded_fields(command, entry)
                         await self.store.update_entry(entry.id, text, minutes, assignee)
                     else:
@@ -705,7 +748,8 @@ class MeetingBot:
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
         # With GitHub issues, any command may change an agenda an issue shows.
-        if self._issues is not None or any(isinstance(effect, Post) for effect in effects):
+        if self._issues is not None or any(isinstance(effect, Post | CallTurn)
+                                           for effect in effects):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -795,6 +839,17 @@ class MeetingBot:
                             "text": part.text, "html": part.html,
                             "announces": announces if number == 0 else None,
                         }, now)
+                case CallTurn(turn_room, text, meeting_id, user_id, mention):
+                    (part,) = message_parts(text)  # one line: never split
+                    await self.store.enqueue(turn_room, ROUND_TURN, {
+                        "text": part.text, "html": part.html,
+                        "mentions": [mention] if mention is not None else [],
+                        "meeting_id": meeting_id, "user_id": user_id,
+                    }, now)
+                case DirectMessage(user_id, text):
+                    (part,) = message_parts(text)
+                    await self.store.enqueue(RoomId(user_id), DIRECT, {
+                        "user_id": user_id, "text": part.text, "html": part.html}, now)
                 case SaveNote(relative_path, text):
                     # A job like any message: written after the close commits, retried
                     # if the disk refuses, never holding the close itself back.
@@ -811,15 +866,53 @@ class MeetingBot:
                 case PollEvent(kind, poll_id, event_type, content):
                     await self.store.enqueue(room_id, kind, {
                         "poll_id": poll_id, "type": event_type, "content": content}, now)
-                case DirectMessage(user_id, text):
-                    # Queued under the room it was asked in; sent in the direct chat.
-                    html = markdown_to_html(text)
-                    await self.store.enqueue(room_id, DIRECT, {
-                        "user_id": user_id, "text": text, "html": html}, now)
                 case UpdateIssueBody(series_id, meeting_id, repo, number, body):
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
                         "number": number, "body": body}, now)
+
+    async def _call_turn(self, item: OutboxItem) -> str:
+        """Post a turn's line, then start the turn's clock at the homeserver's time of it,
+        so the time-up is counted from when the room saw the line."""
+        event_id = await self.transport.deliver(item)
+        try:
+            sent_at = await self.transport.event_time(item.room_id, event_id)
+        except DeliveryError as error:
+            # Later than the server's time, never earlier: the turn is not cut short.
+            sent_at = self.clock()
+            log.warning("no server time for turn %s in %s (%s); counting from now",
+                        event_id, item.room_id, error, extra={"room_id": item.room_id})
+        payload = item.payload
+        async with self.store.transaction():
+            started = await self.store.start_turn_clock(
+                payload["meeting_id"], UserId(payload["user_id"]), sent_at)
+        if started:
+            self.on_schedule_change()
+        return event_id
+
+    async def _send_direct(self, item: OutboxItem) -> str:
+        """Send a message to a person in their direct chat with the bot, opening one
+        (and remembering it at once, so a retry does not open another) if there is none."""
+        user_id = UserId(item.payload["user_id"])
+        room_id = await self.store.read.direct_room_of(user_id)
+        if room_id is None:
+            room_id = await self.transport.open_direct(user_id)
+            async with self.store.transaction():
+                await self.store.touch_direct_room(room_id, self.clock(), user_id)
+            log.info("opened direct chat %s with %s", room_id, user_id,
+                     extra={"room_id": room_id})
+        return await self.transport.deliver(replace(item, room_id=room_id))
+
+    async def resume(self) -> None:
+        """At start: each update round's current turn gets its time again."""
+        async with self.store.transaction():
+            now = self.clock()
+            effects = await resume_rounds(self.store, self.rooms, now)
+            for effect in effects:
+                assert isinstance(effect, CallTurn)
+                await self._record([effect], effect.room_id, None, now)
+        if effects:
+            self._outbox_ready.set()
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -928,20 +1021,6 @@ class MeetingBot:
                                                       poll.start_event_id)}
         return await self.transport.deliver(replace(item, payload=payload))
 
-    async def _send_direct(self, item: OutboxItem) -> str:
-        """Send a `DirectMessage` in the bot's direct chat with its person, opening one
-        when there is none (or the bot left it since)."""
-        user_id = UserId(item.payload["user_id"])
-        room_id = await self.store.read.direct_partner_room(user_id)
-        if room_id is None:
-            room_id = await self.transport.open_direct_chat(user_id)
-        message = replace(item, room_id=room_id, kind="post",
-                          payload={"text": item.payload["text"], "html": item.payload["html"]})
-        event_id = await self.transport.deliver(message)
-        async with self.store.transaction():
-            await self.store.touch_direct_room(room_id, self.clock())
-        return event_id
-
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
         leave was queued (someone wrote in it meanwhile)."""
@@ -1021,12 +1100,18 @@ class MeetingBot:
                     await self._take_poll(job.meeting_id, poll, now)
                 elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
                     effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.TIME_UP and job.meeting_id and job.user_id:
+                    effects = await run_time_up(self.store, self.rooms, job.meeting_id,
+                                                UserId(job.user_id), now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:
                     if job.kind is JobKind.ISSUE:
                         effects = await run_issue(self.store, self.rooms, series, job.start,
                                                   now)
+                    elif job.kind is JobKind.NUDGE:
+                        effects = await run_nudges(self.store, self.rooms, series, job.start,
+                                                   now)
                     elif job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:

@@ -33,7 +33,17 @@ from chatbot.meetings import (
     resolve_target,
     upcoming,
 )
-from chatbot.model import Entry, EntryKind, EventId, MeetingRecord, Profile, RoomId, UserId
+from chatbot.model import (
+    Entry,
+    EntryKind,
+    EventId,
+    MeetingRecord,
+    PassReason,
+    Profile,
+    RoomId,
+    RoundOutcome,
+    UserId,
+)
 from chatbot.polls import (
     MAX_ANSWER,
     MAX_ANSWERS,
@@ -56,6 +66,13 @@ from chatbot.render import (
     render_agenda,
     render_when_line,
     roll_call_profile,
+)
+from chatbot.rounds import (
+    active_round,
+    end_current_turn,
+    round_order,
+    start_round,
+    status_line,
 )
 from chatbot.store import Store
 
@@ -175,6 +192,14 @@ class CastVote:
     """A text vote: `+1`, `-1`, `0`, or an option's number."""
 
     choice: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundCommand:
+    """`round` (start, or how it stands), `round shuffle`, `round @a @b …`, `round stop`."""
+
+    verb: str  # "start", "shuffle", "stop"
+    people: tuple[UserId, ...] = ()
 
 
 # --- parsers ----------------------------------------------------------------------------
@@ -299,6 +324,35 @@ def _archive(args: str) -> ArchiveLink:
     if word not in ("", "reset"):
         raise UsageError("`archive` alone sends you the link; a chair may `archive reset`")
     return ArchiveLink(reset=word == "reset")
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeChoice:
+    wanted: bool
+
+
+def _nudge(args: str) -> NudgeChoice:
+    choice = args.strip().lower()
+    if choice not in ("on", "off"):
+        raise UsageError("say `nudge off` or `nudge on`")
+    return NudgeChoice(choice == "on")
+
+
+ROUND_SYNTAX = "round [shuffle | @user:server @user:server … | stop]"
+
+
+def _round(args: str) -> RoundCommand:
+    words = args.split()
+    if not words:
+        return RoundCommand("start")
+    if len(words) == 1 and words[0].lower() in ("shuffle", "stop"):
+        return RoundCommand(words[0].lower())
+    people = [word.rstrip(":,") for word in words]
+    if all(_USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID
+           for person in people):
+        return RoundCommand("start", tuple(UserId(person) for person in people))
+    raise UsageError("say `round`, `round shuffle`, `round @ada:example.org @bo:example.org` "
+                     "(people by their Matrix ids) or `round stop`")
 
 
 def _start_meeting(args: str) -> StartMeeting:
@@ -454,8 +508,12 @@ async def _over_limit(store: Store, context: Context, target: Target,
     return []
 
 
-def _entry_handler(kind: EntryKind) -> Handler:
-    """Updates, passes, celebrations, notes and decisions: a line of text in the meeting."""
+def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Handler:
+    """Updates, passes, celebrations, notes and decisions: a line of text in the meeting.
+
+    An update or a pass from the person whose turn it is in the update round ends
+    their turn.
+    """
 
     async def handle(command: Text | NoArguments, context: Context, store: Store) -> list[Effect]:
         target = await _target(store, context)
@@ -467,9 +525,16 @@ def _entry_handler(kind: EntryKind) -> Handler:
         text = command.text if isinstance(command, Text) else ""
         # Notes and decisions belong to the item being discussed, if there is one.
         item_id = meeting.current_item_id if kind in (EntryKind.NOTE, EntryKind.DECISION) else None
+        if kind in (EntryKind.UPDATE, EntryKind.PASS):
+            # Said after all: it replaces the "no update" of a turn that timed out.
+            await store.delete_timed_out(meeting.id, context.sender)
         await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
-                              text, None, context.event_id, context.now, item_id=item_id)
-        return [React()]
+                              text, None, context.event_id, context.now, item_id=item_id,
+                              pass_reason=pass_reason)
+        if kind not in (EntryKind.UPDATE, EntryKind.PASS) or not meeting.is_open:
+            return [React()]
+        return [React(), *await end_current_turn(store, target.series, meeting, context.sender,
+                                                 RoundOutcome.SPOKE, context.now)]
 
     return handle
 
@@ -618,6 +683,51 @@ async def handle_undo(command: NoArguments, context: Context, store: Store) -> l
     return [React(), Reply(f"Removed {whose} {_KIND_NAMES[entry.kind]}{text}")]
 
 
+async def handle_round(command: RoundCommand, context: Context, store: Store) -> list[Effect]:
+    meeting = await store.open_meeting_in_room(context.room_id)
+    series = context.rooms.series(meeting.series_id) if meeting is not None else None
+    if meeting is None or series is None:
+        return _not_open(context)
+    found = await active_round(store, meeting)
+    if command.verb == "stop":
+        if found is None or not await store.end_round(meeting.id, context.now):
+            return [Reply("No update round is on.")]
+        return [React(), Reply("The update round is stopped.")]
+    if found is not None:
+        if command.verb == "start" and not command.people:
+            return [Reply(status_line(found, await store.quick_update_senders(meeting.id)))]
+        return [Reply(f"An update round is on already; `{context.prefix}round stop` ends it.")]
+    record = await store.record(meeting)
+    roll_call = [(attendee.user_id, attendee.profile.name) for attendee in record.attendees]
+    if not roll_call and not command.people:
+        return [Reply(f"Nobody is on the roll call yet: people join it with "
+                      f"`{context.prefix}here`.")]
+    places = round_order(roll_call, explicit=command.people,
+                         shuffle_seed=context.event_id if command.verb == "shuffle" else None)
+    return [React(), *await start_round(store, series, meeting, places, context.now)]
+
+
+async def handle_skip(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    meeting = await store.open_meeting_in_room(context.room_id)
+    series = context.rooms.series(meeting.series_id) if meeting is not None else None
+    found = await active_round(store, meeting) if meeting is not None else None
+    if meeting is None or series is None or found is None or found.current is None:
+        return [Reply("No update round is on, so there is no turn to skip.")]
+    name = next(place.name for place in found.places if place.user_id == found.current)
+    return [React(), *await end_current_turn(store, series, meeting, found.current,
+                                             RoundOutcome.SKIPPED, context.now,
+                                             lead=f"Skipping {escape_markdown(name)}. ")]
+
+
+async def handle_nudge(command: NudgeChoice, context: Context, store: Store) -> list[Effect]:
+    await store.set_nudges_wanted(context.sender, command.wanted, context.now)
+    if command.wanted:
+        return [React(), Reply("I will nudge you again before meetings where you have not "
+                               "posted a quick update.")]
+    return [React(), Reply(f"No more nudges from me. `{context.prefix}nudge on` brings "
+                           "them back.")]
+
+
 async def handle_chair(command: Person, context: Context, store: Store) -> list[Effect]:
     target = await _target(store, context)
     if target is None:
@@ -747,6 +857,9 @@ class CommandSpec:
     chair_aware: bool = False
     entry_kind: EntryKind | None = None
     editable: bool = False
+    # For a pass: why it is one (`!done`), so an edit between `!pass` and `!done`
+    # records the other.
+    pass_reason: PassReason | None = None
 
     def usage(self, prefix: str) -> str:
         return f"Usage: `{prefix}{self.syntax}` ({self.summary})"
@@ -766,6 +879,9 @@ REGISTRY: tuple[CommandSpec, ...] = (
     CommandSpec("pass", "pass", "passes on your quick update",
                 _no_arguments, _entry_handler(EntryKind.PASS), entry_kind=EntryKind.PASS,
                 editable=True),
+    CommandSpec("done", "done", "says you gave your update on the call, without typing it",
+                _no_arguments, _entry_handler(EntryKind.PASS, PassReason.ON_CALL),
+                entry_kind=EntryKind.PASS, editable=True, pass_reason=PassReason.ON_CALL),
     CommandSpec("celebrate", "celebrate text", "adds a report or celebration",
                 _text, _entry_handler(EntryKind.CELEBRATION), aliases=("report",),
                 entry_kind=EntryKind.CELEBRATION, editable=True),
@@ -792,6 +908,14 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 "(its asker or a chair)", _vote, handle_vote, chair_aware=True),
     CommandSpec("undo", "undo", "removes your last entry (a chair's: anyone's)",
                 _no_arguments, handle_undo, chair_aware=True),
+    CommandSpec("round", ROUND_SYNTAX,
+                "calls on each person on the roll call in turn for their update; during "
+                "a round, shows who is left", _round, handle_round, chair_only=True),
+    CommandSpec("skip", "skip", "ends the current turn of the update round", _no_arguments,
+                handle_skip, chair_only=True),
+    CommandSpec("nudge", "nudge off|on",
+                "stops (or restarts) my direct messages asking for your update before a "
+                "meeting", _nudge, handle_nudge),
     CommandSpec("chair", "chair @user", "makes someone a chair of this meeting", _person,
                 handle_chair, chair_only=True),
     CommandSpec("unchair", "unchair @user", "takes back `chair`", _person, handle_unchair,

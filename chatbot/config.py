@@ -62,6 +62,16 @@ def _positive(value: timedelta) -> timedelta:
     return value
 
 
+def _count(value: Any) -> int:
+    # YAML gives whole numbers as int; true/false or 2.5 are mistakes, not counts.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_count)]
+
+
 def _pattern(pattern: re.Pattern[str], example: str) -> AfterValidator:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
@@ -307,6 +317,11 @@ class MeetingConfig(_Frozen):
     duration: PositiveDuration = timedelta(minutes=60)
     reminders: tuple[PositiveDuration, ...] = ()
     grace: Duration = timedelta(minutes=30)
+    # Each person's time in the update round (`!round`), in seconds.
+    update_seconds: Annotated[Count, Field(le=3600)] = 60
+    # How long before each sitting regulars without an update get a direct message
+    # (off unless set).
+    nudge: PositiveDuration | None = None
     chairs: tuple[UserId, ...] = ()
     links: Links = Links()
     template: Path | None = None
@@ -488,16 +503,6 @@ class RetentionConfig(_Frozen):
     events: Retention = timedelta(days=30)
     # A direct chat nobody wrote in for this long is left (meeting rooms never are).
     direct_chats: Retention = timedelta(days=30)
-
-
-def _count(value: Any) -> int:
-    # YAML gives whole numbers as int; true/false or 2.5 are mistakes, not counts.
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return value
-
-
-Count = Annotated[int, BeforeValidator(_count)]
 
 
 class LimitsConfig(_Frozen):

@@ -87,6 +87,27 @@ class Post:
 
 
 @dataclass(frozen=True, slots=True)
+class CallTurn:
+    """A turn's line in the update round. Once it is sent, the homeserver's time of it
+    starts the turn's clock; `mention` is pinged (a real Matrix mention), None for a
+    line that only names someone called before."""
+
+    room_id: RoomId
+    text: str
+    meeting_id: int
+    user_id: UserId
+    mention: UserId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectMessage:
+    """A message to one person in their direct chat with the bot (opened if need be)."""
+
+    user_id: UserId
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class SaveNote:
     """Write the compiled note below `<data_dir>/notes/`."""
 
@@ -109,15 +130,6 @@ class PublishNote:
 
     kind: str
     sitting: Sitting
-
-
-@dataclass(frozen=True, slots=True)
-class DirectMessage:
-    """A message for one person only, in the bot's direct chat with them (opened if
-    need be): links that must not be posted in the room."""
-
-    user_id: UserId
-    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +161,8 @@ class PollEvent:
     content: dict[str, Any]
 
 
-Effect = (React | Reply | Post | SaveNote | SaveLog | PublishNote | QueueIssue
-          | UpdateIssueBody | PollEvent | DirectMessage)
+Effect = (React | Reply | Post | CallTurn | DirectMessage | SaveNote | SaveLog | PublishNote
+          | QueueIssue | UpdateIssueBody | PollEvent)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -508,6 +520,8 @@ class JobKind(enum.StrEnum):
     ISSUE = "issue"  # `issue_ahead` before a sitting: open its GitHub issue
     ISSUE_BODY = "issue_body"  # the agenda changed: the issue's body follows
     ISSUE_POLL = "issue_poll"  # read the issue's comments for `!agenda`
+    TIME_UP = "time_up"  # the update round's current turn runs out
+    NUDGE = "nudge"  # `nudge` before a sitting: regulars without an update get a message
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,6 +536,7 @@ class Job:
     meeting_id: int | None = None
 
     item_id: int | None = None
+    user_id: str | None = None
     # When a job that failed may run again (its backoff); not part of its id.
     retry_at: datetime | None = None
 
@@ -535,6 +550,8 @@ class Job:
             return f"close:{self.meeting_id}"
         if self.kind is JobKind.OVERRUN:
             return f"overrun:{self.item_id}:{self.run_at.isoformat()}"
+        if self.kind is JobKind.TIME_UP:
+            return f"time_up:{self.meeting_id}:{self.user_id}:{self.run_at.isoformat()}"
         if self.kind is JobKind.UPKEEP:
             return f"upkeep:{self.run_at.isoformat()}"
         if self.kind in (JobKind.ISSUE_BODY, JobKind.ISSUE_POLL):
@@ -549,10 +566,11 @@ def plan_series(
     next_occurrence: Occurrence,
     decided_leads: set[int],
     owed_since: datetime,
-    *, issue_queued: bool = False,
+    *, issue_queued: bool = False, nudged: bool = False,
 ) -> list[Job]:
-    """The reminders and start of a series' next sitting that is not yet held, and the
-    opening of its GitHub issue unless that was queued already.
+    """The reminders and start of a series' next sitting that is not yet held, the
+    opening of its GitHub issue unless that was queued already, and its nudges unless
+    they were decided already.
 
     Reminders that fell due before `owed_since` (the bot's first start) are not owed.
     An issue is owed whenever: a bot started within `issue_ahead` opens it at once.
@@ -563,6 +581,9 @@ def plan_series(
     if github is not None and not issue_queued:
         jobs.append(Job(JobKind.ISSUE, elapsed(start, -github.issue_ahead), series.id,
                         start=start))
+    if series.nudge is not None and not nudged:
+        # Owed whenever: a bot started within `nudge` of the sitting nudges at once.
+        jobs.append(Job(JobKind.NUDGE, elapsed(start, -series.nudge), series.id, start=start))
     for lead in series.reminders:
         due = elapsed(start, -lead)
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
@@ -594,6 +615,12 @@ async def plan_jobs(
                 box_left = timedelta(minutes=item.minutes, seconds=-item.took_seconds)
                 jobs.append(Job(JobKind.OVERRUN, elapsed(item.item_started_at, box_left),
                                 meeting.series_id, meeting_id=meeting.id, item_id=item.id))
+        series_of_meeting = rooms.series(meeting.series_id)
+        update_round = await store.get_round(meeting.id)
+        if series_of_meeting is not None and update_round is not None and (
+                time_up := update_round.time_up_at(series_of_meeting.update_seconds)):
+            jobs.append(Job(JobKind.TIME_UP, time_up, meeting.series_id,
+                            meeting_id=meeting.id, user_id=update_round.current))
     for series in rooms.config.meetings:
         if series.id not in rooms.room_of_series:
             continue
@@ -606,8 +633,10 @@ async def plan_jobs(
                 scheduled = await store.find_scheduled(series.id, occurrence.start)
                 queued = (scheduled is not None
                           and await store.github_issue_queued(scheduled.id))
+            nudged = (series.nudge is not None
+                      and await store.nudges_decided(series.id, occurrence.start))
             jobs.extend(plan_series(series, occurrence, decided, owed_since,
-                                    issue_queued=queued))
+                                    issue_queued=queued, nudged=nudged))
     for meeting_id, _, _, body, body_at in await store.open_github_issues():
         held = await store.get_meeting(meeting_id)
         issue_series = rooms.series(held.series_id) if held is not None else None

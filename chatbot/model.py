@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import NewType
 
 RoomId = NewType("RoomId", str)
@@ -20,6 +20,22 @@ class EntryKind(enum.StrEnum):
     NOTE = "note"
     ACTION = "action"
     DECISION = "decision"
+
+
+class PassReason(enum.StrEnum):
+    """Why a quick update is a pass without text, when it is not a typed `!pass`."""
+
+    ON_CALL = "on_call"  # `!done`: spoke on the call without typing
+    TIME_UP = "time_up"  # the update round's turn ran out with nothing said
+
+
+class RoundOutcome(enum.StrEnum):
+    """How a person's place in an update round ended."""
+
+    SPOKE = "spoke"  # an update, a pass or `!done` in their turn
+    AHEAD = "ahead"  # done before their turn came: skipped, with a note
+    SKIPPED = "skipped"  # a chair's `!skip`
+    TIME_UP = "time_up"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +105,7 @@ class Entry:
     overrun_noted: bool = False
     dropped: bool = False
     carried_from: str | None = None
+    pass_reason: PassReason | None = None
 
     @property
     def visited(self) -> bool:
@@ -139,3 +156,38 @@ class LogLine:
     sent_at: datetime
     body: str
     edited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPlace:
+    """One person's place in an update round; `outcome` None: their turn has not ended."""
+
+    user_id: UserId
+    name: str
+    outcome: RoundOutcome | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRound:
+    """A meeting's update round: the order, whose turn it is, and since when.
+
+    `clock_at` is the homeserver's time of the message that started the current turn's
+    clock (None until that message is sent).
+    """
+
+    meeting_id: int
+    started_at: datetime
+    places: tuple[RoundPlace, ...]
+    current: UserId | None = None
+    clock_at: datetime | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.ended_at is None
+
+    def time_up_at(self, seconds: int) -> datetime | None:
+        """When the current turn's time is up (None: no turn, or its clock not started)."""
+        if not self.is_active or self.current is None or self.clock_at is None:
+            return None
+        return self.clock_at + timedelta(seconds=seconds)

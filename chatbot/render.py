@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
+from urllib.parse import quote
 from xml.etree import ElementTree as etree
 from zoneinfo import ZoneInfo
 
@@ -36,6 +37,7 @@ from chatbot.model import (
     LogLine,
     Meeting,
     MeetingRecord,
+    PassReason,
     Profile,
     RoomId,
     UserId,
@@ -419,6 +421,18 @@ def _agenda_bullet(entry: Entry) -> str:
     return f"**{escape_markdown(entry.sender_name)}**{estimate} {_said(entry.text)}"
 
 
+_PASS_TEXT = {None: "pass", PassReason.ON_CALL: "(spoke on the call)",
+              PassReason.TIME_UP: "no update"}
+
+
+def _quick_update(entry: Entry, started_at: datetime | None) -> str:
+    """An update's text, or what a pass was; marked when it came before the meeting."""
+    text = _PASS_TEXT[entry.pass_reason] if entry.kind is EntryKind.PASS else _said(entry.text)
+    if started_at is not None and entry.created_at < started_at:
+        return f"{text} (posted ahead)"
+    return text
+
+
 def minutes_taken(item: Entry) -> int:
     """Whole minutes an agenda item took; one at least, once the meeting reached it."""
     return max(1, round(item.took_seconds / 60))
@@ -513,8 +527,7 @@ def note_context(
         "code_of_conduct": code_of_conduct_line(links.get("code_of_conduct")),
         "roll_call": [roll_call_line(a.profile) for a in record.attendees],
         "updates": [
-            UpdateView(escaped_name(e.sender_name),
-                       "pass" if e.kind is EntryKind.PASS else _said(e.text))
+            UpdateView(escaped_name(e.sender_name), _quick_update(e, meeting.started_at))
             for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)
         ],
         "celebrations": [_said(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
@@ -725,6 +738,18 @@ def render_log(title: str, held_at: datetime, zone: ZoneInfo,
 def render_closed(title: str, path_hint: str) -> str:
     return (f"**{escape_markdown(title)}** is closed. "
             f"The note follows and is saved as `{path_hint}`.")
+
+
+def mention(user_id: str, name: str) -> str:
+    """A Matrix mention as markdown: a link to the person's matrix.to address (a "pill"
+    in clients). Only the bot writes these; chat text cannot, its `[` being escaped.
+    The id is percent-encoded but for `@` and `:`, so no character of it can end the
+    link early."""
+    address = "https://matrix.to/#/" + quote(user_id, safe="@:")
+    # Inline escapes only: a web link in the name stays text (a link inside a link
+    # would cut the pill in two).
+    shown = " ".join(clean_text(name).split()) or user_id
+    return f"[{_escape_inline(shown)}]({address})"
 
 
 def roll_call_profile(profile: Profile | None, display_name: str, user_id: str) -> Profile:

@@ -35,8 +35,12 @@ from chatbot.model import (
     LogLine,
     Meeting,
     MeetingRecord,
+    PassReason,
     Profile,
     RoomId,
+    RoundOutcome,
+    RoundPlace,
+    UpdateRound,
     UserId,
     VoteResult,
 )
@@ -333,13 +337,49 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             tokenize = 'unicode61 remove_diacritics 2'
         )
         """,
-        # The bot's own direct chat with a person, for links sent privately.
+    ),
+    (  # 9: the update round (`!round`), and why a quick update is a pass without text
         """
-        CREATE TABLE direct_partners (
-            user_id TEXT PRIMARY KEY,
-            room_id TEXT NOT NULL
+        CREATE TABLE update_rounds (
+            meeting_id INTEGER PRIMARY KEY REFERENCES meetings (id) ON DELETE CASCADE,
+            started_at TEXT NOT NULL,
+            ended_at TEXT,
+            current_user_id TEXT,
+            -- the homeserver's time of the message that started the current turn's clock
+            clock_at TEXT
         )
         """,
+        """
+        CREATE TABLE round_places (
+            meeting_id INTEGER NOT NULL
+                REFERENCES update_rounds (meeting_id) ON DELETE CASCADE,
+            position INTEGER NOT NULL,
+            user_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            outcome TEXT,
+            PRIMARY KEY (meeting_id, user_id)
+        )
+        """,
+        # 'on_call' (`!done`) or 'time_up' (the round's turn ran out) for a pass.
+        "ALTER TABLE entries ADD COLUMN pass_reason TEXT",
+        # Nudges before a sitting: decided once per sitting; who said `!nudge off`.
+        """
+        CREATE TABLE nudges (
+            series_id TEXT NOT NULL,
+            scheduled_start TEXT NOT NULL,
+            decided_at TEXT NOT NULL,
+            PRIMARY KEY (series_id, scheduled_start)
+        )
+        """,
+        """
+        CREATE TABLE nudge_opt_outs (
+            user_id TEXT PRIMARY KEY,
+            opted_out_at TEXT NOT NULL
+        )
+        """,
+        # Whom a direct chat is with, so a nudge finds it again.
+        "ALTER TABLE direct_rooms ADD COLUMN user_id TEXT",
+        "CREATE INDEX direct_rooms_by_user ON direct_rooms (user_id) WHERE user_id IS NOT NULL",
     ),
 )
 
@@ -441,7 +481,7 @@ def _poll_from_row(row: aiosqlite.Row) -> Poll:
 
 _ENTRY_COLUMNS = (
     "id, kind, sender, sender_name, text, minutes, event_id, created_at, item_id, assignee, "
-    "position, item_started_at, took_seconds, overrun_noted, dropped, carried_from"
+    "position, item_started_at, took_seconds, overrun_noted, dropped, carried_from, pass_reason"
 )
 
 
@@ -477,6 +517,7 @@ def _entry_from_row(row: aiosqlite.Row) -> Entry:
         overrun_noted=bool(row["overrun_noted"]),
         dropped=bool(row["dropped"]),
         carried_from=row["carried_from"],
+        pass_reason=PassReason(row["pass_reason"]) if row["pass_reason"] else None,
     )
 
 
@@ -618,13 +659,24 @@ class Store:
         return {RoomId(row["room_id"]) for row in await self._rows(
             "SELECT room_id FROM direct_rooms")}
 
-    async def touch_direct_room(self, room_id: RoomId, now: datetime) -> None:
-        """Someone used a direct chat: it is not idle. A chat forgotten by upkeep while
-        its leave was still queued is remembered again, which calls the leave off."""
+    async def touch_direct_room(self, room_id: RoomId, now: datetime,
+                                user_id: UserId | None = None) -> None:
+        """Someone (`user_id`, if known) used a direct chat: it is not idle. A chat
+        forgotten by upkeep while its leave was still queued is remembered again, which
+        calls the leave off."""
         await self._db.execute(
-            "INSERT INTO direct_rooms (room_id, joined_at, last_used_at) VALUES (?, ?, ?) "
-            "ON CONFLICT (room_id) DO UPDATE SET last_used_at = excluded.last_used_at",
-            (room_id, _stamp(now), _stamp(now)))
+            "INSERT INTO direct_rooms (room_id, joined_at, last_used_at, user_id) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (room_id) DO UPDATE SET "
+            "last_used_at = excluded.last_used_at, "
+            "user_id = coalesce(excluded.user_id, user_id)",
+            (room_id, _stamp(now), _stamp(now), user_id))
+
+    async def direct_room_of(self, user_id: UserId) -> RoomId | None:
+        """The direct chat with a person the bot knows of, the latest used."""
+        room_id = await self._scalar(
+            "SELECT room_id FROM direct_rooms WHERE user_id = ? "
+            "ORDER BY coalesce(last_used_at, joined_at) DESC LIMIT 1", user_id)
+        return RoomId(room_id) if room_id is not None else None
 
     async def direct_room_last_used(self, room_id: RoomId) -> datetime | None:
         """When a direct chat was last used (else joined); None for one not recorded."""
@@ -857,19 +909,22 @@ class Store:
         self, meeting_id: int, kind: EntryKind, sender: UserId, sender_name: str, text: str,
         minutes: int | None, event_id: EventId, now: datetime, *, item_id: int | None = None,
         assignee: str | None = None, carried_from: str | None = None,
-    ) -> None:
+        pass_reason: PassReason | None = None,
+    ) -> bool:
+        """Add an entry once (keyed by its event id); False if it was there already."""
         position = None
         if kind is EntryKind.AGENDA:
             position = await self._scalar(
                 "SELECT coalesce(max(position), 0) + 1 FROM entries "
                 "WHERE meeting_id = ? AND kind = 'agenda'", meeting_id)
-        await self._db.execute(
+        return await self._changes(
             "INSERT OR IGNORE INTO entries (meeting_id, kind, sender, sender_name, text, minutes, "
-            "event_id, created_at, item_id, assignee, position, carried_from) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (meeting_id, kind.value, sender, sender_name, text, minutes, event_id, _stamp(now),
-             item_id, assignee, position, carried_from),
-        )
+            "event_id, created_at, item_id, assignee, position, carried_from, pass_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            meeting_id, kind.value, sender, sender_name, text, minutes, event_id, _stamp(now),
+            item_id, assignee, position, carried_from,
+            pass_reason.value if pass_reason is not None else None,
+        ) == 1
 
     async def count_agenda(self, meeting_id: int) -> int:
         """Agenda items in a meeting, carried-over ones included."""
@@ -1164,16 +1219,136 @@ class Store:
         return [(int(r["meeting_id"]), r["user_id"], r["name"], bool(r["passed"]))
                 for r in rows]
 
-    async def direct_partner_room(self, user_id: UserId) -> RoomId | None:
-        room = await self._scalar(
-            "SELECT p.room_id FROM direct_partners p JOIN direct_rooms d USING (room_id) "
-            "WHERE p.user_id = ?", user_id)
-        return RoomId(room) if room is not None else None
+    async def arrivals_since(self, meeting_id: int, since: datetime) -> list[tuple[UserId, str]]:
+        """Who joined the roll call after `since` (id and roll-call name), in arrival order."""
+        rows = await self._rows(
+            "SELECT user_id, name FROM attendees WHERE meeting_id = ? AND arrived_at > ? "
+            "ORDER BY arrived_at, rowid", meeting_id, _stamp(since))
+        return [(UserId(row["user_id"]), row["name"]) for row in rows]
 
-    async def set_direct_partner(self, user_id: UserId, room_id: RoomId) -> None:
+    async def delete_timed_out(self, meeting_id: int, sender: UserId) -> None:
+        """Remove the "no update" the round recorded for `sender` when their time ran out."""
         await self._db.execute(
-            "INSERT INTO direct_partners (user_id, room_id) VALUES (?, ?) "
-            "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id", (user_id, room_id))
+            "DELETE FROM entries WHERE meeting_id = ? AND sender = ? AND kind = 'pass' "
+            "AND pass_reason = 'time_up'", (meeting_id, sender))
+
+    async def quick_update_senders(self, meeting_id: int) -> set[UserId]:
+        """Who gave a quick update or a pass in a meeting (in any form)."""
+        return {UserId(row["sender"]) for row in await self._rows(
+            "SELECT DISTINCT sender FROM entries WHERE meeting_id = ? "
+            "AND kind IN ('update', 'pass')", meeting_id)}
+
+    async def regulars(self, series_id: str, before: datetime, *, of_last: int = 4,
+                       at_least: int = 2) -> set[UserId]:
+        """Who is on at least `at_least` of the roll calls of the series' last `of_last`
+        sittings held before `before`."""
+        rows = await self._rows(
+            "SELECT user_id FROM attendees WHERE meeting_id IN ("
+            "  SELECT id FROM meetings WHERE series_id = ? AND started_at IS NOT NULL"
+            "  AND started_at < ? ORDER BY started_at DESC LIMIT ?"
+            ") GROUP BY user_id HAVING count(*) >= ?",
+            series_id, _stamp(before), of_last, at_least)
+        return {UserId(row["user_id"]) for row in rows}
+
+    # --- nudges -------------------------------------------------------------------------
+
+    async def decide_nudges(self, series_id: str, scheduled_start: datetime,
+                            now: datetime) -> bool:
+        """Note that a sitting's nudges are decided; False if they were before."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO nudges (series_id, scheduled_start, decided_at) "
+            "VALUES (?, ?, ?)", series_id, _stamp(scheduled_start), _stamp(now)) == 1
+
+    async def nudges_decided(self, series_id: str, scheduled_start: datetime) -> bool:
+        return await self._scalar(
+            "SELECT 1 FROM nudges WHERE series_id = ? AND scheduled_start = ?",
+            series_id, _stamp(scheduled_start)) == 1
+
+    async def set_nudges_wanted(self, user_id: UserId, wanted: bool, now: datetime) -> None:
+        if wanted:
+            await self._db.execute("DELETE FROM nudge_opt_outs WHERE user_id = ?", (user_id,))
+        else:
+            await self._db.execute(
+                "INSERT OR IGNORE INTO nudge_opt_outs (user_id, opted_out_at) VALUES (?, ?)",
+                (user_id, _stamp(now)))
+
+    async def nudge_opt_outs(self) -> set[UserId]:
+        return {UserId(row["user_id"]) for row in await self._rows(
+            "SELECT user_id FROM nudge_opt_outs")}
+
+    # --- the update round ---------------------------------------------------------------
+
+    async def start_round(self, meeting_id: int, now: datetime,
+                          places: Sequence[RoundPlace]) -> None:
+        """A new round for the meeting, replacing any earlier one."""
+        await self._db.execute("DELETE FROM update_rounds WHERE meeting_id = ?", (meeting_id,))
+        await self._db.execute(
+            "INSERT INTO update_rounds (meeting_id, started_at) VALUES (?, ?)",
+            (meeting_id, _stamp(now)))
+        for place in places:
+            await self.add_round_place(meeting_id, place)
+
+    async def add_round_place(self, meeting_id: int, place: RoundPlace) -> None:
+        """Add a person at the end of the round, once."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO round_places (meeting_id, position, user_id, name, outcome) "
+            "SELECT ?, coalesce(max(position), 0) + 1, ?, ?, ? FROM round_places "
+            "WHERE meeting_id = ?",
+            (meeting_id, place.user_id, place.name,
+             place.outcome.value if place.outcome is not None else None, meeting_id))
+
+    async def get_round(self, meeting_id: int) -> UpdateRound | None:
+        rows = await self._rows(
+            "SELECT started_at, ended_at, current_user_id, clock_at FROM update_rounds "
+            "WHERE meeting_id = ?", meeting_id)
+        if not rows:
+            return None
+        places = await self._rows(
+            "SELECT user_id, name, outcome FROM round_places WHERE meeting_id = ? "
+            "ORDER BY position", meeting_id)
+        row = rows[0]
+        return UpdateRound(
+            meeting_id=meeting_id,
+            started_at=datetime.fromisoformat(row["started_at"]),
+            places=tuple(RoundPlace(UserId(p["user_id"]), p["name"],
+                                    RoundOutcome(p["outcome"]) if p["outcome"] else None)
+                         for p in places),
+            current=UserId(row["current_user_id"]) if row["current_user_id"] else None,
+            clock_at=_instant(row["clock_at"]),
+            ended_at=_instant(row["ended_at"]),
+        )
+
+    async def active_rounds(self) -> list[UpdateRound]:
+        """Rounds not ended, in meetings still open."""
+        rows = await self._rows(
+            "SELECT r.meeting_id FROM update_rounds r JOIN meetings m ON m.id = r.meeting_id "
+            "WHERE r.ended_at IS NULL AND m.ended_at IS NULL ORDER BY r.meeting_id")
+        found = [await self.get_round(row["meeting_id"]) for row in rows]
+        return [found_round for found_round in found if found_round is not None]
+
+    async def set_round_outcome(self, meeting_id: int, user_id: UserId,
+                                outcome: RoundOutcome) -> None:
+        await self._db.execute(
+            "UPDATE round_places SET outcome = ? WHERE meeting_id = ? AND user_id = ?",
+            (outcome.value, meeting_id, user_id))
+
+    async def set_round_turn(self, meeting_id: int, user_id: UserId | None) -> None:
+        """Whose turn it is now; its clock starts when the turn's message is sent."""
+        await self._db.execute(
+            "UPDATE update_rounds SET current_user_id = ?, clock_at = NULL "
+            "WHERE meeting_id = ?", (user_id, meeting_id))
+
+    async def start_turn_clock(self, meeting_id: int, user_id: UserId, at: datetime) -> bool:
+        """Start the clock of `user_id`'s turn, if it is still theirs; False if not."""
+        return await self._changes(
+            "UPDATE update_rounds SET clock_at = ? WHERE meeting_id = ? "
+            "AND current_user_id = ? AND ended_at IS NULL", _stamp(at), meeting_id,
+            user_id) == 1
+
+    async def end_round(self, meeting_id: int, now: datetime) -> bool:
+        return await self._changes(
+            "UPDATE update_rounds SET ended_at = ?, current_user_id = NULL, clock_at = NULL "
+            "WHERE meeting_id = ? AND ended_at IS NULL", _stamp(now), meeting_id) == 1
 
     # --- the meeting's GitHub issue ---------------------------------------------------
 

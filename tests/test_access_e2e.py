@@ -1,5 +1,5 @@
-"""Who can reach the bot: configured rooms drive it, direct chats get help, other invites
-are declined unless the inviter is allowed."""
+"""Who can reach the bot: configured rooms drive it, direct chats get help (and take
+updates, see test_nudge_e2e), other invites are declined unless the inviter is allowed."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ async def test_a_direct_chat_gets_help_and_nothing_else(world: World) -> None:
     await world.grace.wait_for(bot_joined(world, direct))
     asked = await world.grace.say(direct, "!here")
     reply = await world.grace.wait_for(lambda e: is_reply(e, asked))
-    assert "commands work there, not in direct chats" in body_of(reply)
+    assert "commands work there. Here, `!update text` and `!pass` count" in body_of(reply)
     assert "`!here [Name / Affiliation / @handle]`" in body_of(reply)
     # Nothing was recorded: the meeting room's next meeting has nobody on its roll call.
     await world.chair.say(world.room_id, "!startmeeting")

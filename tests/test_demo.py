@@ -42,6 +42,12 @@ def test_the_demo_plays_a_whole_meeting_and_cleans_up(tmp_path: Path) -> None:
     assert "[Ada Lovelace] !here\n[Meeting Bot] ✅ on Ada Lovelace's message\n" in out
     assert ("[Grace Hopper] !here Grace Hopper / US Navy / @grace\n"
             "[Meeting Bot] ✅ on Grace Hopper's message\n") in out
+    # A short update round: Ada called with a mention, Grace passed over (her update came
+    # ahead), the chair last.
+    assert ("[Meeting Bot] Update round (3 people). @Ada Lovelace, your 60 seconds (1 of 3; "
+            "next: Sam (chair))\n") in out
+    assert "[Meeting Bot] Grace Hopper is done already (update posted). @Sam (chair)" in out
+    assert "[Meeting Bot] That was everyone: the update round is over.\n" in out
     assert "[Meeting Bot] (reply to Grace Hopper) Agenda for Demo Team Meeting" in out
     assert ("[Meeting Bot] (reply to Ada Lovelace) Sorry, the estimate must be between 1 "
             "and 600 minutes.") in out

@@ -140,7 +140,8 @@ async def test_undo_and_added_chairs(world: World) -> None:
     await ok(chair, room, f"!unchair {grace.user_id}")
     assert "Only chairs" in body_of(await answer(grace, room, "!endmeeting"))
     note = await closing_note(world)
-    assert "- **Ada:** first\n" in note and "second" not in note and "shipped" not in note
+    assert "- **Ada:** first (posted ahead)\n" in note
+    assert "second" not in note and "shipped" not in note
 
 
 async def test_an_item_past_its_time_box_is_noted_once(world: World) -> None:
@@ -184,7 +185,7 @@ async def test_edits_update_or_remove_what_a_command_recorded(world: World) -> N
     await grace.edit(room, update, "!update hijacked")  # not Grace's message: ignored
     await ok(world.chair, room, "!startmeeting")
     note = await closing_note(world)
-    assert "- **Ada:** shipped the parser\n" in note
+    assert "- **Ada:** shipped the parser (posted ahead)\n" in note
     assert "teh" not in note and "hijacked" not in note and "wrong room" not in note
     assert "- **Grace** (20 min) Right size\n" in note
 
@@ -200,7 +201,7 @@ async def test_redactions_remove_entries_but_not_when_a_bot_reaction_goes(world:
     await ok(chair, room, "!startmeeting")
     note = await closing_note(world)
     assert "hunter2" not in note
-    assert "- **Ada:** this stays\n" in note
+    assert "- **Ada:** this stays (posted ahead)\n" in note
 
 
 async def test_a_raised_hand_on_the_announcement_joins_the_roll_call(world: World) -> None:
@@ -249,7 +250,8 @@ async def test_a_room_upgrade_is_followed_with_the_meeting_history(world: World)
     mark = len(ada.events)
     await ok(chair, new_room, "!endmeeting")
     note = body_of(await ada.wait_for(bot_says(world, "## Roll call"), after=mark))
-    assert "- **Ada:** before the upgrade\n- **Ada:** after the upgrade\n" in note
+    assert ("- **Ada:** before the upgrade (posted ahead)\n"
+            "- **Ada:** after the upgrade (posted ahead)\n") in note
 
 
 async def test_the_running_bot_serves_its_calendar_health_and_metrics(

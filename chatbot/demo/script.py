@@ -102,6 +102,7 @@ def wrapped(text: str, first: str, indent: str) -> list[str]:
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _AUTOLINK = re.compile(r"<(https?://[^>\s]+)>")
+_MENTION = re.compile(r"\[([^\]]*)\]\(https://matrix\.to/#/[^)\s]*\)")
 _LINK = re.compile(r"\[([^\]]+)\]\((https?://[^)\s]+)\)")
 # A Matrix client shows a link as its text alone; in a terminal a long target (the
 # time-zone converter's) would outweigh the sentence around it, so it is left out.
@@ -111,6 +112,7 @@ LONG_LINK = 50
 def terminal_text(markdown: str) -> str:
     """The bot's markdown made easier on the eye in a terminal: no bold marks or link syntax."""
     text = _BOLD.sub(r"\1", markdown)
+    text = _MENTION.sub(r"@\1", text)  # a pill, as clients show one
     text = _AUTOLINK.sub(r"\1", text)
     return _LINK.sub(
         lambda link: link[1] if len(link[2]) > LONG_LINK else f"{link[1]} ({link[2]})", text)
@@ -377,9 +379,15 @@ class Demo:
         await self.command(ada, "!here")
         await self.command(grace, "!here Grace Hopper / US Navy / @grace")
         await self.command(chair, "!here")
+        note("the update round: the bot calls on each person in turn, with a mention")
+        await self.command(chair, "!round")
+        await self.expect(lambda e: self._calls(e, ada), "the bot calling on Ada")
         await self.command(ada, "!update Finished the Bernoulli numbers program\n"
                                 "Next: notes on the Analytical Engine")
+        await self.expect(lambda e: self._calls(e, chair), "the bot calling on the chair")
         await self.command(chair, "!pass")
+        await self.expect(lambda e: self._from_bot(e)
+                          and "the update round is over" in body_of(e), "the round's end")
         await self.command(ada, "!celebrate Release 2.0 is out!")
         await self.answer(grace, "!agenda")
         await self.answer(grace, "!when")
@@ -392,6 +400,11 @@ class Demo:
 
     def _from_bot(self, event: Event) -> bool:
         return event.get("sender") == self.bot_id and event.get("type") == "m.room.message"
+
+    def _calls(self, event: Event, person: Person) -> bool:
+        """A turn of the update round calling on `person` (mentioning them)."""
+        mentioned = (event.get("content") or {}).get("m.mentions") or {}
+        return self._from_bot(event) and person.user_id in mentioned.get("user_ids", [])
 
     async def command(self, person: Person, text: str) -> None:
         """Send a command and wait until the bot's ✅ on it reaches the observer."""

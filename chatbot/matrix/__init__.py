@@ -10,6 +10,8 @@ backs off; every other request to the homeserver goes through `chatbot.retry`.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from chatbot.bot import Clock
 from chatbot.config import Config
 from chatbot.matrix.encryption import Encryption, exchange_keys
@@ -89,11 +91,14 @@ class MatrixEdge:
     async def deliver(self, item: OutboxItem) -> str:
         return await self.sender.deliver(item)
 
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        return await self.rooms.open_direct(user_id)
+
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        return await self.sender.event_time(room_id, event_id)
+
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
         return await self.rooms.power_level(room_id, user_id)
 
     async def leave(self, room_id: RoomId) -> None:
         await self.rooms.leave(room_id)
-
-    async def open_direct_chat(self, user_id: UserId) -> RoomId:
-        return await self.rooms.open_direct_chat(user_id)

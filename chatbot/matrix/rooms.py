@@ -204,10 +204,10 @@ class RoomDirectory:
             if owed.retry_at <= now:
                 await self.join(room_id, owed.reason, direct=owed.direct, patience=0)
 
-    async def open_direct_chat(self, user_id: UserId) -> RoomId:
-        """A new direct chat with one person (invited, flagged direct), remembered like a
-        direct chat they opened. Unencrypted: the invitee has no session to share keys
-        with until they join. Raises DeliveryError."""
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        """Open a direct chat with a person: a private room they are invited to, flagged
+        direct so their client lists it with their direct messages. Unencrypted: the
+        invitee has no session to share keys with until they join. Raises DeliveryError."""
         try:
             created = await call_homeserver(
                 "opening a direct chat with " + user_id,
@@ -222,10 +222,6 @@ class RoomDirectory:
                                 permanent=not is_transient(created))
         room_id = RoomId(created.room_id)
         self.direct_rooms.add(room_id)
-        async with self.store.transaction():
-            await self.store.add_direct_room(room_id, self.clock())
-            await self.store.set_direct_partner(user_id, room_id)
-        log.info("opened direct chat %s with %s", room_id, user_id, extra={"room_id": room_id})
         return room_id
 
     async def leave(self, room_id: RoomId) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from nio import Api, AsyncClient, RoomSendResponse
+from nio import Api, AsyncClient, RoomGetEventResponse, RoomSendResponse
 
 from chatbot.bot import DeliveryError
 from chatbot.model import RoomId
@@ -50,6 +51,10 @@ def message_content(item: OutboxItem) -> tuple[str, dict[str, Any]]:
         relation.setdefault("m.in_reply_to", {"event_id": payload["thread_root"]})
     if relation:
         content["m.relates_to"] = relation
+    if payload.get("mentions") is not None:
+        # Intentional mentions (Matrix 1.7): the people named are pinged, nobody else;
+        # the pill in the HTML is what older clients go by.
+        content["m.mentions"] = {"user_ids": list(payload["mentions"])}
     return "m.room.message", content
 
 
@@ -87,3 +92,14 @@ class Sender:
             return ""  # this ✅ is already there: a re-send after an edit, or a retry
         permanent = response.status_code in _PERMANENT
         raise DeliveryError(f"{response.status_code} {response.message}", permanent=permanent)
+
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        """The homeserver's timestamp of an event (`origin_server_ts`), or DeliveryError."""
+        try:
+            response = await self.client.room_get_event(room_id, event_id)
+        except NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        if not isinstance(response, RoomGetEventResponse):
+            raise DeliveryError(f"{response.status_code} {response.message}", permanent=False)
+        stamp = response.event.source["origin_server_ts"]
+        return datetime.fromtimestamp(stamp / 1000, UTC)

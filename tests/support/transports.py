@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime
 
 from chatbot.model import RoomId, UserId
 from chatbot.store import OutboxItem
@@ -15,6 +16,8 @@ class RecordingTransport:
         self.power = dict(power or {})
         self.sent: list[OutboxItem] = []
         self.left: list[RoomId] = []
+        self.sent_at: datetime | None = None
+        self.opened: list[UserId] = []
 
     async def deliver(self, item: OutboxItem) -> str:
         self.sent.append(item)
@@ -22,6 +25,14 @@ class RecordingTransport:
 
     async def power_level(self, room_id: RoomId, user_id: UserId) -> float:
         return self.power.get(user_id, 0)
+
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        self.opened.append(user_id)
+        return RoomId(f"!direct-{len(self.opened)}:example.org")
+
+    async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
+        """When the homeserver would have stamped an event: `sent_at`, else now."""
+        return self.sent_at or datetime.now(UTC)
 
     async def leave(self, room_id: RoomId) -> None:
         self.left.append(room_id)

@@ -38,12 +38,13 @@ def parsed(body: str, prefix: str = "!") -> Any:
 
 def test_the_registry_is_the_documented_command_set() -> None:
     names = [spec.name for spec in REGISTRY]
-    assert names == ["help", "when", "iam", "here", "update", "pass", "celebrate", "agenda",
-                     "next", "item", "note", "action", "agreed", "vote", "undo", "chair",
-                     "unchair", "startmeeting", "endmeeting", "archive"]
+    assert names == ["help", "when", "iam", "here", "update", "pass", "done", "celebrate",
+                     "agenda", "next", "item", "note", "action", "agreed", "vote", "undo", "round",
+                     "skip", "nudge", "chair", "unchair", "startmeeting", "endmeeting",
+                     "archive"]
     assert {alias for spec in REGISTRY for alias in spec.aliases} == {"report", "decision"}
     assert {spec.name for spec in REGISTRY if spec.chair_only} == {
-        "next", "item", "chair", "unchair", "startmeeting", "endmeeting"}
+        "next", "item", "round", "skip", "chair", "unchair", "startmeeting", "endmeeting"}
 
 
 @pytest.mark.parametrize(
