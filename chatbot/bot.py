@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeGuard
 
 from chatbot.commands import (
@@ -38,16 +38,22 @@ from chatbot.meetings import (
     Post,
     PublishNote,
     QueueIssue,
+    QueuePage,
     React,
+    ReadPageBack,
     Reply,
     Rooms,
     SaveNote,
     UpdateIssueBody,
+    WritePageRegions,
+    note_effects,
     plan_jobs,
     resolve_target,
     run_close,
     run_issue,
     run_issue_body,
+    run_notes_page,
+    run_notes_regions,
     run_overrun,
     run_reminder,
     run_start,
@@ -59,6 +65,9 @@ from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
     GITHUB_ISSUE_BODY,
+    HACKMD_FINAL,
+    HACKMD_NOTE,
+    HACKMD_REGIONS,
     PUBLISH_KINDS,
     TARGET_KINDS,
     PublishFailed,
@@ -67,6 +76,7 @@ from chatbot.publish import (
 )
 from chatbot.publish.github import Comment, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
+from chatbot.publish.notes_page import FINAL_WAIT, HackMDPages, MakePage
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import escape_markdown, message_parts, roll_call_profile
 from chatbot.retry import backoff_delay
@@ -128,11 +138,15 @@ HAND_RAISES = frozenset({"\u270b", "\U0001f64b"})
 
 
 class DeliveryError(Exception):
-    """Sending failed. `permanent` means retrying the same request cannot succeed."""
+    """Sending failed. `permanent` means retrying the same request cannot succeed;
+    `retry_at`, when known (a service's rate-limit reset), is the earliest a retry may
+    go, however short the backoff."""
 
-    def __init__(self, message: str, *, permanent: bool) -> None:
+    def __init__(self, message: str, *, permanent: bool,
+                 retry_at: datetime | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.retry_at = retry_at
 
 
 class HomeserverUnavailable(Exception):
@@ -213,7 +227,8 @@ def publish_failures_as_delivery_errors() -> Iterator[None]:
     try:
         yield
     except PublishFailed as error:
-        raise DeliveryError(str(error), permanent=error.permanent) from error
+        raise DeliveryError(str(error), permanent=error.permanent,
+                            retry_at=error.retry_at) from error
 
 
 def _reply_payload(text: str, html: str, in_reply_to: EventId | None,
@@ -263,6 +278,17 @@ class MeetingBot:
         self._chairs_notices[GITHUB_ISSUE] = self._issue_notice
         # Not told when it fails: the agenda's next change writes the body again.
         self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
+        # The HackMD page's jobs: made ahead, regions rewritten, read back at the close.
+        self._pages = next((target for target in targets
+                            if isinstance(target, HackMDPages)), None)
+        self._carriers[HACKMD_NOTE] = self._make_page
+        self._chairs_notices[HACKMD_NOTE] = self._page_notice
+        # Not told when it fails: the next change writes again, and the close tells.
+        self._carriers[HACKMD_REGIONS] = self._write_page_regions
+        self._chairs_notices[HACKMD_REGIONS] = lambda item, error, failure: None
+        # Never fails for good: past FINAL_WAIT the note is the bot's own (and told).
+        self._carriers[HACKMD_FINAL] = self._read_page_back
+        self._chairs_notices[HACKMD_FINAL] = lambda item, error, failure: None
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -518,7 +544,9 @@ class MeetingBot:
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
         # With GitHub issues, any command may change an agenda an issue shows.
-        if self._issues is not None or any(isinstance(effect, Post) for effect in effects):
+        # With GitHub issues or HackMD pages, any command may change what they show.
+        if (self._issues is not None or self._pages is not None
+                or any(isinstance(effect, Post) for effect in effects)):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -621,6 +649,17 @@ class MeetingBot:
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
                         "number": number, "body": body}, now)
+                case QueuePage(page_job):
+                    await self.store.enqueue(room_id, HACKMD_NOTE, page_job.payload(), now)
+                case WritePageRegions(series_id, meeting_id, note_id, regions):
+                    await self.store.enqueue(room_id, HACKMD_REGIONS, {
+                        "series": series_id, "meeting_id": meeting_id, "note_id": note_id,
+                        "regions": dict(regions)}, now)
+                case ReadPageBack(sitting, meeting_id, note_id, regions, path, not_before):
+                    await self.store.enqueue(room_id, HACKMD_FINAL, {
+                        "sitting": sitting.payload(), "meeting_id": meeting_id,
+                        "note_id": note_id, "regions": dict(regions),
+                        "path": path.as_posix()}, now, not_before=not_before)
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -695,6 +734,120 @@ class MeetingBot:
         if self._issues is None:
             raise DeliveryError("`publish.github` is no longer in the config", permanent=True)
         return self._issues
+
+    # --- the HackMD page ---------------------------------------------------------------
+
+    def _hackmd_pages(self) -> HackMDPages:
+        if self._pages is None:
+            raise DeliveryError("`publish.hackmd` is no longer in the config", permanent=True)
+        return self._pages
+
+    def _count_hackmd_calls(self) -> None:
+        if self._pages is not None:
+            self.metrics.hackmd_calls(self._pages.calls_made, self._pages.calls_left)
+
+    async def _make_page(self, item: OutboxItem) -> str:
+        """Make a sitting's HackMD page (or find it again) and remember it and its link."""
+        job = MakePage.from_payload(item.payload)
+        meeting = await self.store.read.get_meeting(job.meeting_id)
+        if meeting is None or meeting.ended_at is not None:
+            return "the sitting is over"
+        if (page := await self.store.read.hackmd_note(job.meeting_id)) is not None:
+            return page.url
+        try:
+            with publish_failures_as_delivery_errors():
+                made = await self._hackmd_pages().make(job)
+        finally:
+            self._count_hackmd_calls()
+        async with self.store.transaction():
+            await self.store.set_hackmd_note(job.meeting_id, made.note_id, made.url,
+                                             sorted(made.placed), job.regions, self.clock())
+        log.info("the HackMD page of meeting %s is %s", job.meeting_id, made.url,
+                 extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
+        # Its regions may have changed since the job was queued: plan their write.
+        self.on_schedule_change()
+        return made.url
+
+    async def _write_page_regions(self, item: OutboxItem) -> str:
+        """Rewrite the page's regions, unless newer ones were queued since (an older job
+        retried late must not undo a newer one) or the meeting closed meanwhile (the
+        close's read-back writes them)."""
+        payload = item.payload
+        page = await self.store.read.hackmd_note(payload["meeting_id"])
+        if page is None or page.regions != payload["regions"] or page.final_text is not None:
+            return "superseded"
+        meeting = await self.store.read.get_meeting(page.meeting_id)
+        if meeting is None or meeting.ended_at is not None:
+            return "superseded"
+        try:
+            with publish_failures_as_delivery_errors():
+                placed = await self._hackmd_pages().write(
+                    payload["series"], payload["note_id"], payload["regions"], page.placed)
+        finally:
+            self._count_hackmd_calls()
+        if placed != page.placed:
+            async with self.store.transaction():
+                await self.store.set_hackmd_placed(page.meeting_id, placed)
+        return payload["note_id"]
+
+    async def _read_page_back(self, item: OutboxItem) -> str:
+        """Read the page back at the close, and queue the note that is that page: posted,
+        saved and published, in the transaction that keeps it. HackMD unreadable past
+        FINAL_WAIT, or refusing for good: the note is the bot's own, and the chairs are
+        told."""
+        payload = item.payload
+        meeting_id = payload["meeting_id"]
+        sitting = Sitting.from_payload(payload["sitting"])
+        page = await self.store.read.hackmd_note(meeting_id)
+        if page is None or page.final_text is not None:
+            return "kept before"
+        source, notice = "page", None
+        try:
+            try:
+                text = await self._hackmd_pages().read_back(
+                    sitting.series_id, payload["note_id"], payload["regions"], page.placed)
+            finally:
+                self._count_hackmd_calls()
+        except (PublishFailed, DeliveryError) as error:
+            waited = self.clock() - item.created_at
+            if not error.permanent and waited < FINAL_WAIT:
+                raise DeliveryError(str(error), permanent=False,
+                                    retry_at=getattr(error, "retry_at", None)) from error
+            log.error("could not read the HackMD page of meeting %s back: %s; the note is "
+                      "the bot's own", meeting_id, error,
+                      extra={"room_id": item.room_id, "meeting_id": meeting_id})
+            text, source = sitting.text, "bot"
+            notice = (f"**Chairs:** I could not read the meeting's HackMD page back "
+                      f"({escape_markdown(str(error))}), so the note below is my own record "
+                      "of the meeting, without what was typed on the page. The page "
+                      "itself is unchanged.")
+        series = self.rooms.series(sitting.series_id)
+        async with self.store.transaction():
+            now = self.clock()
+            if not await self.store.set_hackmd_final(meeting_id, text, source):
+                return "kept before"
+            final = replace(sitting, text=text)
+            effects: list[Effect] = [Post(item.room_id, notice)] if notice else []
+            if series is not None:
+                effects += note_effects(series, item.room_id, PurePosixPath(payload["path"]),
+                                        final)
+            await self._record(effects, item.room_id, None, now)
+        self._outbox_ready.set()
+        log.info("the note of meeting %s is %s", meeting_id,
+                 "the HackMD page read back" if source == "page" else "the bot's own",
+                 extra={"room_id": item.room_id, "meeting_id": meeting_id})
+        return source
+
+    def _page_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
+        """Told once, when making the page failed for good or for too long."""
+        if failure is Failure.RETRYING:
+            return None
+        job = MakePage.from_payload(item.payload)
+        where = escape_markdown(self._pages.label(job.series_id)
+                                if self._pages is not None else "HackMD")
+        return (f"**Chairs:** I could not make the notes page of the meeting on {job.name} "
+                f"on {where}: {escape_markdown(error)}. The meeting goes ahead without it, "
+                "and its note is my own record, as without HackMD.")
 
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
@@ -775,12 +928,18 @@ class MeetingBot:
                     await self._take_comments(job.meeting_id, polled, now)
                 elif job.kind is JobKind.ISSUE_BODY and job.meeting_id is not None:
                     effects = await run_issue_body(self.store, self.rooms, job.meeting_id, now)
+                elif job.kind is JobKind.NOTES_REGIONS and job.meeting_id is not None:
+                    effects = await run_notes_regions(self.store, self.rooms, job.meeting_id,
+                                                      now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:
                     if job.kind is JobKind.ISSUE:
                         effects = await run_issue(self.store, self.rooms, series, job.start,
                                                   now)
+                    elif job.kind is JobKind.NOTES_PAGE:
+                        effects = await run_notes_page(self.store, self.rooms, series,
+                                                       job.start, now)
                     elif job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:
@@ -878,7 +1037,7 @@ class MeetingBot:
                     result = await carrier(item)
             except DeliveryError as error:
                 if not error.permanent:
-                    await self._retry_later(item, str(error))
+                    await self._retry_later(item, str(error), error.retry_at)
                     return progressed, None
                 self.metrics.error("delivery")
                 log.error("giving up on outbox item %s (%s) for %s: %s", item.id, item.kind,
@@ -899,7 +1058,8 @@ class MeetingBot:
                             item.kind, item.attempts)
         return progressed, None
 
-    async def _retry_later(self, item: OutboxItem, error: str) -> None:
+    async def _retry_later(self, item: OutboxItem, error: str,
+                           retry_at: datetime | None = None) -> None:
         """Back off before the job's next attempt, or park it once it has failed too long.
 
         The first failure and the parking are logged; a note that cannot be saved is
@@ -917,7 +1077,9 @@ class MeetingBot:
                 await self._tell_chairs(item, error, Failure.PARKED, now)
                 return
             delay = backoff_delay(item.attempts + 1, cap=self.jobs.retry_cap.total_seconds())
-            await self.store.mark_retry(item.id, error, now + timedelta(seconds=delay))
+            # Never before the service said it would answer again (a rate limit's reset).
+            next_at = max(now + timedelta(seconds=delay), retry_at or now)
+            await self.store.mark_retry(item.id, error, next_at)
             if item.attempts == 0:
                 self.metrics.error("delivery")
                 log.warning("outbox item %s (%s) for %s failed (%s); retrying with backoff "
