@@ -398,7 +398,7 @@ async def close_meeting(
             else None)
     if page is not None and page.final_text is None:
         # The note is the page as the team leaves it: posted once it is read back.
-        regions = await regions_of(store, series, closed, page.regions)
+        regions = await regions_of(store, series, closed, page.regions, final=True)
         last_write = page.regions_at or now
         return [Post(meeting.room_id, closing), ReadPageBack(
             sitting, meeting.id, page.note_id, regions, path,
@@ -417,12 +417,23 @@ def note_effects(series: MeetingConfig, room_id: RoomId, path: PurePosixPath,
     ]
 
 
+async def page_links(store: Store, series: MeetingConfig, meeting: Meeting, *,
+                     final: bool = False) -> dict[str, str | None]:
+    """The links the sitting's HackMD page shows: not its own while people are on it
+    (nor the static one it replaces); the final note links the page."""
+    links = await sitting_links(store, series, meeting)
+    if not final:
+        links["notes"] = None
+    return links
+
+
 async def regions_of(store: Store, series: MeetingConfig, meeting: Meeting,
-                     previous: Mapping[str, str] | None) -> dict[str, str]:
+                     previous: Mapping[str, str] | None, *,
+                     final: bool = False) -> dict[str, str]:
     """The bot's regions of the sitting's HackMD page as the meeting stands now."""
     record = await store.record(meeting)
     regions = page_regions(record, series.timezone,
-                           await sitting_links(store, series, meeting))
+                           await page_links(store, series, meeting, final=final))
     return keep_removed_items(previous, regions)
 
 
@@ -701,7 +712,7 @@ async def run_notes_page(
     if meeting.started_at is not None or not await store.queue_hackmd_note(meeting.id, now):
         return []
     record = await store.record(meeting)
-    links = await sitting_links(store, series, meeting)
+    links = await page_links(store, series, meeting)
     day = start.astimezone(series.timezone).date()
     log.info("making the HackMD page of %s at %s", series.id, start,
              extra={"room_id": room_id, "meeting_id": meeting.id})

@@ -123,9 +123,10 @@ def page_content(record: MeetingRecord, zone: ZoneInfo, links: dict[str, str | N
     view = note_context(record, zone, links)
     view.update(
         links=[(_stand_in("links"), "")], roll_call=[_stand_in("roll-call")],
-        updates=[UpdateView(_stand_in("updates"), "")],
+        updates=[UpdateView(_stand_in("updates"), _stand_in("updates"))],
         celebrations=[_stand_in("celebrations")],
-        agenda=[ItemView(_stand_in("agenda"), "", "", None, ())],
+        agenda=[ItemView(_stand_in("agenda"), _stand_in("agenda"), _stand_in("agenda"),
+                         None, ())],
         notes=[_stand_in("notes")], actions=[ActionGroup(_stand_in("actions"), ())],
         decisions=[_stand_in("decisions")])
     try:
