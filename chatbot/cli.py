@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     publish = with_config(
         "publish", "publish a held meeting's note again to the targets under its `publish:` "
                    "(the git archive, the GitHub issue), for example after fixing a remote, "
-                   "key or token; safe to "
+                   "key or token; the note is the one kept at the close (with HackMD, the "
+                   "page as read back); safe to "
                    "repeat, and beside a running bot: a note already there is left alone")
     publish.add_argument("meeting_id", metavar="MEETING_ID",
                          help="the meeting's `id` in the config")
