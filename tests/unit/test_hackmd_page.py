@@ -15,12 +15,15 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from chatbot.app import archive_dir, database_path
 from chatbot.bot import IncomingMessage, MeetingBot
+from chatbot.cli import print_note, publish_again
 from chatbot.config import ConfigError, parse_config
 from chatbot.meetings import JobKind, Rooms, final_note_of
 from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.publish import HACKMD_FINAL, HACKMD_NOTE, PublishFailed
+from chatbot.publish.git import GitArchive
 from chatbot.publish.hackmd import final_note, find_regions
 from chatbot.publish.notes_page import (
     AGENDA_END,
@@ -36,6 +39,7 @@ from chatbot.store import Store
 from tests.support.clock import ManualClock
 from tests.support.hackmd_contract import HackMDContract
 from tests.support.transports import RecordingTransport
+from tests.unit.test_git_archive import bare_remote, commits, committed
 
 ROOM = RoomId("!room:example.org")
 CHAIR = UserId("@chair:example.org")
@@ -548,3 +552,48 @@ def test_bad_hackmd_settings_name_the_key(settings: dict[str, Any], message: str
         parse_config(data)
     assert f"meetings[0].{message}" in str(raised.value)
     assert "\n" not in str(raised.value) and "hmd abc" not in str(raised.value)
+
+
+async def test_the_archive_chatbot_notes_and_chatbot_publish_all_get_the_page_read_back(
+        tmp_path: Path, hackmd: HackMDContract, clock: ManualClock,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    remote = bare_remote(tmp_path)
+    data = config_data(hackmd.api_url)
+    data["data_dir"] = str(tmp_path / "data")
+    data["meetings"][0]["publish"]["git"] = {"remote": remote.as_uri(), "path": "{date}.md",
+                                             "mode": "file"}
+    config = parse_config(data)
+    config.data_dir.mkdir()
+    store = await Store.open(database_path(config))
+    pages = HackMDPages(config, clock=clock, environ={"HACKMD_TOKEN": hackmd.token})
+    transport = RecordingTransport({CHAIR: 100})
+    bot = MeetingBot(Rooms(config, {"team": ROOM}), store, config.data_dir / "notes",
+                     transport, clock=clock, metrics=Metrics(clock),
+                     targets=[pages, GitArchive(config, archive_dir(config), clock=clock)])
+    harness = Harness(bot, transport, clock, pages)
+    try:
+        await harness.say("!agenda (10 min) Release plan", "a1")
+        page = await made_page(harness, hackmd)
+        clock.now = START
+        await harness.run(JobKind.START)
+        await harness.say("!here", "h1", ADA)
+        hackmd.human_edit(page.id, lambda text: under_item(text, 1, HUMAN_BULLET))
+        await harness.say("!endmeeting", "e1")
+        await harness.drain()
+        await harness.drain()
+    finally:
+        await store.close()
+    note = final_note(page.content).strip("\n") + "\n"
+    assert HUMAN_BULLET in note
+    archived = committed(remote, "2026-06-18.md")
+    assert HUMAN_BULLET in archived and note.strip() in archived
+    assert len(commits(remote)) == 1
+
+    assert await print_note(config, "team", None) == 0
+    assert capsys.readouterr().out == note
+    monkeypatch.setenv("HACKMD_TOKEN", hackmd.token)
+    calls = len(hackmd.calls)
+    assert await publish_again(config, "team", None) == 0
+    assert "the note of 2026-06-18 is in the git archive" in capsys.readouterr().out
+    assert len(commits(remote)) == 1  # there already: nothing twice
+    assert len(hackmd.calls) == calls  # the kept note; the page is not read again
