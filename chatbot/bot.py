@@ -810,7 +810,8 @@ class MeetingBot:
                 self._count_hackmd_calls()
         except (PublishFailed, DeliveryError) as error:
             waited = self.clock() - item.created_at
-            if not error.permanent and waited < FINAL_WAIT:
+            # Well before the outbox would park the job: the note must go out.
+            if not error.permanent and waited < min(FINAL_WAIT, self.jobs.park_after / 2):
                 raise DeliveryError(str(error), permanent=False,
                                     retry_at=getattr(error, "retry_at", None)) from error
             log.error("could not read the HackMD page of meeting %s back: %s; the note is "

@@ -621,11 +621,13 @@ async def run_reminder(
 
 async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
                         meeting: Meeting) -> str:
-    """The body of a sitting's GitHub issue, with its agenda as it is now."""
+    """The body of a sitting's GitHub issue, with its agenda as it is now (and its
+    HackMD page as its notes link, once made)."""
     start = meeting.held_at
     agenda = (await store.record(meeting)).agenda
+    links = await sitting_links(store, series, meeting)
     return issue_body(title=series.title, start=start, zone=series.timezone,
-                      duration=series.duration, links=links_of(series), agenda=agenda,
+                      duration=series.duration, links=links, agenda=agenda,
                       room=series.room, prefix=rooms.config.command_prefix)
 
 

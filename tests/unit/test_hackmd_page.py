@@ -17,7 +17,7 @@ import pytest
 
 from chatbot.app import archive_dir, database_path
 from chatbot.bot import IncomingMessage, MeetingBot
-from chatbot.cli import print_note, publish_again
+from chatbot.cli import check_online, print_note, publish_again
 from chatbot.config import ConfigError, parse_config
 from chatbot.meetings import JobKind, Rooms, final_note_of
 from chatbot.metrics import Metrics
@@ -25,6 +25,7 @@ from chatbot.model import EventId, RoomId, UserId
 from chatbot.publish import HACKMD_FINAL, HACKMD_NOTE, PublishFailed
 from chatbot.publish.git import GitArchive
 from chatbot.publish.hackmd import final_note, find_regions
+from chatbot.publish.issue import GitHubIssues
 from chatbot.publish.notes_page import (
     AGENDA_END,
     FINAL_WAIT,
@@ -37,6 +38,7 @@ from chatbot.publish.notes_page import (
 from chatbot.render import render_note, sample_record
 from chatbot.store import Store
 from tests.support.clock import ManualClock
+from tests.support.github_contract import GitHubContract
 from tests.support.hackmd_contract import HackMDContract
 from tests.support.transports import RecordingTransport
 from tests.unit.test_git_archive import bare_remote, commits, committed
@@ -597,3 +599,60 @@ async def test_the_archive_chatbot_notes_and_chatbot_publish_all_get_the_page_re
     assert "the note of 2026-06-18 is in the git archive" in capsys.readouterr().out
     assert len(commits(remote)) == 1  # there already: nothing twice
     assert len(hackmd.calls) == calls  # the kept note; the page is not read again
+
+
+async def test_chatbot_check_online_tries_the_hackmd_token(
+        hackmd: HackMDContract, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config(config_data(hackmd.api_url))
+    monkeypatch.setenv("HACKMD_TOKEN", hackmd.token)
+    assert await check_online(config) == 0
+    assert "team: HackMD (team jupyterhub): the token (chatbot-tester) may make notes in " \
+           "team jupyterhub" in capsys.readouterr().out
+    monkeypatch.setenv("HACKMD_TOKEN", "hmd-revoked")
+    assert await check_online(config) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: HackMD refused the API token from $HACKMD_TOKEN (401)" in out
+    assert "hmd-revoked" not in out
+    assert [call.method for call in hackmd.calls] == ["GET", "GET"]  # changed nothing
+
+
+async def test_with_a_github_issue_too_the_issue_and_its_closing_comment_link_the_page(
+        tmp_path: Path, hackmd: HackMDContract, clock: ManualClock) -> None:
+    async with GitHubContract(clock=clock) as github:
+        github.add_repo("jupyterhub/team-compass")
+        data = config_data(hackmd.api_url)
+        data["meetings"][0]["publish"]["github"] = {
+            "repo": "jupyterhub/team-compass", "token_env": "GH_TOKEN", "api_url": github.url}
+        config = parse_config(data)
+        store = await Store.open(tmp_path / "bot.db")
+        transport = RecordingTransport({CHAIR: 100})
+        pages = HackMDPages(config, clock=clock, environ={"HACKMD_TOKEN": hackmd.token})
+        issues = GitHubIssues(config, clock=clock, environ={"GH_TOKEN": github.token})
+        bot = MeetingBot(Rooms(config, {"team": ROOM}), store, tmp_path / "notes", transport,
+                         clock=clock, metrics=Metrics(clock), targets=[issues, pages])
+        harness = Harness(bot, transport, clock, pages)
+        try:
+            clock.now = START - timedelta(days=2)
+            await harness.run(JobKind.ISSUE)
+            await harness.drain()
+            page = await made_page(harness, hackmd)
+            url = await store.read.hackmd_url(1)
+            [issue] = github.repos["jupyterhub/team-compass"].issues.values()
+            assert f"- **Notes:** <{url}>" not in issue.body  # opened before the page
+            clock.now += timedelta(minutes=1)
+            assert await harness.run(JobKind.ISSUE_BODY)
+            await harness.drain()
+            assert f"- **Notes:** <{url}>" in issue.body
+            # The page links the issue, the issue links the page.
+            assert f"/issues/{issue.number}>" in page.content
+            clock.now = START
+            await harness.run(JobKind.START)
+            hackmd.human_edit(page.id, lambda text: text + "\nDiscussed on the page.\n")
+            await harness.say("!endmeeting", "e1")
+            await harness.drain()
+            await harness.drain()
+            [comment] = issue.comments
+            assert "Discussed on the page." in comment.body and url in comment.body
+        finally:
+            await store.close()
