@@ -17,7 +17,7 @@ import pytest
 
 from chatbot.app import archive_dir, database_path
 from chatbot.bot import IncomingMessage, MeetingBot
-from chatbot.cli import check_online, print_note, publish_again
+from chatbot.cli import check, check_online, print_note, publish_again
 from chatbot.config import ConfigError, parse_config
 from chatbot.meetings import JobKind, Rooms, final_note_of
 from chatbot.metrics import Metrics
@@ -656,3 +656,12 @@ async def test_with_a_github_issue_too_the_issue_and_its_closing_comment_link_th
             assert "Discussed on the page." in comment.body and url in comment.body
         finally:
             await store.close()
+
+
+def test_chatbot_check_says_where_the_page_is_made(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    config = parse_config(config_data("https://api.hackmd.io/v1"))
+    assert check(config, Path("config.yaml")) == 0
+    assert "  makes a HackMD page 1d ahead in team jupyterhub (https://api.hackmd.io/v1; " \
+           "read: guest, write: signed_in); the note is the page read back at the close" \
+           in capsys.readouterr().out
