@@ -543,7 +543,6 @@ class MeetingBot:
         self._outbox_ready.set()
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
-        # With GitHub issues, any command may change an agenda an issue shows.
         # With GitHub issues or HackMD pages, any command may change what they show.
         if (self._issues is not None or self._pages is not None
                 or any(isinstance(effect, Post) for effect in effects)):

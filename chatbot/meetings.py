@@ -126,7 +126,7 @@ class WritePageRegions:
 class ReadPageBack:
     """At the close of a sitting with a HackMD page: write its regions a last time, read
     it back, and post, save and publish that as the note (the `hackmd_final` job).
-    `fallback` is the bot's own note, used when HackMD stays unreadable; the job waits
+    `sitting` carries the bot's own note, used when HackMD stays unreadable; the job waits
     until `not_before`, so the page is written at most once a minute."""
 
     sitting: Sitting
