@@ -20,6 +20,7 @@ from chatbot.model import RoomId
 from chatbot.publish import Target
 from chatbot.publish.git import GitArchive
 from chatbot.publish.issue import GitHubIssues
+from chatbot.publish.notes_page import HackMDPages
 from chatbot.scheduler import JobScheduler
 from chatbot.store import Store
 from chatbot.supervise import supervise
@@ -57,6 +58,8 @@ def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
         targets.append(GitArchive(config, archive_dir(config), clock=clock, github=github))
     if github is not None:
         targets.append(github)
+    if any(series.publish.hackmd is not None for series in config.meetings):
+        targets.append(HackMDPages(config, clock=clock))
     return targets
 
 

@@ -15,9 +15,10 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeGuard
 
+from chatbot.archive import note_sections
 from chatbot.commands import (
     Context,
     Invocation,
@@ -41,23 +42,29 @@ from chatbot.meetings import (
     Post,
     PublishNote,
     QueueIssue,
+    QueuePage,
     React,
+    ReadPageBack,
     Reply,
     Rooms,
     SaveLog,
     SaveNote,
     UpdateIssueBody,
+    WritePageRegions,
     compile_log,
     end_poll,
     forget_in_log,
     keep_in_log,
     logging_sitting,
     logs_room,
+    note_effects,
     plan_jobs,
     resolve_target,
     run_close,
     run_issue,
     run_issue_body,
+    run_notes_page,
+    run_notes_regions,
     run_overrun,
     run_reminder,
     run_start,
@@ -72,6 +79,9 @@ from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
     GITHUB_ISSUE_BODY,
+    HACKMD_FINAL,
+    HACKMD_NOTE,
+    HACKMD_REGIONS,
     PUBLISH_KINDS,
     TARGET_KINDS,
     PublishFailed,
@@ -80,6 +90,7 @@ from chatbot.publish import (
 )
 from chatbot.publish.github import Comment, Issue, Polled
 from chatbot.publish.issue import GitHubIssues, OpenIssue
+from chatbot.publish.notes_page import FINAL_WAIT, HackMDPages, MakePage
 from chatbot.recurrence import ReminderDecision, format_duration
 from chatbot.render import (
     escape_markdown,
@@ -373,6 +384,17 @@ class MeetingBot:
         self._carriers[POLL_END] = self._end_poll
         # Not told when it fails: the agenda's next change writes the body again.
         self._carriers[GITHUB_ISSUE_BODY] = self._update_issue_body
+        # The HackMD page's jobs: made ahead, regions rewritten, read back at the close.
+        self._pages = next((target for target in targets
+                            if isinstance(target, HackMDPages)), None)
+        self._carriers[HACKMD_NOTE] = self._make_page
+        self._chairs_notices[HACKMD_NOTE] = self._page_notice
+        # Not told when it fails: the next change writes again, and the close tells.
+        self._carriers[HACKMD_REGIONS] = self._write_page_regions
+        self._chairs_notices[HACKMD_REGIONS] = lambda item, error, failure: None
+        # Never fails for good: past FINAL_WAIT the note is the bot's own (and told).
+        self._carriers[HACKMD_FINAL] = self._read_page_back
+        self._chairs_notices[HACKMD_FINAL] = lambda item, error, failure: None
         # Scheduled jobs that failed: how often in a row, and when to try again.
         self._job_failures: dict[str, tuple[int, datetime]] = {}
         self._told_storage_full: OrderedDict[EventId, None] = OrderedDict()
@@ -747,9 +769,9 @@ class MeetingBot:
         self._outbox_ready.set()
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
-        # With GitHub issues, any command may change an agenda an issue shows.
-        if self._issues is not None or any(isinstance(effect, Post | CallTurn)
-                                           for effect in effects):
+        # With GitHub issues or HackMD pages, any command may change what they show.
+        if (self._issues is not None or self._pages is not None
+                or any(isinstance(effect, Post | CallTurn) for effect in effects)):
             self.on_schedule_change()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
@@ -870,6 +892,17 @@ class MeetingBot:
                     await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
                         "number": number, "body": body}, now)
+                case QueuePage(page_job):
+                    await self.store.enqueue(room_id, HACKMD_NOTE, page_job.payload(), now)
+                case WritePageRegions(series_id, meeting_id, note_id, regions):
+                    await self.store.enqueue(room_id, HACKMD_REGIONS, {
+                        "series": series_id, "meeting_id": meeting_id, "note_id": note_id,
+                        "regions": dict(regions)}, now)
+                case ReadPageBack(sitting, meeting_id, note_id, regions, path, not_before):
+                    await self.store.enqueue(room_id, HACKMD_FINAL, {
+                        "sitting": sitting.payload(), "meeting_id": meeting_id,
+                        "note_id": note_id, "regions": dict(regions),
+                        "path": path.as_posix()}, now, not_before=not_before)
 
     async def _call_turn(self, item: OutboxItem) -> str:
         """Post a turn's line, then start the turn's clock at the homeserver's time of it,
@@ -1021,6 +1054,123 @@ class MeetingBot:
                                                       poll.start_event_id)}
         return await self.transport.deliver(replace(item, payload=payload))
 
+    # --- the HackMD page ---------------------------------------------------------------
+
+    def _hackmd_pages(self) -> HackMDPages:
+        if self._pages is None:
+            raise DeliveryError("`publish.hackmd` is no longer in the config", permanent=True)
+        return self._pages
+
+    def _count_hackmd_calls(self) -> None:
+        if self._pages is not None:
+            self.metrics.hackmd_calls(self._pages.calls_made, self._pages.calls_left)
+
+    async def _make_page(self, item: OutboxItem) -> str:
+        """Make a sitting's HackMD page (or find it again) and remember it and its link."""
+        job = MakePage.from_payload(item.payload)
+        meeting = await self.store.read.get_meeting(job.meeting_id)
+        if meeting is None or meeting.ended_at is not None:
+            return "the sitting is over"
+        if (page := await self.store.read.hackmd_note(job.meeting_id)) is not None:
+            return page.url
+        try:
+            with publish_failures_as_delivery_errors():
+                made = await self._hackmd_pages().make(job)
+        finally:
+            self._count_hackmd_calls()
+        async with self.store.transaction():
+            await self.store.set_hackmd_note(job.meeting_id, made.note_id, made.url,
+                                             sorted(made.placed), job.regions, self.clock())
+        log.info("the HackMD page of meeting %s is %s", job.meeting_id, made.url,
+                 extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
+        # Its regions may have changed since the job was queued: plan their write.
+        self.on_schedule_change()
+        return made.url
+
+    async def _write_page_regions(self, item: OutboxItem) -> str:
+        """Rewrite the page's regions, unless newer ones were queued since (an older job
+        retried late must not undo a newer one) or the meeting closed meanwhile (the
+        close's read-back writes them)."""
+        payload = item.payload
+        page = await self.store.read.hackmd_note(payload["meeting_id"])
+        if page is None or page.regions != payload["regions"] or page.final_text is not None:
+            return "superseded"
+        meeting = await self.store.read.get_meeting(page.meeting_id)
+        if meeting is None or meeting.ended_at is not None:
+            return "superseded"
+        try:
+            with publish_failures_as_delivery_errors():
+                placed = await self._hackmd_pages().write(
+                    payload["series"], payload["note_id"], payload["regions"], page.placed)
+        finally:
+            self._count_hackmd_calls()
+        if placed != page.placed:
+            async with self.store.transaction():
+                await self.store.set_hackmd_placed(page.meeting_id, placed)
+        return payload["note_id"]
+
+    async def _read_page_back(self, item: OutboxItem) -> str:
+        """Read the page back at the close, and queue the note that is that page: posted,
+        saved and published, in the transaction that keeps it. HackMD unreadable past
+        FINAL_WAIT, or refusing for good: the note is the bot's own, and the chairs are
+        told."""
+        payload = item.payload
+        meeting_id = payload["meeting_id"]
+        sitting = Sitting.from_payload(payload["sitting"])
+        page = await self.store.read.hackmd_note(meeting_id)
+        if page is None or page.final_text is not None:
+            return "kept before"
+        source, notice = "page", None
+        try:
+            try:
+                text = await self._hackmd_pages().read_back(
+                    sitting.series_id, payload["note_id"], payload["regions"], page.placed)
+            finally:
+                self._count_hackmd_calls()
+        except (PublishFailed, DeliveryError) as error:
+            waited = self.clock() - item.created_at
+            # Well before the outbox would park the job: the note must go out.
+            if not error.permanent and waited < min(FINAL_WAIT, self.jobs.park_after / 2):
+                raise DeliveryError(str(error), permanent=False,
+                                    retry_at=getattr(error, "retry_at", None)) from error
+            log.error("could not read the HackMD page of meeting %s back: %s; the note is "
+                      "the bot's own", meeting_id, error,
+                      extra={"room_id": item.room_id, "meeting_id": meeting_id})
+            text, source = sitting.text, "bot"
+            notice = (f"**Chairs:** I could not read the meeting's HackMD page back "
+                      f"({escape_markdown(str(error))}), so the note below is my own record "
+                      "of the meeting, without what was typed on the page. The page "
+                      "itself is unchanged.")
+        series = self.rooms.series(sitting.series_id)
+        async with self.store.transaction():
+            now = self.clock()
+            if not await self.store.set_hackmd_final(meeting_id, text, source):
+                return "kept before"
+            # The search finds the note as it went out, the page's bullets included.
+            await self.store.index_note(meeting_id, sitting.series_id, note_sections(text))
+            final = replace(sitting, text=text)
+            effects: list[Effect] = [Post(item.room_id, notice)] if notice else []
+            if series is not None:
+                effects += note_effects(series, item.room_id, PurePosixPath(payload["path"]),
+                                        final)
+            await self._record(effects, item.room_id, None, now)
+        self._outbox_ready.set()
+        log.info("the note of meeting %s is %s", meeting_id,
+                 "the HackMD page read back" if source == "page" else "the bot's own",
+                 extra={"room_id": item.room_id, "meeting_id": meeting_id})
+        return source
+
+    def _page_notice(self, item: OutboxItem, error: str, failure: Failure) -> str | None:
+        """Told once, when making the page failed for good or for too long."""
+        if failure is Failure.RETRYING:
+            return None
+        job = MakePage.from_payload(item.payload)
+        where = escape_markdown(self._pages.label(job.series_id)
+                                if self._pages is not None else "HackMD")
+        return (f"**Chairs:** I could not make the notes page of the meeting on {job.name} "
+                f"on {where}: {escape_markdown(error)}. The meeting goes ahead without it, "
+                "and its note is my own record, as without HackMD.")
+
     async def _leave_room(self, item: OutboxItem) -> str:
         """Leave an idle direct chat; never a meeting room, nor a chat used since the
         leave was queued (someone wrote in it meanwhile)."""
@@ -1103,6 +1253,9 @@ class MeetingBot:
                 elif job.kind is JobKind.TIME_UP and job.meeting_id and job.user_id:
                     effects = await run_time_up(self.store, self.rooms, job.meeting_id,
                                                 UserId(job.user_id), now)
+                elif job.kind is JobKind.NOTES_REGIONS and job.meeting_id is not None:
+                    effects = await run_notes_regions(self.store, self.rooms, job.meeting_id,
+                                                      now)
                 elif job.kind is JobKind.OVERRUN and job.meeting_id and job.item_id:
                     effects = await run_overrun(self.store, job.meeting_id, job.item_id, now)
                 elif series is not None and job.start is not None:
@@ -1112,6 +1265,9 @@ class MeetingBot:
                     elif job.kind is JobKind.NUDGE:
                         effects = await run_nudges(self.store, self.rooms, series, job.start,
                                                    now)
+                    elif job.kind is JobKind.NOTES_PAGE:
+                        effects = await run_notes_page(self.store, self.rooms, series,
+                                                       job.start, now)
                     elif job.kind is JobKind.START:
                         effects = await run_start(self.store, self.rooms, series, job.start, now)
                     elif job.lead is not None:

@@ -54,16 +54,17 @@ def _parser() -> argparse.ArgumentParser:
     check_command.add_argument(
         "--online", action="store_true",
         help="also try each publishing target live (the git archive's remote and key, "
-             "the GitHub token and repository), changing nothing")
-    notes = with_config("notes", "print a meeting's note from the database")
+             "the GitHub token and repository, the HackMD token and team), changing nothing")
+    notes = with_config("notes", "print a meeting's note from the database (with HackMD: "
+                                 "the page as it was read back at the close)")
     notes.add_argument("meeting_id", metavar="MEETING_ID", help="the meeting's `id` in the config")
     notes.add_argument("--date", type=date.fromisoformat, metavar="YYYY-MM-DD",
                        help="the meeting held on this date (default: the last one)")
     publish = with_config(
         "publish", "publish a held meeting's note again to the targets under its `publish:` "
                    "(the git archive or its pull request, the GitHub issue), for example "
-                   "after fixing a remote, "
-                   "key or token; safe to "
+                   "after fixing a remote, key or token; the note is the one kept at the close "
+                   "(with HackMD, the page as read back); safe to "
                    "repeat, and beside a running bot: a note already there is left alone")
     publish.add_argument("meeting_id", metavar="MEETING_ID",
                          help="the meeting's `id` in the config")
@@ -148,6 +149,12 @@ def check(config: Config, path: Path) -> int:
             github = meeting.publish.github
             print(f"  opens an issue {format_duration(github.issue_ahead)} ahead in "
                   f"{github.repo} ({github.api_url}), closed with the note")
+        if meeting.publish.hackmd is not None:
+            hackmd = meeting.publish.hackmd
+            where = f"team {hackmd.team}" if hackmd.team else "the token's own workspace"
+            print(f"  makes a HackMD page {format_duration(hackmd.notes_ahead)} ahead in "
+                  f"{where} ({hackmd.api_url}; read: {hackmd.read}, write: {hackmd.write}); "
+                  "the note is the page read back at the close")
         occurrences = meeting.schedule.next_occurrences(now, 3)
         if not occurrences:
             print("  no occurrences ahead")
@@ -163,13 +170,15 @@ def check(config: Config, path: Path) -> int:
 async def check_online(config: Config) -> int:
     """Try every meeting's publishing targets; 1 if any cannot work as configured."""
     from chatbot.app import publish_targets
-    from chatbot.publish import PublishFailed, job_kinds
+    from chatbot.publish import HACKMD_NOTE, PublishFailed, job_kinds
 
     targets = publish_targets(config)
     failed = False
     print()
     for series in config.meetings:
-        kinds = job_kinds(series.publish)
+        kinds = set(job_kinds(series.publish))
+        if series.publish.hackmd is not None:
+            kinds.add(HACKMD_NOTE)
         for target in (target for target in targets if target.kind in kinds):
             where = target.label(series.id)
             try:
@@ -184,7 +193,7 @@ async def check_online(config: Config) -> int:
 
 async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
     from chatbot.app import database_path
-    from chatbot.meetings import compile_note
+    from chatbot.meetings import final_note_of
     from chatbot.store import Store
 
     series = config.meeting(meeting_id)
@@ -203,7 +212,7 @@ async def print_note(config: Config, meeting_id: str, on: date | None) -> int:
             when = f" on {on.isoformat()}" if on else ""
             print(f"chatbot: no {meeting_id} meeting was held{when}", file=sys.stderr)
             return 1
-        print(await compile_note(store, series, held[-1]), end="")
+        print(await final_note_of(store, series, held[-1]), end="")
         return 0
     finally:
         await store.close()
@@ -217,7 +226,7 @@ async def publish_again(config: Config, meeting_id: str, on: date | None) -> int
     already published (by the bot, or by an earlier run) is left as it is.
     """
     from chatbot.app import database_path, publish_targets
-    from chatbot.meetings import compile_note, note_path, sitting_of
+    from chatbot.meetings import final_note_of, note_path, sitting_of
     from chatbot.publish import PublishFailed, job_kinds
     from chatbot.store import Store
 
@@ -246,7 +255,7 @@ async def publish_again(config: Config, meeting_id: str, on: date | None) -> int
             return 1
         meeting = held[-1]
         sitting = sitting_of(series, meeting, await note_path(store, series, meeting),
-                             await compile_note(store, series, meeting))
+                             await final_note_of(store, series, meeting))
     finally:
         await store.close()
     failed = False

@@ -286,15 +286,52 @@ class GitHubIssueConfig(_Frozen):
         return self
 
 
+_TEAM_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+class HackMDConfig(_Frozen):
+    """`publish.hackmd`: a shared notes page per sitting, made ahead from the note
+    template; the bot keeps its marked regions current, and the final note is the page
+    read back at the close."""
+
+    # The token comes from the environment or a file, never from this file.
+    token_env: str | None = None
+    token_file: Path | None = None
+    api_url: Url = "https://api.hackmd.io/v1"
+    # A team workspace's path (hackmd.io/team/PATH); without it, the token's own.
+    team: Annotated[str, _pattern(_TEAM_PATH, "a team's path such as jupyterhub")] | None \
+        = None
+    notes_ahead: PositiveDuration = timedelta(days=1)
+    read: Literal["owner", "signed_in", "guest"] = "guest"
+    write: Literal["owner", "signed_in", "guest"] = "signed_in"
+
+    @field_validator("token_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            # Not echoed: a token pasted here by mistake must not reach the log.
+            raise ValueError("expected the name of an environment variable such as "
+                             "HACKMD_TOKEN, not the token itself")
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> HackMDConfig:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("expected exactly one of `token_env` (an environment variable's "
+                             "name) or `token_file` (a file holding the token)")
+        return self
+
+
 class PublishConfig(_Frozen):
     """Where a meeting's note goes after the close, besides the room and the notes folder.
 
-    One optional subsection per target; `hackmd:` is to come.
+    One optional subsection per target.
     """
 
     # `github` first: the git archive's pull requests are opened through it.
     github: GitHubIssueConfig | None = None
     git: GitArchiveConfig | None = None
+    hackmd: HackMDConfig | None = None
 
     @field_validator("git")
     @classmethod
@@ -598,6 +635,7 @@ def _resolve_key_files(config: Config, base_dir: Path) -> Config:
     for meeting in config.meetings:
         git = meeting.publish.git
         github = meeting.publish.github
+        hackmd = meeting.publish.hackmd
         update: dict[str, Any] = {}
         if git is not None and git.ssh_key_file is not None \
                 and not git.ssh_key_file.is_absolute():
@@ -607,6 +645,10 @@ def _resolve_key_files(config: Config, base_dir: Path) -> Config:
                 and not github.token_file.is_absolute():
             update["github"] = github.model_copy(
                 update={"token_file": base_dir / github.token_file})
+        if hackmd is not None and hackmd.token_file is not None \
+                and not hackmd.token_file.is_absolute():
+            update["hackmd"] = hackmd.model_copy(
+                update={"token_file": base_dir / hackmd.token_file})
         if update:
             publish = meeting.publish.model_copy(update=update)
             source = meeting.template_source

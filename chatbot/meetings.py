@@ -27,9 +27,10 @@ from chatbot.model import (
     UserId,
 )
 from chatbot.polls import END_TYPE, POLL_END, Poll, count, end_content, result_line
-from chatbot.publish import Sitting, job_kinds
+from chatbot.publish import Sitting, job_kinds, notes_page
 from chatbot.publish.github import Comment, Issue
 from chatbot.publish.issue import OpenIssue, issue_body, issue_title
+from chatbot.publish.notes_page import MakePage, keep_removed_items, page_content, page_regions
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
     escape_markdown,
@@ -151,6 +152,38 @@ class UpdateIssueBody:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuePage:
+    """Make a scheduled sitting's HackMD page (the `hackmd_note` job)."""
+
+    job: MakePage
+
+
+@dataclass(frozen=True, slots=True)
+class WritePageRegions:
+    """Rewrite the bot's regions of a sitting's HackMD page (the `hackmd_regions` job)."""
+
+    series_id: str
+    meeting_id: int
+    note_id: str
+    regions: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPageBack:
+    """At the close of a sitting with a HackMD page: write its regions a last time, read
+    it back, and post, save and publish that as the note (the `hackmd_final` job).
+    `sitting` carries the bot's own note, used when HackMD stays unreadable; the job waits
+    until `not_before`, so the page is written at most once a minute."""
+
+    sitting: Sitting
+    meeting_id: int
+    note_id: str
+    regions: Mapping[str, str]
+    path: PurePosixPath
+    not_before: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class PollEvent:
     """A poll's start or end event (`kind` is its outbox job kind); an end's reference
     to the start is added when it is sent, once the start's event id is known."""
@@ -162,7 +195,8 @@ class PollEvent:
 
 
 Effect = (React | Reply | Post | CallTurn | DirectMessage | SaveNote | SaveLog | PublishNote
-          | QueueIssue | UpdateIssueBody | PollEvent)
+          | QueueIssue | UpdateIssueBody | PollEvent | QueuePage | WritePageRegions
+          | ReadPageBack)
 # The issue's body follows the agenda at most this often.
 ISSUE_BODY_EVERY = timedelta(minutes=1)
 # Its comments are read this often, and every minute from an hour before the start.
@@ -271,12 +305,17 @@ def links_of(series: MeetingConfig) -> dict[str, str | None]:
 
 async def sitting_links(store: Store, series: MeetingConfig,
                         meeting: Meeting | None) -> dict[str, str | None]:
-    """The series' links, with the sitting's own GitHub issue once it is open."""
+    """The series' links, with the sitting's own GitHub issue once it is open and its
+    HackMD page once it is made."""
     links = links_of(series)
     if meeting is not None and series.publish.github is not None:
         url = await store.github_issue_url(meeting.id)
         if url is not None:
             links["issue"] = url
+    if meeting is not None and series.publish.hackmd is not None:
+        page = await store.hackmd_url(meeting.id)
+        if page:
+            links["notes"] = page
     return links
 
 
@@ -393,13 +432,20 @@ async def index_missing_notes(store: Store, config: Config) -> int:
     for series in config.meetings:
         for meeting in await store.read.meetings_of_series(series.id):
             if meeting.is_closed and meeting.id not in indexed:
-                note = await compile_note(store.read, series, meeting)
+                note = await final_note_of(store.read, series, meeting)
                 async with store.transaction():
                     await store.index_note(meeting.id, series.id, note_sections(note))
                 count += 1
     if count:
         log.info("indexed the notes of %s earlier sittings for search", count)
     return count
+
+
+async def final_note_of(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
+    """The note as it went out: the HackMD page read back at the close when there was
+    one, else the bot's own rendering."""
+    kept = await store.hackmd_final(meeting.id)
+    return kept if kept is not None else await compile_note(store, series, meeting)
 
 
 async def go_to_item(
@@ -486,12 +532,25 @@ async def close_meeting(
     sitting = sitting_of(series, closed, path, note)
     saved_log = ([SaveLog(log_path_of(path), closed.id, await compile_log(store, series, closed))]
                  if series.log else [])
+    page = (await store.hackmd_note(meeting.id) if series.publish.hackmd is not None
+            else None)
+    if page is not None and page.final_text is None:
+        # The note is the page as the team leaves it: posted once it is read back.
+        regions = await regions_of(store, series, closed, page.regions, final=True)
+        last_write = page.regions_at or now
+        return [*ended_polls, Post(meeting.room_id, closing), *saved_log, ReadPageBack(
+            sitting, meeting.id, page.note_id, regions, path,
+            max(now, last_write + notes_page.WRITE_EVERY))]
+    return [*ended_polls, Post(meeting.room_id, closing),
+            *note_effects(series, meeting.room_id, path, sitting), *saved_log]
+
+
+def note_effects(series: MeetingConfig, room_id: RoomId, path: PurePosixPath,
+                 sitting: Sitting) -> list[Effect]:
+    """What a held sitting's note goes out as: posted, saved, published to each target."""
     return [
-        *ended_polls,
-        Post(meeting.room_id, closing),
-        Post(meeting.room_id, note),
-        SaveNote(path, note),
-        *saved_log,
+        Post(room_id, sitting.text),
+        SaveNote(path, sitting.text),
         *(PublishNote(kind, sitting) for kind in job_kinds(series.publish)),
     ]
 
@@ -508,6 +567,26 @@ async def end_poll(store: Store, poll: Poll, item_id: int | None,
     return [PollEvent(POLL_END, poll.id, END_TYPE, end_content(poll.question, tally))]
 
 
+async def page_links(store: Store, series: MeetingConfig, meeting: Meeting, *,
+                     final: bool = False) -> dict[str, str | None]:
+    """The links the sitting's HackMD page shows: not its own while people are on it
+    (nor the static one it replaces); the final note links the page."""
+    links = await sitting_links(store, series, meeting)
+    if not final:
+        links["notes"] = None
+    return links
+
+
+async def regions_of(store: Store, series: MeetingConfig, meeting: Meeting,
+                     previous: Mapping[str, str] | None, *,
+                     final: bool = False) -> dict[str, str]:
+    """The bot's regions of the sitting's HackMD page as the meeting stands now."""
+    record = await store.record(meeting)
+    regions = page_regions(record, series.timezone,
+                           await page_links(store, series, meeting, final=final))
+    return keep_removed_items(previous, regions)
+
+
 # --- scheduled work -----------------------------------------------------------------
 
 
@@ -522,6 +601,8 @@ class JobKind(enum.StrEnum):
     ISSUE_POLL = "issue_poll"  # read the issue's comments for `!agenda`
     TIME_UP = "time_up"  # the update round's current turn runs out
     NUDGE = "nudge"  # `nudge` before a sitting: regulars without an update get a message
+    NOTES_PAGE = "notes_page"  # `notes_ahead` before a sitting: make its HackMD page
+    NOTES_REGIONS = "notes_regions"  # entries changed: the page's regions follow
 
 
 @dataclass(frozen=True, slots=True)
@@ -554,7 +635,7 @@ class Job:
             return f"time_up:{self.meeting_id}:{self.user_id}:{self.run_at.isoformat()}"
         if self.kind is JobKind.UPKEEP:
             return f"upkeep:{self.run_at.isoformat()}"
-        if self.kind in (JobKind.ISSUE_BODY, JobKind.ISSUE_POLL):
+        if self.kind in (JobKind.ISSUE_BODY, JobKind.ISSUE_POLL, JobKind.NOTES_REGIONS):
             return f"{self.kind}:{self.meeting_id}"
         lead = "" if self.lead is None else f":{int(self.lead.total_seconds())}"
         assert self.start is not None
@@ -566,14 +647,15 @@ def plan_series(
     next_occurrence: Occurrence,
     decided_leads: set[int],
     owed_since: datetime,
-    *, issue_queued: bool = False, nudged: bool = False,
+    *, issue_queued: bool = False, page_queued: bool = False, nudged: bool = False,
 ) -> list[Job]:
     """The reminders and start of a series' next sitting that is not yet held, the
-    opening of its GitHub issue unless that was queued already, and its nudges unless
-    they were decided already.
+    opening of its GitHub issue and the making of its HackMD page unless those were
+    queued already, and its nudges unless they were decided already.
 
     Reminders that fell due before `owed_since` (the bot's first start) are not owed.
-    An issue is owed whenever: a bot started within `issue_ahead` opens it at once.
+    An issue or a page is owed whenever: a bot started within `issue_ahead` (or
+    `notes_ahead`) makes it at once.
     """
     start = next_occurrence.start
     jobs = [Job(JobKind.START, start, series.id, start=start)]
@@ -584,6 +666,10 @@ def plan_series(
     if series.nudge is not None and not nudged:
         # Owed whenever: a bot started within `nudge` of the sitting nudges at once.
         jobs.append(Job(JobKind.NUDGE, elapsed(start, -series.nudge), series.id, start=start))
+    hackmd = series.publish.hackmd
+    if hackmd is not None and not page_queued:
+        jobs.append(Job(JobKind.NOTES_PAGE, elapsed(start, -hackmd.notes_ahead), series.id,
+                        start=start))
     for lead in series.reminders:
         due = elapsed(start, -lead)
         if int(lead.total_seconds()) not in decided_leads and due >= owed_since:
@@ -628,15 +714,18 @@ async def plan_jobs(
         if pending:
             occurrence, _ = pending[0]
             decided = await store.decided_reminders(series.id, occurrence.start)
-            queued = False
-            if series.publish.github is not None:
+            queued = page_queued = False
+            if series.publish.github is not None or series.publish.hackmd is not None:
                 scheduled = await store.find_scheduled(series.id, occurrence.start)
                 queued = (scheduled is not None
                           and await store.github_issue_queued(scheduled.id))
+                page_queued = (scheduled is not None
+                               and await store.hackmd_note_queued(scheduled.id))
             nudged = (series.nudge is not None
                       and await store.nudges_decided(series.id, occurrence.start))
             jobs.extend(plan_series(series, occurrence, decided, owed_since,
-                                    issue_queued=queued, nudged=nudged))
+                                    issue_queued=queued, page_queued=page_queued,
+                                    nudged=nudged))
     for meeting_id, _, _, body, body_at in await store.open_github_issues():
         held = await store.get_meeting(meeting_id)
         issue_series = rooms.series(held.series_id) if held is not None else None
@@ -648,6 +737,16 @@ async def plan_jobs(
         polled_at, _ = await store.github_issue_poll(meeting_id)
         jobs.append(Job(JobKind.ISSUE_POLL, next_poll(polled_at, held.held_at, body_at),
                         issue_series.id, meeting_id=meeting_id))
+    for page in await store.open_hackmd_notes():
+        held = await store.get_meeting(page.meeting_id)
+        page_series = rooms.series(held.series_id) if held is not None else None
+        if (held is None or page_series is None or page_series.publish.hackmd is None
+                or page_series.id not in rooms.room_of_series):
+            continue
+        if await regions_of(store, page_series, held, page.regions) != page.regions:
+            jobs.append(Job(JobKind.NOTES_REGIONS,
+                            (page.regions_at or now) + notes_page.WRITE_EVERY,
+                            page_series.id, meeting_id=page.meeting_id))
     last_upkeep = await store.get_meta(LAST_UPKEEP_KEY)
     jobs.append(plan_upkeep(datetime.fromisoformat(last_upkeep) if last_upkeep else None,
                             owed_since))
@@ -689,11 +788,13 @@ async def run_reminder(
 
 async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
                         meeting: Meeting) -> str:
-    """The body of a sitting's GitHub issue, with its agenda as it is now."""
+    """The body of a sitting's GitHub issue, with its agenda as it is now (and its
+    HackMD page as its notes link, once made)."""
     start = meeting.held_at
     agenda = (await store.record(meeting)).agenda
+    links = await sitting_links(store, series, meeting)
     return issue_body(title=series.title, start=start, zone=series.timezone,
-                      duration=series.duration, links=links_of(series), agenda=agenda,
+                      duration=series.duration, links=links, agenda=agenda,
                       room=series.room, prefix=rooms.config.command_prefix,
                       closed_by_pull_request=series.publish.git is not None
                       and series.publish.git.pull_request)
@@ -825,6 +926,47 @@ async def run_issue(
     return [QueueIssue(OpenIssue(series.id, meeting.id, day.isoformat(),
                                  issue_title(github, series.id, series.title, day), body,
                                  now - timedelta(minutes=1)))]
+
+
+async def run_notes_page(
+    store: Store, rooms: Rooms, series: MeetingConfig, start: datetime, now: datetime
+) -> list[Effect]:
+    """Queue the making of a scheduled sitting's HackMD page, once, unless the sitting
+    is already over; the page shows the meeting as it stands now."""
+    if series.publish.hackmd is None or now >= elapsed(start, series.duration + series.grace):
+        return []
+    room_id = rooms.room_of_series[series.id]
+    meeting = await store.ensure_scheduled(series.id, room_id, series.title, start)
+    if meeting.started_at is not None or not await store.queue_hackmd_note(meeting.id, now):
+        return []
+    record = await store.record(meeting)
+    links = await page_links(store, series, meeting)
+    day = start.astimezone(series.timezone).date()
+    log.info("making the HackMD page of %s at %s", series.id, start,
+             extra={"room_id": room_id, "meeting_id": meeting.id})
+    return [QueuePage(MakePage(
+        series.id, meeting.id, day.isoformat(), f"{series.title}: {day.isoformat()}",
+        page_content(record, series.timezone, links, series.template_source),
+        page_regions(record, series.timezone, links)))]
+
+
+async def run_notes_regions(store: Store, rooms: Rooms, meeting_id: int,
+                            now: datetime) -> list[Effect]:
+    """Queue a write of the page's regions if they changed and a minute has passed since
+    the last; record them as the regions last queued."""
+    page = await store.hackmd_note(meeting_id)
+    meeting = await store.get_meeting(meeting_id)
+    series = rooms.series(meeting.series_id) if meeting is not None else None
+    if (page is None or meeting is None or series is None or meeting.ended_at is not None
+            or page.final_text is not None):
+        return []
+    if page.regions_at is not None and now < page.regions_at + notes_page.WRITE_EVERY:
+        return []
+    regions = await regions_of(store, series, meeting, page.regions)
+    if regions == page.regions:
+        return []
+    await store.set_hackmd_regions(meeting_id, regions, now)
+    return [WritePageRegions(series.id, meeting_id, page.note_id, regions)]
 
 
 async def run_start(

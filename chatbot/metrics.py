@@ -85,6 +85,15 @@ class Metrics:
             "restarted with backoff), by task.", ["task"], registry=self.registry)
         # Which long-running task crashed last and why, for /healthz.
         self._task_failing: dict[str, tuple[datetime, str]] = {}
+        self._hackmd_calls = Counter(
+            "chatbot_hackmd_calls", "Calls made to the HackMD API (making, writing and "
+            "reading back the meetings' notes pages, and checks).", registry=self.registry)
+        self._hackmd_calls_counted = 0
+        self._hackmd_calls_left = Gauge(
+            "chatbot_hackmd_calls_left", "Calls left in HackMD's current 5-minute rate-limit "
+            "window, as its last answer said (-1 before the first answer).",
+            registry=self.registry)
+        self._hackmd_calls_left.set(-1)
         self._meetings_open = Gauge(
             "chatbot_meetings_open", "Meetings open now.", registry=self.registry)
         lag = Gauge(
@@ -134,6 +143,15 @@ class Metrics:
     def set_meetings_open(self, count: int) -> None:
         """How many meetings are open now (at start, and whenever one opens or closes)."""
         self._meetings_open.set(count)
+
+    def hackmd_calls(self, made: int, left: int | None) -> None:
+        """HackMD calls made so far by this bot (a running total), and how many its
+        rate limit leaves (None: not said yet)."""
+        if made > self._hackmd_calls_counted:
+            self._hackmd_calls.inc(made - self._hackmd_calls_counted)
+            self._hackmd_calls_counted = made
+        if left is not None:
+            self._hackmd_calls_left.set(left)
 
     def job_failed(self, kind: str) -> None:
         """An attempt of an outbox job failed; it will be retried (or parked)."""

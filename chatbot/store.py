@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -381,6 +381,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE direct_rooms ADD COLUMN user_id TEXT",
         "CREATE INDEX direct_rooms_by_user ON direct_rooms (user_id) WHERE user_id IS NOT NULL",
     ),
+    (  # 10: each sitting's HackMD page: queued once, made once, its regions, the read-back
+        """
+        CREATE TABLE hackmd_notes (
+            meeting_id INTEGER PRIMARY KEY REFERENCES meetings (id) ON DELETE CASCADE,
+            queued_at TEXT NOT NULL,
+            note_id TEXT,
+            url TEXT,
+            -- JSON list of the regions the bot has put on the page (one a person
+            -- removed is not put back)
+            placed TEXT NOT NULL DEFAULT '[]',
+            -- JSON object of the regions last queued for writing, and when
+            regions TEXT,
+            regions_at TEXT,
+            -- the final note: the page read back at the close ('page'), or the bot's own
+            -- rendering when HackMD could not be read ('bot')
+            final_text TEXT,
+            final_source TEXT
+        )
+        """,
+    ),
 )
 
 
@@ -404,6 +424,26 @@ def _stamp(when: datetime | None) -> str | None:
 
 def _instant(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class HackMDNoteRow:
+    """A sitting's HackMD page as the database keeps it."""
+
+    meeting_id: int
+    note_id: str
+    url: str
+    placed: frozenset[str]
+    regions: dict[str, str] | None
+    regions_at: datetime | None
+    final_text: str | None
+    final_source: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> HackMDNoteRow:
+        return cls(row[0], row[1], row[2] or "", frozenset(json.loads(row[3] or "[]")),
+                   json.loads(row[4]) if row[4] is not None else None,
+                   _instant(row[5]), row[6], row[7])
 
 
 @dataclass(frozen=True, slots=True)
@@ -1417,6 +1457,74 @@ class Store:
         return await self._scalar(
             "SELECT html_url FROM github_issues WHERE meeting_id = ?", meeting_id)
 
+    # --- the meeting's HackMD page ---------------------------------------------------
+
+    async def queue_hackmd_note(self, meeting_id: int, now: datetime) -> bool:
+        """Note that the sitting's page is being made; False if it was before."""
+        return await self._changes(
+            "INSERT OR IGNORE INTO hackmd_notes (meeting_id, queued_at) VALUES (?, ?)",
+            meeting_id, _stamp(now)) == 1
+
+    async def hackmd_note_queued(self, meeting_id: int) -> bool:
+        return await self._scalar(
+            "SELECT COUNT(*) FROM hackmd_notes WHERE meeting_id = ?", meeting_id) > 0
+
+    async def set_hackmd_note(self, meeting_id: int, note_id: str, url: str,
+                              placed: Sequence[str], regions: Mapping[str, str],
+                              now: datetime) -> None:
+        """The page is made: its id and link, and the regions it was made with."""
+        await self._db.execute(
+            "INSERT INTO hackmd_notes (meeting_id, queued_at, note_id, url, placed, regions, "
+            "regions_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meeting_id) DO UPDATE SET "
+            "note_id = excluded.note_id, url = excluded.url, placed = excluded.placed, "
+            "regions = excluded.regions, regions_at = excluded.regions_at",
+            (meeting_id, _stamp(now), note_id, url, json.dumps(sorted(placed)),
+             json.dumps(dict(regions), ensure_ascii=False), _stamp(now)))
+
+    async def hackmd_note(self, meeting_id: int) -> HackMDNoteRow | None:
+        """The sitting's page once it is made; None before."""
+        rows = await self._rows(
+            "SELECT meeting_id, note_id, url, placed, regions, regions_at, final_text, "
+            "final_source FROM hackmd_notes WHERE meeting_id = ? AND note_id IS NOT NULL",
+            meeting_id)
+        return HackMDNoteRow.from_row(rows[0]) if rows else None
+
+    async def open_hackmd_notes(self) -> list[HackMDNoteRow]:
+        """Pages of sittings not yet closed."""
+        rows = await self._rows(
+            "SELECT h.meeting_id, h.note_id, h.url, h.placed, h.regions, h.regions_at, "
+            "h.final_text, h.final_source FROM hackmd_notes h "
+            "JOIN meetings m ON m.id = h.meeting_id "
+            "WHERE h.note_id IS NOT NULL AND m.ended_at IS NULL ORDER BY h.meeting_id")
+        return [HackMDNoteRow.from_row(row) for row in rows]
+
+    async def set_hackmd_regions(self, meeting_id: int, regions: Mapping[str, str],
+                                 now: datetime) -> None:
+        await self._db.execute(
+            "UPDATE hackmd_notes SET regions = ?, regions_at = ? WHERE meeting_id = ?",
+            (json.dumps(dict(regions), ensure_ascii=False), _stamp(now), meeting_id))
+
+    async def set_hackmd_placed(self, meeting_id: int, placed: Collection[str]) -> None:
+        await self._db.execute(
+            "UPDATE hackmd_notes SET placed = ? WHERE meeting_id = ?",
+            (json.dumps(sorted(placed)), meeting_id))
+
+    async def set_hackmd_final(self, meeting_id: int, text: str, source: str) -> bool:
+        """Keep the sitting's final note, once; False if it was kept before."""
+        return await self._changes(
+            "UPDATE hackmd_notes SET final_text = ?, final_source = ? "
+            "WHERE meeting_id = ? AND final_text IS NULL", text, source, meeting_id) == 1
+
+    async def hackmd_url(self, meeting_id: int) -> str | None:
+        """The sitting's page link once it is made."""
+        return await self._scalar(
+            "SELECT url FROM hackmd_notes WHERE meeting_id = ?", meeting_id)
+
+    async def hackmd_final(self, meeting_id: int) -> str | None:
+        """The final note kept at the close (the page read back), if any."""
+        return await self._scalar(
+            "SELECT final_text FROM hackmd_notes WHERE meeting_id = ?", meeting_id)
+
     # --- reminders ----------------------------------------------------------------
 
     async def decided_reminders(self, series_id: str, scheduled_start: datetime) -> set[int]:
@@ -1450,11 +1558,15 @@ class Store:
     # --- outbox -------------------------------------------------------------------
 
     async def enqueue(
-        self, room_id: RoomId, kind: str, payload: dict[str, Any], now: datetime
+        self, room_id: RoomId, kind: str, payload: dict[str, Any], now: datetime,
+        *, not_before: datetime | None = None,
     ) -> None:
+        """Queue a job, due at once or from `not_before`."""
         await self._db.execute(
-            "INSERT INTO outbox (room_id, kind, payload, created_at) VALUES (?, ?, ?, ?)",
-            (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now)),
+            "INSERT INTO outbox (room_id, kind, payload, created_at, next_attempt_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now),
+             _stamp(not_before) if not_before is not None else None),
         )
 
     async def pending_outbox(self, limit: int = 50, per_room: int = 10) -> list[OutboxItem]:

@@ -35,7 +35,7 @@ from chatbot import archive
 from chatbot.archive import Access
 from chatbot.calendar import build_calendar
 from chatbot.config import Config, MeetingConfig
-from chatbot.meetings import compile_note, upcoming
+from chatbot.meetings import compile_note, final_note_of, upcoming
 from chatbot.metrics import CONTENT_TYPE as METRICS_TYPE
 from chatbot.metrics import Metrics
 from chatbot.model import Entry, Meeting
@@ -333,8 +333,10 @@ class WebServer:
                          path: PurePosixPath) -> str:
         """The saved note file; while the sitting is open, or before its file is written,
         the note as it stands in the database."""
-        saved = None if meeting.is_open else await self._file(path)
-        return saved if saved is not None else await compile_note(self._read, series, meeting)
+        if meeting.is_open:
+            return await compile_note(self._read, series, meeting)
+        saved = await self._file(path)
+        return saved if saved is not None else await final_note_of(self._read, series, meeting)
 
     async def _note_body(self, series: MeetingConfig, meeting: Meeting,
                          path: PurePosixPath) -> tuple[str, str]:

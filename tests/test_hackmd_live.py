@@ -64,3 +64,39 @@ async def test_a_bad_token_is_reported_as_permanent():
     async with HackMDClient(HackMDToken("not-a-token"), API_URL) as client:
         with pytest.raises(HackMDPermanent, match="401"):
             await client.whoami()
+
+
+async def test_the_bots_page_is_made_once_and_read_back(client):
+    """The bot's own use of HackMD: a page from the standard template, made twice with the
+    same key (one note), its regions written, and read back as the final note."""
+    from zoneinfo import ZoneInfo
+
+    from chatbot.config import parse_config
+    from chatbot.publish.notes_page import HackMDPages, MakePage, page_content, page_regions
+    from chatbot.render import sample_record
+
+    hackmd: dict[str, object] = {"token_env": "CHATBOT_TEST_HACKMD_TOKEN", "api_url": API_URL,
+                                 "read": "owner", "write": "owner"}
+    if TEAM:
+        hackmd["team"] = TEAM
+    config = parse_config({
+        "matrix": {"homeserver": "https://m.example.org", "user_id": "@bot:example.org",
+                   "password": "x"},
+        "meetings": [{"id": "live", "title": "chatbot live test (safe to delete)",
+                      "room": "#live:example.org", "timezone": "UTC",
+                      "start": "2026-06-18 11:00", "publish": {"hackmd": hackmd}}]})
+    record = sample_record()
+    regions = page_regions(record, ZoneInfo("UTC"), {})
+    job = MakePage("live", 1, "2021-06-17", "chatbot live test (safe to delete)",
+                   page_content(record, ZoneInfo("UTC"), {}), regions)
+    pages = HackMDPages(config)
+    made = await pages.make(job)
+    try:
+        assert (await pages.make(job)).note_id == made.note_id  # found by its key
+        assert made.url.startswith("http")
+        note = await pages.read_back("live", made.note_id,
+                                     {**regions, "roll-call": "- Min / live"}, made.placed)
+        assert "- Min / live\n" in note and "<!--" not in note
+        assert pages.calls_left is not None
+    finally:
+        await client.delete_note(made.note_id, team=TEAM)

@@ -1,6 +1,6 @@
 """Publishing a held meeting's note beyond the room: one module per target.
 
-Each target (`git`, `github`; `hackmd` to come) is one module with one class
+Each target (`git`, `github`) is one module with one class
 behind the `Target` interface, and one outbox job kind. At close the core queues one
 job per target configured under the meeting's `publish:`, in the transaction that
 closes the meeting; the outbox runs it through `Target.publish` after the commit, with
@@ -22,9 +22,16 @@ GITHUB_NOTE = "github_note"
 GITHUB_ISSUE = "github_issue"
 # The issue's body, following the agenda.
 GITHUB_ISSUE_BODY = "github_issue_body"
+# The sitting's HackMD page: made ahead, its regions kept current, read back at the
+# close (the final note comes from it, so it is not a target of the note).
+HACKMD_NOTE = "hackmd_note"
+HACKMD_REGIONS = "hackmd_regions"
+HACKMD_FINAL = "hackmd_final"
+HACKMD_KINDS = frozenset({HACKMD_NOTE, HACKMD_REGIONS, HACKMD_FINAL})
 # The `publish:` key of each target, and the outbox job kind that carries it out.
 TARGET_KINDS: dict[str, str] = {"git": GIT_ARCHIVE, "github": GITHUB_NOTE}
-PUBLISH_KINDS = frozenset(TARGET_KINDS.values()) | {GITHUB_ISSUE, GITHUB_ISSUE_BODY}
+PUBLISH_KINDS = (frozenset(TARGET_KINDS.values()) | {GITHUB_ISSUE, GITHUB_ISSUE_BODY}
+                 | HACKMD_KINDS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,11 +27,13 @@ that is not JSON is 400. Error bodies are `{"error": ...}`; HackMD documents non
 
 Test hooks: `human_edit` (a person types now), `human_edit_after_next_read` (a person
 types between the bot's read and its write), `fail` (answer a route with 5xx, 429,
-401, 404 …), `calls` (everything asked and answered), and an injectable clock.
+401, 404 …, optionally with headers of its own, or after doing the work: an answer
+lost on the way back), `calls` (everything asked and answered), and an injectable clock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -114,6 +116,7 @@ class Call:
     status: int
     headers: dict[str, str]
     body: Any
+    at: float = 0.0
 
 
 @dataclass
@@ -123,6 +126,9 @@ class Fault:
     status: int
     times: int
     hits: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    # Do the work, then answer `status`: the client never learns that it was done.
+    after_work: bool = False
 
 
 @dataclass
@@ -202,10 +208,14 @@ class HackMDContract:
         """A person changes the page right after the next API read of it is answered."""
         self._after_read.setdefault(note_id, []).append(edit)
 
-    def fail(self, method: str, path: str, status: int, times: int = 1) -> Fault:
+    def fail(self, method: str, path: str, status: int, times: int = 1, *,
+             headers: dict[str, str] | None = None, after_work: bool = False) -> Fault:
         """Answer the next `times` requests matching `method` ("*" for any) and the
-        regex `path` (searched in the path after /v1) with `status`."""
-        fault = Fault(method, re.compile(path), status, times)
+        regex `path` (searched in the path after /v1) with `status` (and `headers`,
+        which replace the rate-limit ones); with `after_work`, once the request's work
+        is done."""
+        fault = Fault(method, re.compile(path), status, times, headers=dict(headers or {}),
+                      after_work=after_work)
         self._faults.append(fault)
         return fault
 
@@ -230,7 +240,7 @@ class HackMDContract:
         path = request.path.removeprefix("/v1")
         response = await self._answer(request, handler, path)
         self.calls.append(Call(request.method, path, response.status,
-                               dict(request.headers), body))
+                               dict(request.headers), body, self.clock()))
         return response
 
     async def _answer(self, request: web.Request, handler: Callable[[web.Request], Any],
@@ -260,7 +270,13 @@ class HackMDContract:
                           and f.path.search(path)), None)
             if fault is not None:
                 fault.hits += 1
+                if fault.after_work:
+                    with contextlib.suppress(web.HTTPException):
+                        await handler(request)
                 response = _error(fault.status, "injected fault")
+                response.headers.update(headers)
+                response.headers.update(fault.headers)
+                return response
             else:
                 try:
                     response = await handler(request)
