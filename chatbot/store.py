@@ -1452,6 +1452,13 @@ class Store:
             "repo = excluded.repo, number = excluded.number, html_url = excluded.html_url",
             (meeting_id, _stamp(now), repo, number, html_url))
 
+    async def github_issue_ref(self, meeting_id: int) -> tuple[str, int] | None:
+        """The repository and number of the sitting's issue once it is open."""
+        rows = await self._rows(
+            "SELECT repo, number FROM github_issues WHERE meeting_id = ? "
+            "AND number IS NOT NULL", meeting_id)
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
     async def github_issue_url(self, meeting_id: int) -> str | None:
         """The sitting's issue link once it is open (GitHub's `html_url`)."""
         return await self._scalar(

@@ -216,6 +216,10 @@ async def test_one_meeting_from_its_issue_to_the_merged_archive(
 
         await eventually(drained, "every job done")
         assert len(github.calls_to("POST", r"/issues$")) == 1
+        table = github_table(github)
+        # Looked for once, before it was opened: later jobs use the number kept.
+        assert table["GET /user"]["charged"] == table["GET issues (find ours)"]["charged"] == 1
+        assert table["GET issues/N"]["charged"] == 0
         assert len(hackmd.calls_to("POST", r"/notes$")) == 1
         assert datetime.now(UTC) < start  # all of it before the scheduled start
         print_tables(github, hackmd)
