@@ -123,11 +123,16 @@ def search_error(error: Exception) -> str:
 
 
 def note_stems(series: MeetingConfig, meetings: Sequence[Meeting]) -> dict[int, str]:
-    """Each held sitting's note name, as `meetings.note_path` names it: the date in the
-    meeting's zone, `-2` and on for later sittings on the same day. `meetings` oldest first."""
+    """Each sitting's name, as its note file, GitHub issue, HackMD page and git archive
+    know it: the date in the meeting's zone, `-2` and on for later sittings on the same
+    day, counted in the order the bot first knew of them (`Store.sittings_of_series`).
+
+    That order, not the order they were held in, keeps a name once given: a scheduled
+    sitting whose issue or page was made ahead keeps its date even when an ad hoc
+    sitting is held before it that day (that one is `-2`)."""
     stems: dict[int, str] = {}
     per_day: dict[str, int] = {}
-    for meeting in meetings:
+    for meeting in sorted(meetings, key=lambda meeting: meeting.id):
         day = meeting.held_at.astimezone(series.timezone).date().isoformat()
         per_day[day] = per_day.get(day, 0) + 1
         stems[meeting.id] = day if per_day[day] == 1 else f"{day}-{per_day[day]}"

@@ -905,6 +905,17 @@ class Store:
         )
         return [_meeting_from_row(row) for row in rows]
 
+    async def sittings_of_series(self, series_id: str) -> list[Meeting]:
+        """Every sitting of a series held, being held or planned (a scheduled one the
+        bot keeps a row for already), in the order the bot first knew of them: what
+        names them (`archive.note_stems`)."""
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM meetings WHERE series_id = ? "
+            "AND (started_at IS NOT NULL OR scheduled_start IS NOT NULL) ORDER BY id",
+            series_id,
+        )
+        return [_meeting_from_row(row) for row in rows]
+
     # --- roll call and entries ----------------------------------------------------
 
     async def add_attendee(

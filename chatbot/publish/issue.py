@@ -5,8 +5,10 @@ time (queued by the scheduled `issue` job, its body built by `issue_body` then);
 `github_issue_body` rewrites the body when the agenda changed, at most once a minute
 (the scheduled `issue_body` job, planned from the database); `github_note` is the
 `Target` queued at the close: it posts the note as a comment and closes the issue. The
-first and last find the issue by the hidden marker in its body before they create one,
-so a job run again after a crash never opens a second issue.
+first finds the issue by the hidden marker in its body before it creates one, so a job
+run again after a crash never opens a second issue; the note (and the git archive's pull
+request) use the number kept once it was opened, and look for the marker the same way
+only when it never was.
 
 The body's "in your time zone" link is the one the reminders already carry
 (`render.time_zone_link`): timeanddate.com's fixed-time page, a documented, long-lived
