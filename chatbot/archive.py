@@ -125,14 +125,12 @@ def search_error(error: Exception) -> str:
 def note_stems(series: MeetingConfig, meetings: Sequence[Meeting]) -> dict[int, str]:
     """Each sitting's name, as its note file, GitHub issue, HackMD page and git archive
     know it: the date in the meeting's zone, `-2` and on for later sittings on the same
-    day, counted in the order the bot first knew of them (`Store.sittings_of_series`).
-
-    That order, not the order they were held in, keeps a name once given: a scheduled
-    sitting whose issue or page was made ahead keeps its date even when an ad hoc
-    sitting is held before it that day (that one is `-2`)."""
+    day. `meetings` in the order they were named (`Store.sittings_of_series`): a
+    scheduled sitting whose issue or page was queued ahead keeps its date even when
+    another sitting starts before it that day (that one is `-2`)."""
     stems: dict[int, str] = {}
     per_day: dict[str, int] = {}
-    for meeting in sorted(meetings, key=lambda meeting: meeting.id):
+    for meeting in meetings:
         day = meeting.held_at.astimezone(series.timezone).date().isoformat()
         per_day[day] = per_day.get(day, 0) + 1
         stems[meeting.id] = day if per_day[day] == 1 else f"{day}-{per_day[day]}"

@@ -358,9 +358,10 @@ async def sitting_name(store: Store, series: MeetingConfig, meeting: Meeting) ->
     """The name every trace of a sitting goes by (its note file, its GitHub issue's
     marker, its HackMD page's key, its git path and branch): `YYYY-MM-DD`, with `-2`
     and on for later sittings on the same day."""
-    stems = note_stems(series, await store.sittings_of_series(series.id))
-    day = meeting.held_at.astimezone(series.timezone).date()
-    return stems.get(meeting.id, day.isoformat())
+    sittings = await store.sittings_of_series(series.id)
+    if all(named.id != meeting.id for named in sittings):
+        sittings.append(meeting)  # not named yet: the name it gets when it is, now
+    return note_stems(series, sittings)[meeting.id]
 
 
 async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> PurePosixPath:

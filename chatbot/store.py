@@ -906,12 +906,18 @@ class Store:
         return [_meeting_from_row(row) for row in rows]
 
     async def sittings_of_series(self, series_id: str) -> list[Meeting]:
-        """Every sitting of a series held, being held or planned (a scheduled one the
-        bot keeps a row for already), in the order the bot first knew of them: what
-        names them (`archive.note_stems`)."""
+        """Every sitting of a series that has a name, in the order they got it: what
+        `archive.note_stems` counts. A sitting is named when it starts, or earlier when
+        its GitHub issue or HackMD page is queued (they carry the name); since that
+        moment never changes and later sittings are named later, a name never moves."""
+        never = "'~'"  # after every timestamp
         rows = await self._rows(
-            f"SELECT {_MEETING_COLUMNS} FROM meetings WHERE series_id = ? "
-            "AND (started_at IS NOT NULL OR scheduled_start IS NOT NULL) ORDER BY id",
+            f"SELECT {_MEETING_COLUMNS} FROM (SELECT m.*, MIN("
+            f"COALESCE(m.started_at, {never}), COALESCE(g.queued_at, {never}), "
+            f"COALESCE(h.queued_at, {never})) AS named_at FROM meetings m "
+            "LEFT JOIN github_issues g ON g.meeting_id = m.id "
+            "LEFT JOIN hackmd_notes h ON h.meeting_id = m.id WHERE m.series_id = ?) "
+            f"WHERE named_at <> {never} ORDER BY named_at, id",
             series_id,
         )
         return [_meeting_from_row(row) for row in rows]

@@ -114,3 +114,17 @@ async def test_an_ad_hoc_sitting_never_takes_the_name_of_a_scheduled_one_made_ah
     scheduled = await store.find_scheduled("team", start)
     assert scheduled is not None
     assert await sitting_name(store, series, scheduled) == "2026-06-18"
+
+
+async def test_a_sitting_is_named_when_it_starts_unless_its_issue_or_page_named_it_before(
+        store: Store) -> None:
+    """An agenda item added ahead plans the afternoon's sitting but names nothing: the
+    morning, held first, is the date, and stays so once the afternoon is held."""
+    team = rooms("FREQ=DAILY;BYHOUR=9,15")
+    series = team.config.meetings[0]
+    morning, afternoon = DAY.replace(hour=9), DAY.replace(hour=15)
+    await store.ensure_scheduled("team", ROOM, "Team", afternoon)  # as `!agenda` ahead does
+    assert saved_stem(await hold(store, team, morning)) == "2026-06-18"
+    assert saved_stem(await hold(store, team, afternoon)) == "2026-06-18-2"
+    held = await store.find_scheduled("team", morning)
+    assert held is not None and await sitting_name(store, series, held) == "2026-06-18"
