@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -221,5 +221,4 @@ async def test_one_meeting_from_its_issue_to_the_merged_archive(
         assert table["GET /user"]["charged"] == table["GET issues (find ours)"]["charged"] == 1
         assert table["GET issues/N"]["charged"] == 0
         assert len(hackmd.calls_to("POST", r"/notes$")) == 1
-        assert datetime.now(UTC) < start  # all of it before the scheduled start
         print_tables(github, hackmd)
