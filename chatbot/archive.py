@@ -123,8 +123,11 @@ def search_error(error: Exception) -> str:
 
 
 def note_stems(series: MeetingConfig, meetings: Sequence[Meeting]) -> dict[int, str]:
-    """Each held sitting's note name, as `meetings.note_path` names it: the date in the
-    meeting's zone, `-2` and on for later sittings on the same day. `meetings` oldest first."""
+    """Each sitting's name, as its note file, GitHub issue, HackMD page and git archive
+    know it: the date in the meeting's zone, `-2` and on for later sittings on the same
+    day. `meetings` in the order they were named (`Store.sittings_of_series`): a
+    scheduled sitting whose issue or page was queued ahead keeps its date even when
+    another sitting starts before it that day (that one is `-2`)."""
     stems: dict[int, str] = {}
     per_day: dict[str, int] = {}
     for meeting in meetings:

@@ -254,8 +254,9 @@ async def publish_again(config: Config, meeting_id: str, on: date | None) -> int
                   file=sys.stderr)
             return 1
         meeting = held[-1]
-        sitting = sitting_of(series, meeting, await note_path(store, series, meeting),
-                             await final_note_of(store, series, meeting))
+        sitting = await sitting_of(store, series, meeting,
+                                   await note_path(store, series, meeting),
+                                   await final_note_of(store, series, meeting))
     finally:
         await store.close()
     failed = False

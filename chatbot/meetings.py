@@ -29,7 +29,7 @@ from chatbot.model import (
 from chatbot.polls import END_TYPE, POLL_END, Poll, count, end_content, result_line
 from chatbot.publish import Sitting, job_kinds, notes_page
 from chatbot.publish.github import Comment, Issue
-from chatbot.publish.issue import OpenIssue, issue_body, issue_title
+from chatbot.publish.issue import OpenIssue, issue_body, issue_title, sitting_marker
 from chatbot.publish.notes_page import MakePage, keep_removed_items, page_content, page_regions
 from chatbot.recurrence import Occurrence, ReminderDecision, decide_reminder, elapsed
 from chatbot.render import (
@@ -354,11 +354,19 @@ async def open_adhoc(
     ), announces=meeting.id)]
 
 
+async def sitting_name(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
+    """The name every trace of a sitting goes by (its note file, its GitHub issue's
+    marker, its HackMD page's key, its git path and branch): `YYYY-MM-DD`, with `-2`
+    and on for later sittings on the same day."""
+    sittings = await store.sittings_of_series(series.id)
+    if all(named.id != meeting.id for named in sittings):
+        sittings.append(meeting)  # not named yet: the name it gets when it is, now
+    return note_stems(series, sittings)[meeting.id]
+
+
 async def note_path(store: Store, series: MeetingConfig, meeting: Meeting) -> PurePosixPath:
-    """`<meeting id>/<YYYY-MM-DD>.md`; a second sitting on the same day gets `-2`, and so on."""
-    stems = note_stems(series, await store.meetings_of_series(series.id))
-    day = meeting.held_at.astimezone(series.timezone).date()
-    return PurePosixPath(series.id, f"{stems.get(meeting.id, day.isoformat())}.md")
+    """`<meeting id>/<sitting name>.md`."""
+    return PurePosixPath(series.id, f"{await sitting_name(store, series, meeting)}.md")
 
 
 async def compile_log(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
@@ -411,11 +419,14 @@ async def forget_in_log(store: Store, rooms: Rooms, event_id: EventId) -> list[E
     return [SaveLog(path, meeting.id, await compile_log(store, series, meeting))]
 
 
-def sitting_of(series: MeetingConfig, meeting: Meeting, path: PurePosixPath,
-               note: str) -> Sitting:
-    """A held meeting as the publishing targets see it; named like its note file."""
+async def sitting_of(store: Store, series: MeetingConfig, meeting: Meeting,
+                     path: PurePosixPath, note: str) -> Sitting:
+    """A held meeting as the publishing targets see it; named like its note file, with
+    its GitHub issue if one was opened for it."""
     held_on = meeting.held_at.astimezone(series.timezone).date()
-    return Sitting(series.id, meeting.title, held_on, path.stem, note)
+    issue = (await store.github_issue_ref(meeting.id) if series.publish.github is not None
+             else None)
+    return Sitting(series.id, meeting.title, held_on, path.stem, note, issue)
 
 
 async def compile_note(store: Store, series: MeetingConfig, meeting: Meeting) -> str:
@@ -529,7 +540,7 @@ async def close_meeting(
     if carried:
         closing += (f" {carried} agenda item{'s' if carried > 1 else ''} not reached "
                     "carried over to the next meeting.")
-    sitting = sitting_of(series, closed, path, note)
+    sitting = await sitting_of(store, series, closed, path, note)
     saved_log = ([SaveLog(log_path_of(path), closed.id, await compile_log(store, series, closed))]
                  if series.log else [])
     page = (await store.hackmd_note(meeting.id) if series.publish.hackmd is not None
@@ -793,11 +804,14 @@ async def issue_body_of(store: Store, rooms: Rooms, series: MeetingConfig,
     start = meeting.held_at
     agenda = (await store.record(meeting)).agenda
     links = await sitting_links(store, series, meeting)
-    return issue_body(title=series.title, start=start, zone=series.timezone,
+    body = issue_body(title=series.title, start=start, zone=series.timezone,
                       duration=series.duration, links=links, agenda=agenda,
                       room=series.room, prefix=rooms.config.command_prefix,
                       closed_by_pull_request=series.publish.git is not None
                       and series.publish.git.pull_request)
+    # The marker in the body as queued: a body update is then one write, no read first.
+    marker = sitting_marker(series.id, await sitting_name(store, series, meeting))
+    return f"{body.rstrip()}\n\n{marker}\n"
 
 
 async def run_issue_body(store: Store, rooms: Rooms, meeting_id: int,
@@ -923,7 +937,8 @@ async def run_issue(
              extra={"room_id": room_id, "meeting_id": meeting.id})
     # The issue cannot be older than this job: listing stops there (a minute of slack
     # for GitHub's clock).
-    return [QueueIssue(OpenIssue(series.id, meeting.id, day.isoformat(),
+    return [QueueIssue(OpenIssue(series.id, meeting.id,
+                                 await sitting_name(store, series, meeting),
                                  issue_title(github, series.id, series.title, day), body,
                                  now - timedelta(minutes=1)))]
 
@@ -945,7 +960,8 @@ async def run_notes_page(
     log.info("making the HackMD page of %s at %s", series.id, start,
              extra={"room_id": room_id, "meeting_id": meeting.id})
     return [QueuePage(MakePage(
-        series.id, meeting.id, day.isoformat(), f"{series.title}: {day.isoformat()}",
+        series.id, meeting.id, await sitting_name(store, series, meeting),
+        f"{series.title}: {day.isoformat()}",
         page_content(record, series.timezone, links, series.template_source),
         page_regions(record, series.timezone, links)))]
 

@@ -905,6 +905,23 @@ class Store:
         )
         return [_meeting_from_row(row) for row in rows]
 
+    async def sittings_of_series(self, series_id: str) -> list[Meeting]:
+        """Every sitting of a series that has a name, in the order they got it: what
+        `archive.note_stems` counts. A sitting is named when it starts, or earlier when
+        its GitHub issue or HackMD page is queued (they carry the name); since that
+        moment never changes and later sittings are named later, a name never moves."""
+        never = "'~'"  # after every timestamp
+        rows = await self._rows(
+            f"SELECT {_MEETING_COLUMNS} FROM (SELECT m.*, MIN("
+            f"COALESCE(m.started_at, {never}), COALESCE(g.queued_at, {never}), "
+            f"COALESCE(h.queued_at, {never})) AS named_at FROM meetings m "
+            "LEFT JOIN github_issues g ON g.meeting_id = m.id "
+            "LEFT JOIN hackmd_notes h ON h.meeting_id = m.id WHERE m.series_id = ?) "
+            f"WHERE named_at <> {never} ORDER BY named_at, id",
+            series_id,
+        )
+        return [_meeting_from_row(row) for row in rows]
+
     # --- roll call and entries ----------------------------------------------------
 
     async def add_attendee(
@@ -1451,6 +1468,13 @@ class Store:
             "VALUES (?, ?, ?, ?, ?) ON CONFLICT (meeting_id) DO UPDATE SET "
             "repo = excluded.repo, number = excluded.number, html_url = excluded.html_url",
             (meeting_id, _stamp(now), repo, number, html_url))
+
+    async def github_issue_ref(self, meeting_id: int) -> tuple[str, int] | None:
+        """The repository and number of the sitting's issue once it is open."""
+        rows = await self._rows(
+            "SELECT repo, number FROM github_issues WHERE meeting_id = ? "
+            "AND number IS NOT NULL", meeting_id)
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
     async def github_issue_url(self, meeting_id: int) -> str | None:
         """The sitting's issue link once it is open (GitHub's `html_url`)."""

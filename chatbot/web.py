@@ -283,7 +283,8 @@ class WebServer:
 
     async def _sittings(self, series: MeetingConfig) -> tuple[list[Meeting], dict[int, str]]:
         meetings = await self._read.meetings_of_series(series.id)
-        return meetings, archive.note_stems(series, meetings)
+        return meetings, archive.note_stems(
+            series, await self._read.sittings_of_series(series.id))
 
     async def _series(self, request: web.Request) -> web.Response:
         series, keys = await self._readable(request)

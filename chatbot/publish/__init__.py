@@ -39,7 +39,9 @@ class Sitting:
     """One held meeting's note, as every target publishes it.
 
     `name` tells the sittings of a series apart: the date, with `-2` for a second
-    sitting that day (as the note file's name).
+    sitting that day (as the note file's name). `issue` is the repository and number
+    of the sitting's GitHub issue when it was open by the close, so that publishing
+    need not look for it again.
     """
 
     series_id: str
@@ -47,15 +49,23 @@ class Sitting:
     held_on: date
     name: str
     text: str
+    issue: tuple[str, int] | None = None
 
     def payload(self) -> dict[str, Any]:
-        return {"series": self.series_id, "title": self.title,
-                "held_on": self.held_on.isoformat(), "name": self.name, "text": self.text}
+        payload: dict[str, Any] = {
+            "series": self.series_id, "title": self.title,
+            "held_on": self.held_on.isoformat(), "name": self.name, "text": self.text}
+        if self.issue is not None:
+            payload["issue"] = {"repo": self.issue[0], "number": self.issue[1]}
+        return payload
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Sitting:
+        # A job queued before the issue was kept with the sitting has no "issue".
+        issue = payload.get("issue")
         return cls(payload["series"], payload["title"], date.fromisoformat(payload["held_on"]),
-                   payload["name"], payload["text"])
+                   payload["name"], payload["text"],
+                   (str(issue["repo"]), int(issue["number"])) if issue else None)
 
 
 class PublishFailed(Exception):

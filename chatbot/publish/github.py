@@ -52,6 +52,11 @@ def meeting_marker(meeting_id: str, day: date) -> str:
     return f"<!-- chatbot:meeting:{meeting_id}:{day.isoformat()} -->"
 
 
+def has_marker(body: str) -> bool:
+    """Whether an issue body carries a sitting's hidden marker."""
+    return _MARKER.search(body) is not None
+
+
 def split_note(text: str, limit: int = COMMENT_LIMIT) -> list[str]:
     """`text` as few comments of at most `limit` characters, cut at a line end where one
     lies in the second half of a part; the parts joined give `text` back exactly."""
@@ -348,13 +353,16 @@ class GitHubClient:
                                  repo=ref.repo)).data
         return Issue.from_json(ref.repo, data)
 
-    async def update_issue_body(self, issue: Issue, body: str) -> Issue:
-        """`issue` with `body` (its marker kept); no call when the body is unchanged."""
-        marker = issue.marker
-        if marker is not None and marker not in body:
-            body = f"{body.rstrip()}\n\n{marker}\n"
-        if body == issue.body:
-            return issue
+    async def update_issue_body(self, issue: IssueRef, body: str) -> Issue:
+        """The issue with `body`. Given an `Issue` as read, its marker is kept and
+        nothing is sent when the body is unchanged; given only its number, `body` is
+        written as it is (it must carry the marker itself)."""
+        if isinstance(issue, Issue):
+            marker = issue.marker
+            if marker is not None and marker not in body:
+                body = f"{body.rstrip()}\n\n{marker}\n"
+            if body == issue.body:
+                return issue
         data = (await self._call("PATCH", _issue_path(issue), json={"body": body},
                                  what=f"update issue #{issue.number}", repo=issue.repo)).data
         return Issue.from_json(issue.repo, data)

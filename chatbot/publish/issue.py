@@ -5,8 +5,10 @@ time (queued by the scheduled `issue` job, its body built by `issue_body` then);
 `github_issue_body` rewrites the body when the agenda changed, at most once a minute
 (the scheduled `issue_body` job, planned from the database); `github_note` is the
 `Target` queued at the close: it posts the note as a comment and closes the issue. The
-first and last find the issue by the hidden marker in its body before they create one,
-so a job run again after a crash never opens a second issue.
+first finds the issue by the hidden marker in its body before it creates one, so a job
+run again after a crash never opens a second issue; the note (and the git archive's pull
+request) use the number kept once it was opened, and look for the marker the same way
+only when it never was.
 
 The body's "in your time zone" link is the one the reminders already carry
 (`render.time_zone_link`): timeanddate.com's fixed-time page, a documented, long-lived
@@ -45,6 +47,7 @@ from chatbot.publish.github import (
     Polled,
     PullRequest,
     Token,
+    has_marker,
 )
 from chatbot.render import LINK_LABELS, format_clock, format_date, time_zone_link
 
@@ -183,15 +186,22 @@ class GitHubIssues:
             raise self._failed(settings, error) from error
 
     async def update_body(self, series_id: str, repo: str, number: int, body: str) -> str:
-        """Make the issue's body `body` (its marker kept); no write when it is already."""
+        """Make the issue's body `body`, which carries the issue's marker: one PATCH, no
+        read first. A read would protect nothing: GitHub has no conditional write for
+        issues, the bot owns the whole body (a person's edit to it is replaced either
+        way), and a job is queued only when the body changed. A body without a marker
+        (a job queued by an older version) is written the old way, the issue read first
+        so its marker is kept."""
         settings = self._settings(series_id)
+        ref = IssueRef(repo, number)
         try:
             async with self._client(settings) as github:
-                issue = await github.get_issue(IssueRef(repo, number))
-                await github.update_issue_body(issue, body)
+                if not has_marker(body):
+                    ref = await github.get_issue(ref)
+                updated = await github.update_issue_body(ref, body)
         except GitHubError as error:
             raise self._failed(settings, error) from error
-        return issue.html_url
+        return updated.html_url
 
     async def comments(self, series_id: str, repo: str, number: int,
                        etag: str | None) -> Polled[Comment]:
@@ -228,12 +238,12 @@ class GitHubIssues:
         try:
             async with self._client(settings) as github:
                 issue = await self._sitting_issue(github, settings, sitting)
-                await github.post_note(issue, sitting.text)
+                comments = await github.post_note(issue, sitting.text)
                 if not closed_by_pull_request(self.config, sitting.series_id):
                     await github.close_issue(issue)
         except GitHubError as error:
             raise self._failed(settings, error) from error
-        return issue.html_url
+        return comments[0].html_url
 
     async def propose(self, sitting: Sitting, *, head: str, base: str, title: str,
                       path: str) -> PullRequest:
@@ -253,9 +263,13 @@ class GitHubIssues:
             raise self._failed(settings, error) from error
 
     async def _sitting_issue(self, github: GitHubClient, settings: GitHubIssueConfig,
-                             sitting: Sitting) -> Issue:
-        """The sitting's issue, opened now if it never was. One at a time per sitting:
-        the note's comment and the archive's pull request both need it, at once."""
+                             sitting: Sitting) -> IssueRef:
+        """The sitting's issue: the one kept with the sitting, or else (it was never
+        opened, or the bot stopped before it kept its number) found by its marker or
+        opened now. One at a time per sitting: the note's comment and the archive's
+        pull request both need it, at once."""
+        if sitting.issue is not None and sitting.issue[0].lower() == settings.repo.lower():
+            return IssueRef(*sitting.issue)
         marker = sitting_marker(sitting.series_id, sitting.name)
         created_after = (datetime.combine(sitting.held_on, datetime.min.time(), UTC)
                          - settings.issue_ahead - FIND_SLACK)

@@ -222,8 +222,7 @@ async def test_one_whole_meeting_makes_few_calls(
         "GET /user 200",
         f"GET /repos/{REPO}/issues 200",
         f"POST /repos/{REPO}/issues 201",
-        "GET /user 200",
-        f"GET /repos/{REPO}/issues 200",
+        # The note goes to the issue kept with the sitting: not looked for again.
         f"GET /repos/{REPO}/issues/1/comments 200",
         f"POST /repos/{REPO}/issues/1/comments 201",
         f"PATCH /repos/{REPO}/issues/1 200",
@@ -294,8 +293,52 @@ async def test_publishing_again_posts_the_note_once(
     note = next(text for text in harness.transport.texts() if text.startswith("# Team"))
     url = await issues.publish(Sitting("team", "Team", START.date(), "2026-06-18", note))
     issue = the_issue(github)
-    assert url.endswith(f"/issues/{issue.number}")
+    assert f"/issues/{issue.number}#issuecomment-" in url  # the note's comment
     assert len(issue.comments) == 1 and issue.state == "closed"
+
+
+async def test_the_note_finds_an_issue_whose_number_was_never_kept_by_its_marker(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    """The bot stopped after GitHub opened the issue, before it kept the number: the
+    note's job looks for the issue by its marker, and opens no second one."""
+    clock.now = START - timedelta(days=7)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    issue = the_issue(github)
+    async with harness.bot.store.transaction():  # as if the answer never arrived
+        await harness.bot.store._db.execute(
+            "UPDATE github_issues SET repo = NULL, number = NULL, html_url = NULL")
+    clock.now = START
+    await harness.run(JobKind.START)
+    await harness.say("!endmeeting", "e1")
+    listed = len(github.calls_to("GET", r"/issues$"))
+    await harness.drain()
+    assert the_issue(github) is issue and len(issue.comments) == 1
+    assert issue.state == "closed"
+    assert len(github.calls_to("GET", r"/issues$")) == listed + 1  # looked for once
+
+
+async def test_the_note_goes_to_the_kept_issue_without_looking_for_it(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    clock.now = START - timedelta(days=7)
+    await harness.run(JobKind.ISSUE)
+    await harness.drain()
+    issues = harness.bot._targets[GITHUB_NOTE]
+    before = len(github.calls)
+    kept = the_issue(github).number
+    await issues.publish(Sitting("team", "Team", START.date(), "2026-06-18", "# Team\n",
+                                 (REPO.upper(), kept)))
+    assert [f"{call.method} {call.path}" for call in github.calls[before:]] == [
+        f"GET /repos/{REPO.upper()}/issues/{kept}/comments",
+        f"POST /repos/{REPO.upper()}/issues/{kept}/comments",
+        f"PATCH /repos/{REPO.upper()}/issues/{kept}"]
+    # Kept in a repository the config no longer names: looked for in the one it names.
+    github.add_repo("jupyterhub/elsewhere")
+    before = len(github.calls)
+    await issues.publish(Sitting("team", "Team", START.date(), "2026-06-18", "# Team\n",
+                                 ("jupyterhub/elsewhere", kept)))
+    assert github.calls[before].path == "/user"
+    assert not github.repos["jupyterhub/elsewhere"].issues
 
 
 @pytest.mark.parametrize(
