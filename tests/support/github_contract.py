@@ -276,9 +276,14 @@ class GitHubContract:
     def add_issue(self, full_name: str, title: str, body: str | None = None, *,
                   user: str = "octocat", labels: tuple[str, ...] = (),
                   pull_request: bool = False, state: str = "open") -> StoredIssue:
-        """An issue (or pull request) someone made, as if through GitHub's web page."""
-        return self._create_issue(self.repos[full_name.lower()], title, body, user,
-                                  list(labels), pull_request=pull_request, state=state)
+        """An issue (or pull request) someone made, as if through GitHub's web page; a
+        pull request from a branch of its own into the default branch."""
+        repo = self.repos[full_name.lower()]
+        made = self._create_issue(repo, title, body, user, list(labels),
+                                  pull_request=pull_request, state=state)
+        if pull_request:
+            made.head, made.base = f"{user}/change-{made.number}", repo.default_branch
+        return made
 
     def add_comment(self, full_name: str, number: int, body: str, *,
                     user: str = "octocat") -> StoredComment:
@@ -784,9 +789,13 @@ class GitHubContract:
         sha = hashlib.sha1(f"{pull.id}:{pull.head}".encode()).hexdigest()
         owner = self._user_json(repo.owner, repo.id + 1)
 
+        # Head and base are branches of the repository itself (no forks here); GitHub's
+        # schema requires the base's repository, and the head's where it still exists.
+        repository = self._repo_json(repo, Account(repo.owner, repo.id + 1, can_write=False))
+
         def branch(ref: str | None) -> dict[str, Any]:
             return {"label": f"{repo.owner}:{ref}", "ref": ref, "sha": sha, "user": owner,
-                    "repo": None}
+                    "repo": repository}
 
         links = {name: {"href": href} for name, href in (
             ("self", api), ("html", html), ("issue", issue_api),

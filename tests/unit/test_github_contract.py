@@ -1,10 +1,7 @@
 """The GitHub stand-in holds to GitHub's documented contract and refuses the rest.
 
-The shape checks against githubkit's models (GitHub's OpenAPI description) run where
-githubkit is importable; it is not a dependency of the bot. In a separate venv:
-`pip install githubkit==0.16.1 'hishel>=1,<2'` (0.16.1 fails at import with hishel 2.0),
-then put its site-packages (githubkit, githubkit_schemas, hishel, httpx, httpcore,
-anyio) on PYTHONPATH after the project's own.
+The shape checks against githubkit's models (GitHub's OpenAPI description) come with
+the test extra (githubkit 0.16.1 with hishel<2; it is not a dependency of the bot).
 """
 
 from __future__ import annotations
