@@ -257,8 +257,10 @@ async def test_a_room_upgrade_is_followed_with_the_meeting_history(world: World)
 async def test_the_running_bot_serves_its_calendar_health_and_metrics(
     world: World,
 ) -> None:
+    # A public meeting: anyone may subscribe to its calendar (a private one needs the
+    # `!archive` link's key, tested with the web archive).
     async def start(port: int) -> int:
-        await world.start_bot(world.config().model_copy(
+        await world.start_bot(world.config(archive="public").model_copy(
             update={"http": HttpConfig(listen=f"127.0.0.1:{port}")}))
         return port
 
