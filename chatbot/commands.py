@@ -66,6 +66,7 @@ from chatbot.render import (
     render_agenda,
     render_when_line,
     roll_call_profile,
+    update_time,
 )
 from chatbot.rounds import (
     active_round,
@@ -434,11 +435,16 @@ async def _target(store: Store, context: Context) -> Target | None:
 
 
 async def handle_help(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    """The commands from the registry; the quick update's time is that of the meeting
+    the room's commands go to (left out where there is none)."""
+    target = await _target(store, context)
+    seconds = target.series.update_seconds if target is not None else None
     lines = ["**Meeting bot commands:**", ""]
     for spec in REGISTRY:
         aliases = "".join(f" (or `{context.prefix}{alias}`)" for alias in spec.aliases)
         chairs = " *(chairs)*" if spec.chair_only else ""
-        lines.append(f"- `{context.prefix}{spec.syntax}`{aliases}: {spec.summary}{chairs}")
+        lines.append(f"- `{context.prefix}{spec.syntax}`{aliases}: "
+                     f"{spec.described(seconds)}{chairs}")
     return [Reply("\n".join(lines))]
 
 
@@ -861,8 +867,20 @@ class CommandSpec:
     # records the other.
     pass_reason: PassReason | None = None
 
+    def described(self, update_seconds: int | None = None) -> str:
+        """The help line's summary; an `{update_time}` in it says how long a quick
+        update may take, and goes (with its brackets) when that is not known."""
+        if UPDATE_TIME not in self.summary:
+            return self.summary
+        if update_seconds is None:
+            return self.summary.replace(f" ({UPDATE_TIME})", "")
+        return self.summary.replace(UPDATE_TIME, update_time(update_seconds))
+
     def usage(self, prefix: str) -> str:
-        return f"Usage: `{prefix}{self.syntax}` ({self.summary})"
+        return f"Usage: `{prefix}{self.syntax}` ({self.described()})"
+
+
+UPDATE_TIME = "{update_time}"
 
 
 REGISTRY: tuple[CommandSpec, ...] = (
@@ -873,7 +891,7 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 "saves how you appear in roll calls", _set_profile, handle_iam, editable=True),
     CommandSpec("here", "here [Name / Affiliation / @handle]", "joins the roll call",
                 _here, handle_here, editable=True),
-    CommandSpec("update", "update text", "adds your quick update (60 seconds)",
+    CommandSpec("update", "update text", f"adds your quick update ({UPDATE_TIME})",
                 _text, _entry_handler(EntryKind.UPDATE), entry_kind=EntryKind.UPDATE,
                 editable=True),
     CommandSpec("pass", "pass", "passes on your quick update",

@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from chatbot.bot import ROUND_TURN, IncomingMessage, MeetingBot
-from chatbot.commands import Invocation, RoundCommand, UsageError, parse_invocation
+from chatbot.commands import REGISTRY, Invocation, RoundCommand, UsageError, parse_invocation
 from chatbot.config import parse_config
 from chatbot.matrix import message_content
 from chatbot.meetings import JobKind, Rooms
 from chatbot.model import EventId, RoomId, RoundOutcome, RoundPlace, UserId
-from chatbot.render import message_parts
+from chatbot.render import message_parts, render_start, update_time
 from chatbot.rounds import end_turn, next_turn, round_order, still_to_come, turn_line
 from chatbot.store import OutboxItem, Store
 from tests.support.clock import ManualClock
@@ -210,8 +211,37 @@ async def test_a_round_from_start_to_end(harness: Harness) -> None:
 
     await harness.say(CHAIR, "!endmeeting")
     note = next(text for text in await harness.sent() if text.startswith("# Team"))
-    assert ("## Quick updates\n\n- **Bo:** posted before the round\n- **Ada:** shipped\n"
+    # In roll-call order, not the order the updates came (Bo's came first).
+    assert ("## Quick updates\n\n- **Ada:** shipped\n- **Bo:** posted before the round\n"
             "- **Cy:** (spoke on the call)\n- **Dee:** no update\n") in note
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    (1, "1 second"), (30, "30 seconds"), (60, "60 seconds"), (90, "90 seconds"),
+    (120, "2 minutes"), (150, "2 minutes 30 seconds"), (3600, "1 hour"),
+])
+def test_the_update_time_reads_as_a_facilitator_says_it(seconds: int, said: str) -> None:
+    assert update_time(seconds) == said
+    start = render_start(title="T", links={}, closes_at=NOW, zone=ZoneInfo("UTC"), prefix="!",
+                         update_seconds=seconds)
+    assert f"- Quick update, {said}, you can pass: `!update text` or `!pass`" in start
+    place = RoundPlace(ADA, "Ada")
+    assert f"your {said} (1 of 1, last)" in turn_line((place,), place, seconds, done=set())
+
+
+async def test_the_start_and_help_give_the_meetings_own_update_time(harness: Harness) -> None:
+    await harness.say(ADA, "!help")
+    (help_text,) = await harness.sent()
+    assert "- `!update text`: adds your quick update (30 seconds)" in help_text
+    await harness.say(CHAIR, "!startmeeting")
+    (start,) = await harness.sent()
+    assert "- Quick update, 30 seconds, you can pass:" in start
+    assert "60 seconds" not in help_text + start
+    # Where no meeting is near, help leaves the time out, as does a usage reply.
+    (spec,) = [spec for spec in REGISTRY if spec.name == "update"]
+    assert spec.described() == "adds your quick update"
+    assert spec.described(120) == "adds your quick update (2 minutes)"
+    assert spec.usage("!") == "Usage: `!update text` (adds your quick update)"
 
 
 async def test_skip_stop_and_status(harness: Harness) -> None:
