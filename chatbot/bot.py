@@ -29,6 +29,7 @@ from chatbot.commands import (
     handle_help,
     parse_agenda_item,
     parse_invocation,
+    pills_as_ids,
     strip_reply_fallback,
 )
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
@@ -72,7 +73,7 @@ from chatbot.meetings import (
     take_labelled_issues,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
+from chatbot.model import Entry, EventId, LogLine, Pill, RoomId, UserId
 from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
@@ -131,6 +132,8 @@ class IncomingMessage:
     # it with the time the core may pace commands by; `server_time` stays as it was.
     sent_at: datetime | None = None
     server_time: datetime | None = None
+    # The people mentioned as pills, in the order they appear in the message.
+    pills: tuple[Pill, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,7 +543,7 @@ class MeetingBot:
                                                 message.sender):
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
-            effects = await self._dispatch(invocation, context)
+            effects = await self._dispatch(invocation, context, message.pills)
             await self._record(effects, message.room_id, message.event_id, context.now,
                                thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
@@ -774,7 +777,8 @@ class MeetingBot:
                 or any(isinstance(effect, Post | CallTurn) for effect in effects)):
             self.on_schedule_change()
 
-    async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
+    async def _dispatch(self, invocation: Invocation | Unknown, context: Context,
+                        pills: Sequence[Pill] = ()) -> list[Effect]:
         prefix = context.prefix
         if isinstance(invocation, Unknown):
             # Inline code cannot escape a backtick, so the name loses any it has.
@@ -785,8 +789,11 @@ class MeetingBot:
         spec = invocation.spec
         if spec.chair_only and not context.is_chair:
             return [Reply(f"Only chairs can use `{prefix}{spec.name}`: {chairs_are(prefix)}.")]
+        arguments = invocation.arguments
+        if spec.takes_people:
+            arguments = pills_as_ids(arguments, pills)
         try:
-            command = spec.parse(invocation.arguments)
+            command = spec.parse(arguments)
             return await spec.handle(command, context, self.store)
         except UsageError as error:
             return [Reply(f"Sorry, {error}. {spec.usage(prefix)}")]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,7 @@ from chatbot.model import (
     EventId,
     MeetingRecord,
     PassReason,
+    Pill,
     Profile,
     RoomId,
     RoundOutcome,
@@ -343,17 +344,55 @@ ROUND_SYNTAX = "round [shuffle | @user:server @user:server … | stop]"
 
 
 def _round(args: str) -> RoundCommand:
+    """The people in an explicit order are Matrix ids; pills have become ids already
+    (`pills_as_ids`). Any other words are named back as people not matched."""
     words = args.split()
     if not words:
         return RoundCommand("start")
     if len(words) == 1 and words[0].lower() in ("shuffle", "stop"):
         return RoundCommand(words[0].lower())
-    people = [word.rstrip(":,") for word in words]
-    if all(_USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID
-           for person in people):
-        return RoundCommand("start", tuple(UserId(person) for person in people))
-    raise UsageError("say `round`, `round shuffle`, `round @ada:example.org @bo:example.org` "
-                     "(people by their Matrix ids) or `round stop`")
+    people: list[UserId] = []
+    # Runs of other words, each a name: ids, commas and "and" end them.
+    unmatched: list[list[str]] = [[]]
+    for word in words:
+        person = word.rstrip(":,")
+        if _USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID:
+            people.append(UserId(person))
+        elif person.strip(",:") and person.lower() != "and":
+            unmatched[-1].append(person)
+            if person == word:
+                continue
+        unmatched.append([])
+    names = [" ".join(run) for run in unmatched if run]
+    if not names:
+        return RoundCommand("start", tuple(people))
+    shown = ", ".join(f"“{escape_markdown(_shortened(name))}”" for name in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    raise UsageError(f"I could not match {shown}{more} to anyone: name each person with a "
+                     "pill (type @ and pick them from the list) or their Matrix id, like "
+                     "`round @ada:example.org @bo:example.org`")
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def pills_as_ids(arguments: str, pills: Sequence[Pill]) -> str:
+    """The arguments with each pill's text (Element's plain body has the display name
+    where the HTML has the pill) replaced by that person's Matrix id, left to right, so
+    a command that takes people reads pills as ids. The ids come from the pills, the
+    order from where they stand; a pill whose text is not found is left as written."""
+    parts, position = [], 0
+    for pill in pills:
+        found = arguments.find(pill.text, position) if pill.text else -1
+        if found < 0:
+            continue
+        # Some clients write the mention as "@Name"; the "@" goes with the name.
+        start = found - 1 if found > position and arguments[found - 1] == "@" else found
+        parts += [arguments[position:start], f" {pill.user_id} "]
+        position = found + len(pill.text)
+    parts.append(arguments[position:])
+    return "".join(parts)
 
 
 def _start_meeting(args: str) -> StartMeeting:
@@ -866,6 +905,8 @@ class CommandSpec:
     # For a pass: why it is one (`!done`), so an edit between `!pass` and `!done`
     # records the other.
     pass_reason: PassReason | None = None
+    # Whether the command names people: pills in the message are read as their ids.
+    takes_people: bool = False
 
     def described(self, update_seconds: int | None = None) -> str:
         """The help line's summary; an `{update_time}` in it says how long a quick
@@ -928,7 +969,8 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 _no_arguments, handle_undo, chair_aware=True),
     CommandSpec("round", ROUND_SYNTAX,
                 "calls on each person on the roll call in turn for their update; during "
-                "a round, shows who is left", _round, handle_round, chair_only=True),
+                "a round, shows who is left; people may be named with pills", _round,
+                handle_round, chair_only=True, takes_people=True),
     CommandSpec("skip", "skip", "ends the current turn of the update round", _no_arguments,
                 handle_skip, chair_only=True),
     CommandSpec("nudge", "nudge off|on",

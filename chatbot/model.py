@@ -172,6 +172,15 @@ class LogLine:
 
 
 @dataclass(frozen=True, slots=True)
+class Pill:
+    """A mention as a client shows it: the person's id, and the text that stands for it
+    in the message's plain body (Element puts the display name there)."""
+
+    user_id: UserId
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class RoundPlace:
     """One person's place in an update round; `outcome` None: their turn has not ended."""
 
