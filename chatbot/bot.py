@@ -114,6 +114,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def direct_intent_key(user_id: UserId) -> str:
+    """The `meta` key saying a direct chat with the person is being opened."""
+    return f"opening_direct:{user_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A text message from a person in a configured room, or an edit of one.
@@ -249,6 +254,10 @@ class Transport(Protocol):
 
     async def open_direct(self, user_id: UserId) -> RoomId:
         """Open a direct chat with a person (invited, flagged direct); raises DeliveryError."""
+
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        """A direct chat with the person that `open_direct` made before and the bot did
+        not get to record; None if there is none. Raises DeliveryError."""
 
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
@@ -931,16 +940,29 @@ class MeetingBot:
         return event_id
 
     async def _send_direct(self, item: OutboxItem) -> str:
-        """Send a message to a person in their direct chat with the bot, opening one
-        (and remembering it at once, so a retry does not open another) if there is none."""
+        """Send a message to a person in their direct chat with the bot, opening one if
+        there is none. Opening is idempotent: the intent is recorded first, so a retry
+        after a crash (or a lost answer) between creating the room and recording it
+        finds that room instead of opening a second one."""
         user_id = UserId(item.payload["user_id"])
         room_id = await self.store.read.direct_room_of(user_id)
+        if room_id is not None:
+            return await self.transport.deliver(replace(item, room_id=room_id))
+        intent = direct_intent_key(user_id)
+        if await self.store.read.get_meta(intent) is not None:
+            room_id = await self.transport.find_direct(user_id)
+            if room_id is not None:
+                log.info("found direct chat %s with %s, opened before a restart", room_id,
+                         user_id, extra={"room_id": room_id})
         if room_id is None:
-            room_id = await self.transport.open_direct(user_id)
             async with self.store.transaction():
-                await self.store.touch_direct_room(room_id, self.clock(), user_id)
+                await self.store.set_meta(intent, self.clock().isoformat())
+            room_id = await self.transport.open_direct(user_id)
             log.info("opened direct chat %s with %s", room_id, user_id,
                      extra={"room_id": room_id})
+        async with self.store.transaction():
+            await self.store.touch_direct_room(room_id, self.clock(), user_id)
+            await self.store.delete_meta(intent)
         return await self.transport.deliver(replace(item, room_id=room_id))
 
     async def resume(self) -> None:
