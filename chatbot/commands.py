@@ -384,13 +384,20 @@ def pills_as_ids(arguments: str, pills: Sequence[Pill]) -> str:
     order from where they stand; a pill whose text is not found is left as written."""
     parts, position = [], 0
     for pill in pills:
-        found = arguments.find(pill.text, position) if pill.text else -1
-        if found < 0:
+        if not pill.text.strip():
             continue
-        # Some clients write the mention as "@Name"; the "@" goes with the name.
-        start = found - 1 if found > position and arguments[found - 1] == "@" else found
-        parts += [arguments[position:start], f" {pill.user_id} "]
-        position = found + len(pill.text)
+        # The whole name, not a part of a longer word ("Bo" in "Bob"); some clients
+        # write "@Name", and the "@" goes with it.
+        found = re.compile(rf"(?<![^\s,;]){re.escape(pill.text)}(?![^\s,;:])"
+                           ).search(arguments, position)
+        at = re.compile(rf"(?<![^\s,;])@{re.escape(pill.text)}(?![^\s,;:])"
+                        ).search(arguments, position)
+        if at is not None and (found is None or at.start() < found.start()):
+            found = at
+        if found is None:
+            continue
+        parts += [arguments[position:found.start()], f" {pill.user_id} "]
+        position = found.end()
     parts.append(arguments[position:])
     return "".join(parts)
 

@@ -174,6 +174,8 @@ def test_pills_of_other_shapes(content: dict[str, object], expected: tuple[Pill,
     ("@Bo, @cy:example.org and Ada", [Pill(BO, "Bo"), Pill(ADA, "Ada")],
      RoundCommand("start", (BO, CY, ADA))),
     ("Ada Ada", [Pill(ADA, "Ada"), Pill(BO, "Ada")], RoundCommand("start", (ADA, BO))),
+    ("Bob: Bo", [Pill(CY, "Bob"), Pill(BO, "Bo")], RoundCommand("start", (CY, BO))),
+    ("@Bob, Bo", [Pill(CY, "Bob"), Pill(BO, "Bo")], RoundCommand("start", (CY, BO))),
 ])
 def test_pills_stand_for_their_people_where_they_are(
         arguments: str, pills: list[Pill], expected: RoundCommand) -> None:
