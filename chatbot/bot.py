@@ -29,6 +29,7 @@ from chatbot.commands import (
     handle_help,
     parse_agenda_item,
     parse_invocation,
+    pills_as_ids,
     strip_reply_fallback,
 )
 from chatbot.limits import Decision, FloodGate, Verdict, slow_down_text
@@ -72,7 +73,7 @@ from chatbot.meetings import (
     take_labelled_issues,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, LogLine, RoomId, UserId
+from chatbot.model import Entry, EventId, LogLine, Pill, RoomId, UserId
 from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
@@ -113,6 +114,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def direct_intent_key(user_id: UserId) -> str:
+    """The `meta` key saying a direct chat with the person is being opened."""
+    return f"opening_direct:{user_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingMessage:
     """A text message from a person in a configured room, or an edit of one.
@@ -131,6 +137,8 @@ class IncomingMessage:
     # it with the time the core may pace commands by; `server_time` stays as it was.
     sent_at: datetime | None = None
     server_time: datetime | None = None
+    # The people mentioned as pills, in the order they appear in the message.
+    pills: tuple[Pill, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +254,10 @@ class Transport(Protocol):
 
     async def open_direct(self, user_id: UserId) -> RoomId:
         """Open a direct chat with a person (invited, flagged direct); raises DeliveryError."""
+
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        """A direct chat with the person that `open_direct` made before and the bot did
+        not get to record; None if there is none. Raises DeliveryError."""
 
 
 # Enough concurrent sends to hide one request's round trip behind others, few enough
@@ -540,7 +552,7 @@ class MeetingBot:
                                                 message.sender):
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
-            effects = await self._dispatch(invocation, context)
+            effects = await self._dispatch(invocation, context, message.pills)
             await self._record(effects, message.room_id, message.event_id, context.now,
                                thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
@@ -774,7 +786,8 @@ class MeetingBot:
                 or any(isinstance(effect, Post | CallTurn) for effect in effects)):
             self.on_schedule_change()
 
-    async def _dispatch(self, invocation: Invocation | Unknown, context: Context) -> list[Effect]:
+    async def _dispatch(self, invocation: Invocation | Unknown, context: Context,
+                        pills: Sequence[Pill] = ()) -> list[Effect]:
         prefix = context.prefix
         if isinstance(invocation, Unknown):
             # Inline code cannot escape a backtick, so the name loses any it has.
@@ -785,8 +798,11 @@ class MeetingBot:
         spec = invocation.spec
         if spec.chair_only and not context.is_chair:
             return [Reply(f"Only chairs can use `{prefix}{spec.name}`: {chairs_are(prefix)}.")]
+        arguments = invocation.arguments
+        if spec.takes_people:
+            arguments = pills_as_ids(arguments, pills)
         try:
-            command = spec.parse(invocation.arguments)
+            command = spec.parse(arguments)
             return await spec.handle(command, context, self.store)
         except UsageError as error:
             return [Reply(f"Sorry, {error}. {spec.usage(prefix)}")]
@@ -924,16 +940,29 @@ class MeetingBot:
         return event_id
 
     async def _send_direct(self, item: OutboxItem) -> str:
-        """Send a message to a person in their direct chat with the bot, opening one
-        (and remembering it at once, so a retry does not open another) if there is none."""
+        """Send a message to a person in their direct chat with the bot, opening one if
+        there is none. Opening is idempotent: the intent is recorded first, so a retry
+        after a crash (or a lost answer) between creating the room and recording it
+        finds that room instead of opening a second one."""
         user_id = UserId(item.payload["user_id"])
         room_id = await self.store.read.direct_room_of(user_id)
+        if room_id is not None:
+            return await self.transport.deliver(replace(item, room_id=room_id))
+        intent = direct_intent_key(user_id)
+        if await self.store.read.get_meta(intent) is not None:
+            room_id = await self.transport.find_direct(user_id)
+            if room_id is not None:
+                log.info("found direct chat %s with %s, opened before a restart", room_id,
+                         user_id, extra={"room_id": room_id})
         if room_id is None:
-            room_id = await self.transport.open_direct(user_id)
             async with self.store.transaction():
-                await self.store.touch_direct_room(room_id, self.clock(), user_id)
+                await self.store.set_meta(intent, self.clock().isoformat())
+            room_id = await self.transport.open_direct(user_id)
             log.info("opened direct chat %s with %s", room_id, user_id,
                      extra={"room_id": room_id})
+        async with self.store.transaction():
+            await self.store.touch_direct_room(room_id, self.clock(), user_id)
+            await self.store.delete_meta(intent)
         return await self.transport.deliver(replace(item, room_id=room_id))
 
     async def resume(self) -> None:

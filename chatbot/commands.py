@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -39,6 +39,7 @@ from chatbot.model import (
     EventId,
     MeetingRecord,
     PassReason,
+    Pill,
     Profile,
     RoomId,
     RoundOutcome,
@@ -66,6 +67,7 @@ from chatbot.render import (
     render_agenda,
     render_when_line,
     roll_call_profile,
+    update_time,
 )
 from chatbot.rounds import (
     active_round,
@@ -342,17 +344,62 @@ ROUND_SYNTAX = "round [shuffle | @user:server @user:server … | stop]"
 
 
 def _round(args: str) -> RoundCommand:
+    """The people in an explicit order are Matrix ids; pills have become ids already
+    (`pills_as_ids`). Any other words are named back as people not matched."""
     words = args.split()
     if not words:
         return RoundCommand("start")
     if len(words) == 1 and words[0].lower() in ("shuffle", "stop"):
         return RoundCommand(words[0].lower())
-    people = [word.rstrip(":,") for word in words]
-    if all(_USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID
-           for person in people):
-        return RoundCommand("start", tuple(UserId(person) for person in people))
-    raise UsageError("say `round`, `round shuffle`, `round @ada:example.org @bo:example.org` "
-                     "(people by their Matrix ids) or `round stop`")
+    people: list[UserId] = []
+    # Runs of other words, each a name: ids, commas and "and" end them.
+    unmatched: list[list[str]] = [[]]
+    for word in words:
+        person = word.rstrip(":,")
+        if _USER_ID.fullmatch(person) and len(person.encode()) <= MAX_ID:
+            people.append(UserId(person))
+        elif person.strip(",:") and person.lower() != "and":
+            unmatched[-1].append(person)
+            if person == word:
+                continue
+        unmatched.append([])
+    names = [" ".join(run) for run in unmatched if run]
+    if not names:
+        return RoundCommand("start", tuple(people))
+    shown = ", ".join(f"“{escape_markdown(_shortened(name))}”" for name in names[:5])
+    more = f" and {len(names) - 5} more" if len(names) > 5 else ""
+    raise UsageError(f"I could not match {shown}{more} to anyone: name each person with a "
+                     "pill (type @ and pick them from the list) or their Matrix id, like "
+                     "`round @ada:example.org @bo:example.org`")
+
+
+def _shortened(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def pills_as_ids(arguments: str, pills: Sequence[Pill]) -> str:
+    """The arguments with each pill's text (Element's plain body has the display name
+    where the HTML has the pill) replaced by that person's Matrix id, left to right, so
+    a command that takes people reads pills as ids. The ids come from the pills, the
+    order from where they stand; a pill whose text is not found is left as written."""
+    parts, position = [], 0
+    for pill in pills:
+        if not pill.text.strip():
+            continue
+        # The whole name, not a part of a longer word ("Bo" in "Bob"); some clients
+        # write "@Name", and the "@" goes with it.
+        found = re.compile(rf"(?<![^\s,;]){re.escape(pill.text)}(?![^\s,;:])"
+                           ).search(arguments, position)
+        at = re.compile(rf"(?<![^\s,;])@{re.escape(pill.text)}(?![^\s,;:])"
+                        ).search(arguments, position)
+        if at is not None and (found is None or at.start() < found.start()):
+            found = at
+        if found is None:
+            continue
+        parts += [arguments[position:found.start()], f" {pill.user_id} "]
+        position = found.end()
+    parts.append(arguments[position:])
+    return "".join(parts)
 
 
 def _start_meeting(args: str) -> StartMeeting:
@@ -434,11 +481,16 @@ async def _target(store: Store, context: Context) -> Target | None:
 
 
 async def handle_help(command: NoArguments, context: Context, store: Store) -> list[Effect]:
+    """The commands from the registry; the quick update's time is that of the meeting
+    the room's commands go to (left out where there is none)."""
+    target = await _target(store, context)
+    seconds = target.series.update_seconds if target is not None else None
     lines = ["**Meeting bot commands:**", ""]
     for spec in REGISTRY:
         aliases = "".join(f" (or `{context.prefix}{alias}`)" for alias in spec.aliases)
         chairs = " *(chairs)*" if spec.chair_only else ""
-        lines.append(f"- `{context.prefix}{spec.syntax}`{aliases}: {spec.summary}{chairs}")
+        lines.append(f"- `{context.prefix}{spec.syntax}`{aliases}: "
+                     f"{spec.described(seconds)}{chairs}")
     return [Reply("\n".join(lines))]
 
 
@@ -860,9 +912,23 @@ class CommandSpec:
     # For a pass: why it is one (`!done`), so an edit between `!pass` and `!done`
     # records the other.
     pass_reason: PassReason | None = None
+    # Whether the command names people: pills in the message are read as their ids.
+    takes_people: bool = False
+
+    def described(self, update_seconds: int | None = None) -> str:
+        """The help line's summary; an `{update_time}` in it says how long a quick
+        update may take, and goes (with its brackets) when that is not known."""
+        if UPDATE_TIME not in self.summary:
+            return self.summary
+        if update_seconds is None:
+            return self.summary.replace(f" ({UPDATE_TIME})", "")
+        return self.summary.replace(UPDATE_TIME, update_time(update_seconds))
 
     def usage(self, prefix: str) -> str:
-        return f"Usage: `{prefix}{self.syntax}` ({self.summary})"
+        return f"Usage: `{prefix}{self.syntax}` ({self.described()})"
+
+
+UPDATE_TIME = "{update_time}"
 
 
 REGISTRY: tuple[CommandSpec, ...] = (
@@ -873,7 +939,7 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 "saves how you appear in roll calls", _set_profile, handle_iam, editable=True),
     CommandSpec("here", "here [Name / Affiliation / @handle]", "joins the roll call",
                 _here, handle_here, editable=True),
-    CommandSpec("update", "update text", "adds your quick update (60 seconds)",
+    CommandSpec("update", "update text", f"adds your quick update ({UPDATE_TIME})",
                 _text, _entry_handler(EntryKind.UPDATE), entry_kind=EntryKind.UPDATE,
                 editable=True),
     CommandSpec("pass", "pass", "passes on your quick update",
@@ -910,7 +976,8 @@ REGISTRY: tuple[CommandSpec, ...] = (
                 _no_arguments, handle_undo, chair_aware=True),
     CommandSpec("round", ROUND_SYNTAX,
                 "calls on each person on the roll call in turn for their update; during "
-                "a round, shows who is left", _round, handle_round, chair_only=True),
+                "a round, shows who is left; people may be named with pills", _round,
+                handle_round, chair_only=True, takes_people=True),
     CommandSpec("skip", "skip", "ends the current turn of the update round", _no_arguments,
                 handle_skip, chair_only=True),
     CommandSpec("nudge", "nudge off|on",

@@ -336,7 +336,8 @@ async def open_meeting(
              extra={"room_id": meeting.room_id, "meeting_id": meeting.id})
     return [Post(meeting.room_id, render_start(
         title=title, links=await sitting_links(store, series, meeting), closes_at=closes_at,
-        zone=series.timezone, prefix=rooms.config.command_prefix, logged=series.log,
+        zone=series.timezone, prefix=rooms.config.command_prefix,
+        update_seconds=series.update_seconds, logged=series.log,
     ), announces=meeting.id)]
 
 
@@ -350,7 +351,8 @@ async def open_adhoc(
     log.info("ad hoc meeting %s opened in %s", meeting.id, room_id)
     return [Post(room_id, render_start(
         title=title, links=links_of(series), closes_at=closes_at, zone=series.timezone,
-        prefix=rooms.config.command_prefix, logged=series.log,
+        prefix=rooms.config.command_prefix, update_seconds=series.update_seconds,
+        logged=series.log,
     ), announces=meeting.id)]
 
 

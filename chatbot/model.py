@@ -134,6 +134,19 @@ class MeetingRecord:
         return [entry for entry in self.entries if entry.kind in kinds]
 
     @property
+    def quick_updates(self) -> list[Entry]:
+        """Updates and passes in roll-call order (arrival on the roll call), then those of
+        people not on the roll call in the order their first one came; a person's own
+        in the order they came. Every rendering of the note lists them this way."""
+        places: dict[UserId, int] = {}
+        for attendee in self.attendees:
+            places.setdefault(attendee.user_id, len(places))
+        updates = self.of_kind(EntryKind.UPDATE, EntryKind.PASS)
+        for entry in updates:
+            places.setdefault(entry.sender, len(places))
+        return sorted(updates, key=lambda entry: places[entry.sender])
+
+    @property
     def agenda(self) -> list[Entry]:
         """Agenda items in their running order."""
         items = self.of_kind(EntryKind.AGENDA)
@@ -156,6 +169,15 @@ class LogLine:
     sent_at: datetime
     body: str
     edited: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Pill:
+    """A mention as a client shows it: the person's id, and the text that stands for it
+    in the message's plain body (Element puts the display name there)."""
+
+    user_id: UserId
+    text: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -398,6 +398,15 @@ LINK_LABELS = (
 )
 
 
+def update_time(seconds: int) -> str:
+    """How long a quick update may take: `30 seconds`, `90 seconds`, `2 minutes`,
+    `2 minutes 30 seconds`. Under two minutes it stays in seconds, as a facilitator
+    says it ("your 60 seconds")."""
+    if seconds < 120:
+        return f"{seconds} second{'' if seconds == 1 else 's'}"
+    return format_span(timedelta(seconds=seconds))
+
+
 def roll_call_line(profile: Profile) -> str:
     parts = (escape_markdown(part) for part in (profile.name, profile.affiliation,
                                                 profile.handle))
@@ -528,7 +537,7 @@ def note_context(
         "roll_call": [roll_call_line(a.profile) for a in record.attendees],
         "updates": [
             UpdateView(escaped_name(e.sender_name), _quick_update(e, meeting.started_at))
-            for e in record.of_kind(EntryKind.UPDATE, EntryKind.PASS)
+            for e in record.quick_updates
         ],
         "celebrations": [_said(e.text) for e in record.of_kind(EntryKind.CELEBRATION)],
         "agenda": [
@@ -691,16 +700,18 @@ LOGGED_NOTICE = ("This meeting is logged: every message until the close is saved
 
 def render_start(
     *, title: str, links: dict[str, str | None], closes_at: datetime, zone: ZoneInfo,
-    prefix: str, logged: bool = False,
+    prefix: str, update_seconds: int = 60, logged: bool = False,
 ) -> str:
-    """The announcement when a meeting opens; it says so when the meeting is logged."""
+    """The announcement when a meeting opens, with the series' time for a quick update;
+    it says so when the meeting is logged."""
     return "\n".join([
         f"**{escape_markdown(title)}** is starting now.",
         "",
         code_of_conduct_line(links.get("code_of_conduct")),
         "",
         f"- Roll call: `{prefix}here` (or `{prefix}here Name / Affiliation / @handle`)",
-        f"- Quick update, 60 seconds, you can pass: `{prefix}update text` or `{prefix}pass`",
+        f"- Quick update, {update_time(update_seconds)}, you can pass: "
+        f"`{prefix}update text` or `{prefix}pass`",
         f"- Reports and celebrations: `{prefix}celebrate text`",
         f"- Agenda: `{prefix}agenda` lists it, `{prefix}agenda (10 min) topic` adds to it",
         f"- Chairs close with `{prefix}endmeeting`; otherwise it closes at "

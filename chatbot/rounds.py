@@ -27,7 +27,7 @@ from chatbot.model import (
     UpdateRound,
     UserId,
 )
-from chatbot.render import escape_markdown, mention
+from chatbot.render import escape_markdown, mention, update_time
 from chatbot.store import Store
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def turn_line(places: Sequence[RoundPlace], current: RoundPlace, seconds: int,
                   if place.user_id == current.user_id)
     coming = still_to_come(places, current.user_id, done)
     after = f"; next: {escape_markdown(coming[0].name)}" if coming else ", last"
-    return (f"{mention(current.user_id, current.name)}, your {seconds} seconds "
+    return (f"{mention(current.user_id, current.name)}, your {update_time(seconds)} "
             f"({number} of {len(places)}{after})")
 
 
@@ -223,6 +223,6 @@ async def resume_rounds(store: Store, rooms: Rooms, now: datetime) -> list[Effec
         await store.set_round_turn(meeting.id, found.current)
         effects.append(CallTurn(meeting.room_id, (
             f"I was restarted; the update round goes on. {escape_markdown(place.name)}, "
-            f"your {series.update_seconds} seconds start again now."),
+            f"your {update_time(series.update_seconds)} start again now."),
             meeting.id, found.current))
     return effects

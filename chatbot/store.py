@@ -661,6 +661,9 @@ class Store:
     async def get_meta(self, key: str) -> str | None:
         return await self._scalar("SELECT value FROM meta WHERE key = ?", key)
 
+    async def delete_meta(self, key: str) -> None:
+        await self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+
     async def set_meta(self, key: str, value: str) -> None:
         await self._db.execute(
             "INSERT INTO meta (key, value) VALUES (?, ?) "

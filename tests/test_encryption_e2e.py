@@ -18,6 +18,13 @@ from chatbot.demo.person import Event, Person, body_of, is_reaction, is_reply
 from .conftest import PASSWORDS, World, make_world, minute_from_now
 from .support.assertions import assert_handled_once
 from .support.botlog import LogWatcher
+from .test_round_e2e import (
+    TIME_UP_SLACK_MS,
+    lateness_ms,
+    mentions,
+    say_with_pills,
+    turn_seen_by,
+)
 
 
 @pytest.fixture
@@ -255,3 +262,49 @@ async def test_scheduled_messages_in_an_encrypted_room_are_encrypted(crypto_worl
     opened = await grace.wait_for(from_bot("is starting now"))
     note = await grace.wait_for(from_bot("# Example Team Meeting"))
     assert reminder["decrypted"] and opened["decrypted"] and note["decrypted"]
+
+
+async def test_a_short_round_in_an_encrypted_room_keeps_mentions_and_time(
+        crypto_world: World) -> None:
+    """Turns are encrypted and decrypt with their mention and pill; the chair's pills are
+    read from the decrypted message; the time-up counts from the encrypted turn line's
+    server time (read back through `Transport.event_time`)."""
+    world = crypto_world
+    seconds = 5
+    await world.start_bot(world.config(update_seconds=seconds))
+    room, bot = world.room_id, world.bot_user.user_id
+    ada, grace, chair = world.ada, world.grace, world.chair
+    await command(chair, room, "!startmeeting", 30)
+    for person in (ada, grace, chair):
+        await command(person, room, "!here")
+
+    mark = len(chair.events)
+    started = await say_with_pills(chair, room, "!round ", [grace, ada, chair])
+    await chair.wait_for(lambda e: is_reaction(e, started))
+    grace_turn = await turn_seen_by(grace, bot, mark)
+    assert grace_turn["decrypted"], "the turn line travelled in the clear"
+    assert body_of(grace_turn).endswith(f"your {seconds} seconds (1 of 3; next: Ada)")
+    # Grace lets her time run out; Ada is called in the line that says so.
+    ada_turn = await turn_seen_by(ada, bot, mark)
+    assert ada_turn["decrypted"]
+    assert body_of(ada_turn).startswith("⏱ Time is up, Grace. ")
+    late = lateness_ms(grace_turn, ada_turn, seconds)
+    print(f"encrypted time-up lateness: {late} ms")  # for the accuracy figures
+    assert 0 <= late <= TIME_UP_SLACK_MS, f"time-up {late} ms after the deadline"
+
+    await command(ada, room, "!update encrypted and on time")
+    chair_turn = await turn_seen_by(chair, bot, mark)
+    assert chair_turn["decrypted"]
+    await command(chair, room, "!done")
+    over = await chair.wait_for(lambda e: e.get("sender") == bot
+                                and "the update round is over" in body_of(e), after=mark)
+    assert over["decrypted"]
+    calls = [e for e in chair.events[mark:] if e.get("sender") == bot and mentions(e)]
+    assert [mentions(e) for e in calls] == [[grace.user_id], [ada.user_id], [chair.user_id]]
+
+    await command(chair, room, "!endmeeting")
+    note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"))
+    assert ("## Quick updates\n\n"
+            "- **Ada:** encrypted and on time\n"
+            "- **Grace:** no update\n"
+            "- **Sam Chair:** (spoke on the call)\n") in body_of(note)

@@ -7,7 +7,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from chatbot.bot import DeliveryError
 from chatbot.demo.person import Person, body_of, is_reaction, is_reply
+from chatbot.matrix.rooms import RoomDirectory
 from chatbot.model import EntryKind, EventId, Profile, RoomId, UserId
 from chatbot.store import Store
 
@@ -83,9 +87,10 @@ async def test_nudges_direct_updates_and_opting_out(world: World) -> None:
     await chair.say(room, "!endmeeting")
     note = body_of(await ada.wait_for(
         lambda e: body_of(e).startswith("# Example Team Meeting"), after=mark))
+    # In roll-call order (Ada said !here first), though Grace's update came first.
     assert ("## Quick updates\n\n"
-            "- **Grace:** posted in the room (posted ahead)\n"
-            "- **Ada:** wrote the docs, from the direct chat (posted ahead)\n") in note
+            "- **Ada:** wrote the docs, from the direct chat (posted ahead)\n"
+            "- **Grace:** posted in the room (posted ahead)\n") in note
 
     # The next sitting's nudge: Grace (a regular, no update for it) gets one; Ada said
     # `!nudge off` before the restart, the chair is no regular.
@@ -93,3 +98,38 @@ async def test_nudges_direct_updates_and_opting_out(world: World) -> None:
     for person in (ada, grace, chair):
         nudges = [e for e in person.events if is_nudge(e, bot_id)]
         assert len(nudges) == (1 if person is not chair else 0), person.name
+
+
+async def test_a_direct_chat_made_but_not_recorded_is_found_not_made_twice(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The homeserver makes the direct chat but its answer is lost (as when the bot dies
+    before recording it): the retry finds that room by its mark instead of making a
+    second one."""
+    made: list[RoomId] = []
+    original = RoomDirectory.open_direct
+
+    async def made_but_lost_once(directory: RoomDirectory, user_id: UserId) -> RoomId:
+        room_id = await original(directory, user_id)
+        made.append(room_id)
+        if len(made) == 1:
+            raise DeliveryError("the answer was lost", permanent=False)
+        return room_id
+
+    monkeypatch.setattr(RoomDirectory, "open_direct", made_but_lost_once)
+    start = minute_from_now(hours=2)
+    config = world.config(start=start.strftime("%Y-%m-%d %H:%M:%S"), nudge="1d")
+    store = await Store.open(config.data_dir / "chatbot.db")
+    async with store.transaction():
+        await seed_history(world, store, start)
+    await store.close()
+    bot_id, ada = world.bot_user.user_id, world.ada
+
+    await world.start_bot(config)  # the nudge is overdue: it goes out at once
+    direct = await direct_chat(ada, bot_id)
+    assert made == [direct], "one room made, and the nudge came in it"
+    assert [e["room_id"] for e in ada.events if e.get("type") == "invite"] == [direct]
+    store = await Store.open(config.data_dir / "chatbot.db")
+    try:
+        assert await store.read.direct_room_of(UserId(ada.user_id)) == direct
+    finally:
+        await store.close()

@@ -58,6 +58,18 @@ async def turn_seen_by(person: Person, bot: str, after: int) -> dict[str, Any]:
     return turn
 
 
+async def say_with_pills(person: Person, room_id: str, before: str,
+                         people: list[Person]) -> str:
+    """Send `before` and the people as Element does when they are picked from its @ list:
+    display names in the body, pills in the HTML, the ids in `m.mentions` (a set there, so
+    not in the order they were named)."""
+    links = " ".join(f'<a href="https://matrix.to/#/{p.user_id}">{p.name}</a>' for p in people)
+    return await person.send(room_id, "m.room.message", {
+        "msgtype": "m.text", "body": before + " ".join(p.name for p in people),
+        "format": "org.matrix.custom.html", "formatted_body": before + links,
+        "m.mentions": {"user_ids": sorted(p.user_id for p in people)}})
+
+
 def lateness_ms(turn: dict[str, Any], time_up: dict[str, Any], seconds: int) -> int:
     """How long after the turn's deadline (its line's server time plus `seconds`) the
     time-up reached the homeserver."""
@@ -151,3 +163,42 @@ async def test_a_round_goes_on_after_a_restart_without_calling_anyone_twice(
     assert "the update round is over" in body_of(over)
     calls = [e for e in chair.events[mark:] if e.get("sender") == bot and mentions(e)]
     assert [mentions(e) for e in calls] == [[ada.user_id], [chair.user_id]]
+
+
+async def test_a_round_in_the_order_of_pills_and_a_note_in_roll_call_order(
+        world: World) -> None:
+    seconds = 4
+    await world.start_bot(world.config(update_seconds=seconds))
+    room, bot = world.room_id, world.bot_user.user_id
+    ada, grace, chair = world.ada, world.grace, world.chair
+    await command(chair, room, "!startmeeting")
+    for person in (ada, grace, chair):
+        await command(person, room, "!here")
+
+    # A name that is no pill and no Matrix id is named back.
+    asked = await say_with_pills(chair, room, "!round Nobody ", [grace])
+    refused = await chair.wait_for(lambda e: is_reply(e, asked))
+    assert body_of(refused).startswith("Sorry, I could not match “Nobody” to anyone: name "
+                                       "each person with a pill"), body_of(refused)
+
+    mark = len(chair.events)
+    started = await say_with_pills(chair, room, "!round ", [grace, chair, ada])
+    await chair.wait_for(lambda e: is_reaction(e, started))
+    turn = await turn_seen_by(grace, bot, mark)
+    assert body_of(turn).endswith(f"your {seconds} seconds (1 of 3; next: Sam Chair)")
+    await command(grace, room, "!update wrote the docs")
+    await turn_seen_by(chair, bot, mark)
+    await command(chair, room, "!pass")
+    await turn_seen_by(ada, bot, mark)  # Ada lets the time run out
+    await chair.wait_for(lambda e: e.get("sender") == bot and "the update round is over"
+                         in body_of(e), after=mark, timeout=seconds + 20)
+    calls = [e for e in chair.events[mark:] if e.get("sender") == bot and mentions(e)]
+    assert [mentions(e) for e in calls] == [[grace.user_id], [chair.user_id], [ada.user_id]]
+
+    await command(chair, room, "!endmeeting")
+    note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"))
+    # The note follows the roll call, not the round's order.
+    assert ("## Quick updates\n\n"
+            "- **Ada:** no update\n"
+            "- **Grace:** wrote the docs\n"
+            "- **Sam Chair:** pass\n") in body_of(note)

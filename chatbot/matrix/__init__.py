@@ -94,6 +94,9 @@ class MatrixEdge:
     async def open_direct(self, user_id: UserId) -> RoomId:
         return await self.rooms.open_direct(user_id)
 
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        return await self.rooms.find_direct(user_id)
+
     async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
         return await self.sender.event_time(room_id, event_id)
 

@@ -9,9 +9,12 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
+from html.parser import HTMLParser
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 from nio import (
     AsyncClient,
@@ -38,7 +41,7 @@ from chatbot.matrix.encryption import Encryption
 from chatbot.matrix.rooms import RoomDirectory, replacement_room
 from chatbot.matrix.session import login_withdrawn
 from chatbot.metrics import Metrics
-from chatbot.model import EventId, RoomId, UserId
+from chatbot.model import EventId, Pill, RoomId, UserId
 from chatbot.polls import END_TYPES, RESPONSE_TYPES, response_selection
 from chatbot.retry import CAP_DELAY, NETWORK_ERRORS, backoff_delay, call_homeserver
 from chatbot.store import Store
@@ -110,6 +113,69 @@ def _relation(content: dict[str, Any]) -> dict[str, Any]:
     return relation if isinstance(relation, dict) else {}
 
 
+# A message names at most this many people that the core is told of.
+MAX_PILLS = 100
+_PERMALINK = re.compile(r"https://matrix\.to/#/([^/?#]+)")
+
+
+class _PillFinder(HTMLParser):
+    """The user links in a message's HTML, in order, with their text; a reply's quoted
+    fallback (`<mx-reply>`) is the earlier message's, so its links are not this one's."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.found: list[tuple[str, list[str]]] = []
+        self._open: tuple[str, list[str]] | None = None
+        self._in_reply = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "mx-reply":
+            self._in_reply += 1
+        elif tag == "a" and not self._in_reply and self._open is None:
+            match = _PERMALINK.match(dict(attrs).get("href") or "")
+            target = unquote(match.group(1)) if match is not None else ""
+            if target.startswith("@"):  # a person; "!" and "#" link to rooms
+                self._open = (target, [])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "mx-reply":
+            self._in_reply = max(0, self._in_reply - 1)
+        elif tag == "a" and self._open is not None:
+            self.found.append(self._open)
+            self._open = None
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._open[1].append(data)
+
+
+def pills_of(content: dict[str, Any]) -> tuple[Pill, ...]:
+    """The people a message mentions as pills (`<a href="https://matrix.to/#/@id">Name</a>`
+    in `formatted_body`), in the order they appear. When the message lists its mentions
+    in `m.mentions` (Element does, for every pill), a link not listed there is no pill."""
+    html = content.get("formatted_body")
+    if (content.get("format") != "org.matrix.custom.html" or not isinstance(html, str)
+            or "matrix.to" not in html):  # most messages: no parsing needed
+        return ()
+    finder = _PillFinder()
+    try:
+        finder.feed(html)
+        finder.close()
+    except Exception:  # malformed HTML from a client: no pills rather than no message
+        return ()
+    mentions = content.get("m.mentions")
+    listed = None  # no m.mentions: an older client, whose links are all pills
+    if isinstance(mentions, dict):
+        user_ids = mentions.get("user_ids")
+        listed = user_ids if isinstance(user_ids, list) else []
+    pills = []
+    for user_id, parts in finder.found[:MAX_PILLS]:
+        if listed is not None and user_id not in listed:
+            continue
+        pills.append(Pill(UserId(user_id), " ".join("".join(parts).split())))
+    return tuple(pills)
+
+
 def incoming_event(
     event: dict[str, Any], room_id: RoomId, own_user_id: str, display_name: Callable[[str], str]
 ) -> Incoming | None:
@@ -149,6 +215,7 @@ def incoming_event(
                 thread_root=EventId(thread) if isinstance(thread, str) else None,
                 replaces=EventId(replaces) if replaces else None,
                 sent_at=_sent_at(event), server_time=_sent_at(event),
+                pills=pills_of(content),
             )
         case "m.room.redaction":
             # Room version 11 moved `redacts` into the content.

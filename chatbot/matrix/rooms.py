@@ -14,6 +14,7 @@ from nio import (
     JoinedRoomsResponse,
     JoinResponse,
     RoomCreateResponse,
+    RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomLeaveResponse,
     RoomPreset,
@@ -36,6 +37,8 @@ JOIN_PATIENCE = 30.0
 # A join still failing after JOIN_PATIENCE is tried again after later syncs, this far
 # apart at most (an invitation comes in one sync only).
 JOIN_RETRY_CAP = 300.0
+# A state event in each direct chat the bot opens, naming the person it is with.
+DIRECT_MARK = "org.chatbot.direct"
 
 
 def invitation(invite_state: list[Any], own_user_id: str) -> tuple[str | None, bool]:
@@ -206,13 +209,16 @@ class RoomDirectory:
 
     async def open_direct(self, user_id: UserId) -> RoomId:
         """Open a direct chat with a person: a private room they are invited to, flagged
-        direct so their client lists it with their direct messages. Unencrypted: the
+        direct so their client lists it with their direct messages, and marked as the
+        bot's chat with them (`find_direct` looks for the mark). Unencrypted: the
         invitee has no session to share keys with until they join. Raises DeliveryError."""
+        mark = {"type": DIRECT_MARK, "state_key": "", "content": {"user_id": user_id}}
         try:
             created = await call_homeserver(
                 "opening a direct chat with " + user_id,
                 lambda: self.client.room_create(is_direct=True, invite=[user_id],
-                                                preset=RoomPreset.trusted_private_chat),
+                                                preset=RoomPreset.trusted_private_chat,
+                                                initial_state=[mark]),
                 give_up_after=JOIN_PATIENCE)
         except NETWORK_ERRORS as error:
             raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
@@ -223,6 +229,46 @@ class RoomDirectory:
         room_id = RoomId(created.room_id)
         self.direct_rooms.add(room_id)
         return room_id
+
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        """A direct chat with the person the bot opened before and is still in, with
+        them invited or joined: what an `open_direct` cut short by a crash (or whose
+        answer was lost) left behind. Reads the state of each joined room but the meeting
+        rooms (only after such a cut, so rarely); raises DeliveryError."""
+        try:
+            joined = await call_homeserver("listing joined rooms", self.client.joined_rooms,
+                                           give_up_after=JOIN_PATIENCE)
+            if not isinstance(joined, JoinedRoomsResponse):
+                raise DeliveryError(f"cannot list joined rooms ({joined.message})",
+                                    permanent=False)
+            meeting_rooms = set(self.room_ids.values())
+            for room_id in joined.rooms:
+                if room_id in meeting_rooms:
+                    continue
+                mark = await self._state_content(room_id, DIRECT_MARK, "")
+                if mark is None or mark.get("user_id") != user_id:
+                    continue
+                member = await self._state_content(room_id, "m.room.member", user_id)
+                if member is not None and member.get("membership") in ("invite", "join"):
+                    self.direct_rooms.add(RoomId(room_id))
+                    return RoomId(room_id)
+        except NETWORK_ERRORS as error:
+            raise DeliveryError(f"homeserver unreachable ({error})", permanent=False) from error
+        return None
+
+    async def _state_content(self, room_id: str, event_type: str,
+                             state_key: str) -> dict[str, Any] | None:
+        """A state event's content; None when the room has none (or hides it)."""
+        response = await call_homeserver(
+            f"reading {event_type} in {room_id}",
+            lambda: self.client.room_get_state_event(room_id, event_type, state_key),
+            give_up_after=JOIN_PATIENCE)
+        if isinstance(response, RoomGetStateEventResponse):
+            return response.content
+        if is_transient(response):
+            raise DeliveryError(f"cannot read {event_type} in {room_id} "
+                                f"({response.message})", permanent=False)
+        return None
 
     async def leave(self, room_id: RoomId) -> None:
         """Leave the room and forget it; a room the bot is not in counts as left."""

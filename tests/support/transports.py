@@ -30,6 +30,11 @@ class RecordingTransport:
         self.opened.append(user_id)
         return RoomId(f"!direct-{len(self.opened)}:example.org")
 
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        """The latest direct chat opened with the person (the homeserver keeps them)."""
+        numbers = [n for n, opened in enumerate(self.opened, 1) if opened == user_id]
+        return RoomId(f"!direct-{numbers[-1]}:example.org") if numbers else None
+
     async def event_time(self, room_id: RoomId, event_id: str) -> datetime:
         """When the homeserver would have stamped an event: `sent_at`, else now."""
         return self.sent_at or datetime.now(UTC)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatbot.bot import DIRECT, IncomingMessage, MeetingBot
+from chatbot.bot import DIRECT, IncomingMessage, MeetingBot, direct_intent_key
 from chatbot.config import parse_config
 from chatbot.meetings import JobKind, Rooms
 from chatbot.model import EventId, Profile, RoomId, UserId
@@ -163,3 +163,65 @@ async def test_nudge_off_stops_the_next_nudge_and_on_brings_it_back(harness: Har
     assert await harness.run_nudges() == [ADA]
     await harness.say(ADA, "!nudge maybe", room=DIRECT_ROOM)
     assert "`!nudge off|on`" in harness.replies()[-1]
+
+
+class CrashingTransport(RecordingTransport):
+    """The homeserver makes the room, but the bot dies before it hears back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.crash_after_open = True
+        self.lookups: list[UserId] = []
+
+    async def open_direct(self, user_id: UserId) -> RoomId:
+        room_id = await super().open_direct(user_id)
+        if self.crash_after_open:
+            self.crash_after_open = False
+            raise RuntimeError("the process died here")
+        return room_id
+
+    async def find_direct(self, user_id: UserId) -> RoomId | None:
+        self.lookups.append(user_id)
+        return await super().find_direct(user_id)
+
+
+async def test_a_crash_between_opening_a_direct_chat_and_recording_it_opens_no_second(
+        store: Store) -> None:
+    harness = Harness(store)
+    harness.transport = transport = CrashingTransport()
+    harness.bot = MeetingBot(harness.bot.rooms, store, Path("/nonexistent"), transport,
+                             clock=harness.clock)
+    await harness.hold(FIRST, ADA)
+    await harness.hold(FIRST + timedelta(weeks=1), ADA)
+    harness.clock.now = FIRST + timedelta(weeks=2) - timedelta(hours=2)
+    assert await harness.run_nudges() == [], "the first try died after the room was made"
+    assert transport.opened == [ADA] and await store.direct_room_of(ADA) is None
+    assert transport.lookups == [], "a first try looks for nothing"
+
+    # After a restart, the retry finds the room the first try made.
+    harness.bot = MeetingBot(harness.bot.rooms, store, Path("/nonexistent"), transport,
+                             clock=harness.clock)
+    harness.clock.advance(seconds=3600)
+    while (await harness.bot.deliver_due())[0]:
+        pass
+    (item,) = [item for item in transport.sent if item.kind == DIRECT]
+    assert item.room_id == RoomId("!direct-1:example.org")
+    assert transport.opened == [ADA], "no second room"
+    assert transport.lookups == [ADA]
+    assert await store.direct_room_of(ADA) == item.room_id
+    assert await store.get_meta(direct_intent_key(ADA)) is None, "the intent is done"
+
+
+async def test_a_retry_opens_a_room_when_the_first_try_made_none(store: Store) -> None:
+    harness = Harness(store)
+    harness.transport = transport = CrashingTransport()
+    transport.crash_after_open = False
+    harness.bot = MeetingBot(harness.bot.rooms, store, Path("/nonexistent"), transport,
+                             clock=harness.clock)
+    async with store.transaction():  # a try that died before the homeserver made a room
+        await store.set_meta(direct_intent_key(BO), "2026-06-01T00:00:00+00:00")
+    await harness.hold(FIRST, BO)
+    await harness.hold(FIRST + timedelta(weeks=1), BO)
+    harness.clock.now = FIRST + timedelta(weeks=2) - timedelta(hours=2)
+    assert await harness.run_nudges() == [BO]
+    assert transport.lookups == [BO] and transport.opened == [BO]

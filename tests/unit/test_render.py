@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -17,10 +18,12 @@ from chatbot.model import (
     EventId,
     Meeting,
     MeetingRecord,
+    PassReason,
     Profile,
     RoomId,
     UserId,
 )
+from chatbot.publish.notes_page import page_regions
 from chatbot.render import (
     escape_markdown,
     format_clock,
@@ -103,6 +106,43 @@ def test_entries_land_in_their_section_in_the_order_they_were_made() -> None:
     agenda = note.split("## Agenda items\n\n")[1]
     assert updates.splitlines() == ["- **Grace:** grace's update", "- **Ada:** pass"]
     assert agenda.splitlines() == ["- **Ada** first item", "- **Grace** (5 min) second item"]
+
+
+def test_quick_updates_follow_the_roll_call_then_latecomers_in_the_order_they_came() -> None:
+    # Updates come in any order; the note lists them as the roll call does (issue 13),
+    # whatever they were: typed, a pass, spoke on the call, timed out, posted ahead.
+    lin, min_, yuvi, zoe = (UserId(f"@{name}:example.org") for name in ("lin", "min", "yuvi",
+                                                                          "zoe"))
+    record = MeetingRecord(meeting(), (
+        Attendee(GRACE, Profile("Grace")), Attendee(ADA, Profile("Ada")),
+        Attendee(lin, Profile("Lin")), Attendee(min_, Profile("Min")),
+        Attendee(yuvi, Profile("Yuvi")),
+    ), (
+        entry(EntryKind.UPDATE, zoe, "Zoe", "not on the roll call"),
+        replace(entry(EntryKind.UPDATE, yuvi, "Yuvi", "early bird"),
+                created_at=HELD_AT - timedelta(days=1)),
+        entry(EntryKind.UPDATE, ADA, "Ada", "first of two"),
+        replace(entry(EntryKind.PASS, min_, "Min"), pass_reason=PassReason.TIME_UP),
+        entry(EntryKind.CELEBRATION, lin, "Lin", "not an update"),
+        entry(EntryKind.PASS, GRACE, "Grace"),
+        entry(EntryKind.UPDATE, ADA, "Ada", "second of two"),
+        entry(EntryKind.UPDATE, UserId("@bo:example.org"), "Bo", "also not on it"),
+        replace(entry(EntryKind.PASS, lin, "Lin"), pass_reason=PassReason.ON_CALL),
+    ))
+    expected = [
+        "- **Grace:** pass",
+        "- **Ada:** first of two",
+        "- **Ada:** second of two",
+        "- **Lin:** (spoke on the call)",
+        "- **Min:** no update",
+        "- **Yuvi:** early bird (posted ahead)",
+        "- **Zoe:** not on the roll call",
+        "- **Bo:** also not on it",
+    ]
+    note = render_note(record, LONDON, {})
+    assert note.split("## Quick updates\n\n")[1].split("\n\n")[0].splitlines() == expected
+    # The HackMD page's region comes from the same ordering.
+    assert page_regions(record, LONDON, {})["updates"].splitlines() == expected
 
 
 def test_only_the_links_that_are_set_are_listed() -> None:

@@ -6,16 +6,25 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from chatbot.bot import ROUND_TURN, IncomingMessage, MeetingBot
-from chatbot.commands import Invocation, RoundCommand, UsageError, parse_invocation
+from chatbot.commands import (
+    REGISTRY,
+    Invocation,
+    RoundCommand,
+    UsageError,
+    parse_invocation,
+    pills_as_ids,
+)
 from chatbot.config import parse_config
 from chatbot.matrix import message_content
+from chatbot.matrix.intake import pills_of
 from chatbot.meetings import JobKind, Rooms
-from chatbot.model import EventId, RoomId, RoundOutcome, RoundPlace, UserId
-from chatbot.render import message_parts
+from chatbot.model import EventId, Pill, RoomId, RoundOutcome, RoundPlace, UserId
+from chatbot.render import message_parts, render_start, update_time
 from chatbot.rounds import end_turn, next_turn, round_order, still_to_come, turn_line
 from chatbot.store import OutboxItem, Store
 from tests.support.clock import ManualClock
@@ -116,6 +125,78 @@ def test_done_and_skip_take_no_arguments(text: str) -> None:
         invocation.spec.parse(invocation.arguments)
 
 
+# --- people named with pills --------------------------------------------------------------
+
+
+def element_pills(*people: tuple[UserId, str], before: str = "!round ") -> dict[str, object]:
+    """A message as Element sends it when people are picked from the @ list: the display
+    names in the body, the pills in the HTML, the ids in `m.mentions` (as a set: sorted)."""
+    links = " ".join(f'<a href="https://matrix.to/#/{user}">{name}</a>' for user, name in people)
+    return {"msgtype": "m.text", "body": before + " ".join(name for _, name in people),
+            "format": "org.matrix.custom.html", "formatted_body": before + links,
+            "m.mentions": {"user_ids": sorted(user for user, _ in people)}}
+
+
+def test_pills_are_read_in_the_order_they_stand_not_the_order_of_m_mentions() -> None:
+    content = element_pills((CY, "Cy"), (ADA, "Ada Lovelace"), (BO, "Bo &amp; Co"))
+    assert pills_of(content) == (Pill(CY, "Cy"), Pill(ADA, "Ada Lovelace"), Pill(BO, "Bo & Co"))
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    pytest.param({"body": "!round Ada", "format": "org.matrix.custom.html",
+                  "formatted_body": '!round <a href="https://matrix.to/#/%40ada%3Aexample.org'
+                                    '?via=example.org">Ada</a>'},
+                 (Pill(ADA, "Ada"),), id="percent-encoded, no m.mentions: every link"),
+    pytest.param({"body": "> <@bo:example.org> hi\n\n!round Ada", "format":
+                  "org.matrix.custom.html", "formatted_body":
+                  '<mx-reply><blockquote><a href="https://matrix.to/#/@bo:example.org">Bo</a>'
+                  '</blockquote></mx-reply>!round <a href="https://matrix.to/#/@ada:example.org">'
+                  'Ada</a>', "m.mentions": {"user_ids": [BO, ADA]}},
+                 (Pill(ADA, "Ada"),), id="a reply's quoted links are not this message's"),
+    pytest.param({"body": "!round Ada", "format": "org.matrix.custom.html",
+                  "formatted_body": '!round <a href="https://matrix.to/#/@ada:example.org">Ada'
+                                    '</a>', "m.mentions": {}},
+                 (), id="a link m.mentions does not list is no pill"),
+    pytest.param({"body": "!round Ada", "formatted_body": "<a href='https://matrix.to/#/@a:b'>"},
+                 (), id="no HTML format"),
+    pytest.param({"body": "!round", "format": "org.matrix.custom.html",
+                  "formatted_body": '<a href="https://evil.example/#/@ada:example.org">x</a>'
+                                    '<a href="https://matrix.to/#/!room:example.org">r</a>'},
+                 (), id="only user permalinks"),
+])
+def test_pills_of_other_shapes(content: dict[str, object], expected: tuple[Pill, ...]) -> None:
+    assert pills_of(content) == expected
+
+
+@pytest.mark.parametrize(("arguments", "pills", "expected"), [
+    ("Cy Ada Lovelace", [Pill(CY, "Cy"), Pill(ADA, "Ada Lovelace")],
+     RoundCommand("start", (CY, ADA))),
+    ("@Bo, @cy:example.org and Ada", [Pill(BO, "Bo"), Pill(ADA, "Ada")],
+     RoundCommand("start", (BO, CY, ADA))),
+    ("Ada Ada", [Pill(ADA, "Ada"), Pill(BO, "Ada")], RoundCommand("start", (ADA, BO))),
+    ("Bob: Bo", [Pill(CY, "Bob"), Pill(BO, "Bo")], RoundCommand("start", (CY, BO))),
+    ("@Bob, Bo", [Pill(CY, "Bob"), Pill(BO, "Bo")], RoundCommand("start", (CY, BO))),
+])
+def test_pills_stand_for_their_people_where_they_are(
+        arguments: str, pills: list[Pill], expected: RoundCommand) -> None:
+    assert _round_of(pills_as_ids(arguments, pills)) == expected
+
+
+def _round_of(arguments: str) -> RoundCommand:
+    invocation = parse_invocation("!round " + arguments, "!")
+    assert isinstance(invocation, Invocation)
+    command = invocation.spec.parse(invocation.arguments)
+    assert isinstance(command, RoundCommand)
+    return command
+
+
+def test_who_could_not_be_matched_is_named_back() -> None:
+    with pytest.raises(UsageError) as refused:
+        _round_of(pills_as_ids("Bo Cy Dee, Eve*", [Pill(BO, "Bo")]))
+    assert str(refused.value).startswith("I could not match “Cy Dee”, “Eve\\*” to anyone: "
+                                         "name each person with a pill")
+
+
 # --- through the bot ---------------------------------------------------------------------
 
 
@@ -210,8 +291,59 @@ async def test_a_round_from_start_to_end(harness: Harness) -> None:
 
     await harness.say(CHAIR, "!endmeeting")
     note = next(text for text in await harness.sent() if text.startswith("# Team"))
-    assert ("## Quick updates\n\n- **Bo:** posted before the round\n- **Ada:** shipped\n"
+    # In roll-call order, not the order the updates came (Bo's came first).
+    assert ("## Quick updates\n\n- **Ada:** shipped\n- **Bo:** posted before the round\n"
             "- **Cy:** (spoke on the call)\n- **Dee:** no update\n") in note
+
+
+@pytest.mark.parametrize(("seconds", "said"), [
+    (1, "1 second"), (30, "30 seconds"), (60, "60 seconds"), (90, "90 seconds"),
+    (120, "2 minutes"), (150, "2 minutes 30 seconds"), (3600, "1 hour"),
+])
+def test_the_update_time_reads_as_a_facilitator_says_it(seconds: int, said: str) -> None:
+    assert update_time(seconds) == said
+    start = render_start(title="T", links={}, closes_at=NOW, zone=ZoneInfo("UTC"), prefix="!",
+                         update_seconds=seconds)
+    assert f"- Quick update, {said}, you can pass: `!update text` or `!pass`" in start
+    place = RoundPlace(ADA, "Ada")
+    assert f"your {said} (1 of 1, last)" in turn_line((place,), place, seconds, done=set())
+
+
+async def test_the_start_and_help_give_the_meetings_own_update_time(harness: Harness) -> None:
+    await harness.say(ADA, "!help")
+    (help_text,) = await harness.sent()
+    assert "- `!update text`: adds your quick update (30 seconds)" in help_text
+    await harness.say(CHAIR, "!startmeeting")
+    (start,) = await harness.sent()
+    assert "- Quick update, 30 seconds, you can pass:" in start
+    assert "60 seconds" not in help_text + start
+    # Where no meeting is near, help leaves the time out, as does a usage reply.
+    (spec,) = [spec for spec in REGISTRY if spec.name == "update"]
+    assert spec.described() == "adds your quick update"
+    assert spec.described(120) == "adds your quick update (2 minutes)"
+    assert spec.usage("!") == "Usage: `!update text` (adds your quick update)"
+
+
+async def test_a_round_in_the_order_of_element_pills(harness: Harness) -> None:
+    await harness.say(CHAIR, "!startmeeting")
+    for person in (ADA, BO, CY):
+        await harness.say(person, "!here")
+    await harness.sent()
+    content = element_pills((CY, "Cy"), (ADA, "Ada Lovelace"), (BO, "Bo"))
+    await harness.bot.handle(IncomingMessage(ROOM, EventId("$pills"), CHAIR, "Chair",
+                                             str(content["body"]), pills=pills_of(content)))
+    (line,) = await harness.sent()
+    assert line.startswith("**Update round** (3 people). [Cy](https://matrix.to/#/@cy:")
+    assert line.endswith("(1 of 3; next: Ada)")
+
+    await harness.say(CHAIR, "!round stop")
+    await harness.sent()
+    content = element_pills((BO, "Bo"), before="!round Dee ")
+    await harness.bot.handle(IncomingMessage(ROOM, EventId("$unmatched"), CHAIR, "Chair",
+                                             str(content["body"]), pills=pills_of(content)))
+    (refused,) = await harness.sent()
+    assert refused.startswith("Sorry, I could not match “Dee” to anyone: name each person "
+                              "with a pill")
 
 
 async def test_skip_stop_and_status(harness: Harness) -> None:
