@@ -118,6 +118,7 @@ async def test_the_archive_of_a_real_meeting_in_a_real_browser(
     room, ada, grace, chair = world.room_id, world.ada, world.grace, world.chair
 
     await command(ada, room, "!iam Ada Lovelace / Analytical Engines")
+    await command(chair, room, "!iam Charles Babbage / Difference Engines")
     await command(grace, room, "!agenda (5 min) Release planning")
     await command(chair, room, "!startmeeting")
     await command(ada, room, "!here")
@@ -149,6 +150,11 @@ async def test_the_archive_of_a_real_meeting_in_a_real_browser(
     await page.evaluate("window.__stillHere = true")
     await command(grace, room, "!update typed while the page was open")
     await page.get_by_text("typed while the page was open").wait_for(timeout=2000)
+    # The roll call too: a `!here` shows within 2 s (its ✅ is in by the time `command`
+    # returns, so this counts from the bot's commit, a little after the message).
+    assert await page.get_by_text("Difference Engines").count() == 0
+    await command(chair, room, "!here")
+    await page.get_by_text("Difference Engines").wait_for(timeout=2000)
     assert await page.evaluate("window.__stillHere === true"), "the page reloaded"
     await not_pwned(page)
     await narrow_screenshot(page, "live-note")
@@ -160,10 +166,10 @@ async def test_the_archive_of_a_real_meeting_in_a_real_browser(
     # The archive lists the sitting with its attendance; one mark per person per sitting.
     await page.goto(link)
     cells = await page.locator("tr.sitting td").all_inner_texts()
-    assert cells[:4] == ["2", "2", "1", "0"]  # present, updates, reached, carried over
+    assert cells[:4] == ["3", "2", "1", "0"]  # present, updates, reached, carried over
     marks = await page.eval_on_selector_all("svg.attendance .mark",
                                             "marks => marks.map(m => m.dataset.mark)")
-    assert marks == ["present", "present"]
+    assert marks == ["present", "present", "present"]
     await not_pwned(page)
     await narrow_screenshot(page, "meeting")
 
