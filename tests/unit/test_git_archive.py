@@ -28,6 +28,7 @@ from chatbot.publish.git import GitArchive, place_note, without_credentials
 from chatbot.store import Store
 
 from ..support.clock import ManualClock
+from ..support.driving import drain
 from ..support.transports import RecordingTransport
 
 ROOM = RoomId("!room:example.org")
@@ -318,12 +319,6 @@ async def hold_meeting(bot: MeetingBot, tag: str) -> None:
     for number, body in enumerate(["!startmeeting", "!here", f"!update {tag}", "!endmeeting"]):
         await bot.handle(IncomingMessage(ROOM, EventId(f"${tag}{number}"), CHAIR, "Chair",
                                          body))
-
-
-async def drain(bot: MeetingBot) -> None:
-    for _ in range(10):
-        if not (await bot.deliver_due())[0]:
-            return
 
 
 async def test_a_closed_meeting_becomes_one_commit_and_the_next_one_is_prepended(

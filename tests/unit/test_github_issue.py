@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from chatbot.bot import IncomingMessage, MeetingBot
+from chatbot.bot import MeetingBot
 from chatbot.config import parse_config
 from chatbot.meetings import JobKind, Rooms
 from chatbot.metrics import Metrics
-from chatbot.model import EventId, RoomId, UserId
+from chatbot.model import RoomId, UserId
 from chatbot.publish import GITHUB_ISSUE, GITHUB_NOTE, PublishFailed, Sitting
 from chatbot.publish.issue import GitHubIssues, sitting_marker
 from chatbot.store import Store
 from tests.support.clock import ManualClock
+from tests.support.driving import BotDriver
 from tests.support.github_contract import GitHubContract
 from tests.support.transports import RecordingTransport
 
@@ -59,28 +60,9 @@ async def github(clock: ManualClock) -> AsyncIterator[GitHubContract]:
         yield server
 
 
-class Harness:
+class Harness(BotDriver):
     def __init__(self, bot: MeetingBot, transport: RecordingTransport, clock: ManualClock) -> None:
-        self.bot, self.transport, self.clock = bot, transport, clock
-
-    async def say(self, body: str, tag: str) -> None:
-        await self.bot.handle(IncomingMessage(ROOM, EventId(f"${tag}"), CHAIR, "Chair", body))
-
-    async def run(self, kind: JobKind) -> bool:
-        """Run the planned job of `kind` if it is due; whether it was."""
-        for job in await self.bot.plan():
-            if job.kind is kind and job.due_at <= self.clock.now:
-                await self.bot.run_job(job)
-                return True
-        return False
-
-    async def planned(self, kind: JobKind) -> list[Any]:
-        return [job for job in await self.bot.plan() if job.kind is kind]
-
-    async def drain(self) -> None:
-        for _ in range(10):
-            if not (await self.bot.deliver_due())[0]:
-                return
+        super().__init__(bot, transport, clock, room=ROOM, chair=CHAIR)
 
 
 @pytest.fixture

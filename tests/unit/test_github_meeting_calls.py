@@ -28,6 +28,7 @@ from chatbot.publish.git import GitArchive
 from chatbot.publish.issue import GitHubIssues
 from chatbot.store import Store
 from tests.support.clock import ManualClock
+from tests.support.driving import drain
 from tests.support.github_contract import GitHubContract
 from tests.support.transports import RecordingTransport
 
@@ -70,9 +71,7 @@ class Meeting:
         await self.drain()
 
     async def drain(self) -> None:
-        for _ in range(10):
-            if not (await self.bot.deliver_due())[0]:
-                return
+        await drain(self.bot)
 
     async def run_until(self, until: datetime) -> None:
         """Run every job (scheduled, or waiting in the outbox) that falls due up to

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from chatbot.app import archive_dir, database_path
-from chatbot.bot import IncomingMessage, MeetingBot
+from chatbot.bot import MeetingBot
 from chatbot.cli import check, check_online, print_note, publish_again
 from chatbot.config import ConfigError, parse_config
 from chatbot.meetings import JobKind, Rooms, final_note_of
@@ -38,6 +38,7 @@ from chatbot.publish.notes_page import (
 from chatbot.render import render_note, sample_record
 from chatbot.store import Store
 from tests.support.clock import ManualClock
+from tests.support.driving import BotDriver
 from tests.support.github_contract import GitHubContract
 from tests.support.hackmd_contract import HackMDContract
 from tests.support.transports import RecordingTransport
@@ -78,30 +79,11 @@ async def hackmd(clock: ManualClock) -> AsyncIterator[HackMDContract]:
         yield server
 
 
-class Harness:
+class Harness(BotDriver):
     def __init__(self, bot: MeetingBot, transport: RecordingTransport, clock: ManualClock,
                  pages: HackMDPages) -> None:
-        self.bot, self.transport, self.clock, self.pages = bot, transport, clock, pages
-
-    async def say(self, body: str, tag: str, sender: UserId = CHAIR) -> None:
-        await self.bot.handle(IncomingMessage(ROOM, EventId(f"${tag}"), sender, "Chair"
-                                              if sender == CHAIR else "Ada", body))
-
-    async def run(self, kind: JobKind) -> bool:
-        """Run the planned job of `kind` if it is due; whether it was."""
-        for job in await self.bot.plan():
-            if job.kind is kind and job.due_at <= self.clock.now:
-                await self.bot.run_job(job)
-                return True
-        return False
-
-    async def planned(self, kind: JobKind) -> list[Any]:
-        return [job for job in await self.bot.plan() if job.kind is kind]
-
-    async def drain(self) -> None:
-        for _ in range(10):
-            if not (await self.bot.deliver_due())[0]:
-                return
+        super().__init__(bot, transport, clock, room=ROOM, chair=CHAIR)
+        self.pages = pages
 
 
 class make_harness:
