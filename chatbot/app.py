@@ -7,23 +7,21 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from chatbot.agenda_feed import next_agenda
-from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
-from chatbot.logs import RedactSecrets
-from chatbot.matrix import LoginFailed, MatrixEdge
-from chatbot.meetings import Rooms
-from chatbot.metrics import Metrics
-from chatbot.model import RoomId
-from chatbot.publish import Target
-from chatbot.publish.git import GitArchive
-from chatbot.publish.issue import GitHubIssues
-from chatbot.scheduler import JobScheduler
-from chatbot.store import Store
-from chatbot.supervise import supervise
-from chatbot.web import WebServer
+from chatbot.model import RoomId, utc_now
+
+# What only a running bot needs is imported in `BotApp.run`: the command-line tools
+# (`chatbot notes`, `check`, `ics`, `backup`) import this module for its paths and
+# must not pay for nio, the web server, the calendar and the scheduler.
+if TYPE_CHECKING:
+    from chatbot.bot import Clock, MeetingBot
+    from chatbot.logs import RedactSecrets
+    from chatbot.matrix import MatrixEdge
+    from chatbot.publish import Target
+    from chatbot.scheduler import JobScheduler
+    from chatbot.store import Store
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -48,6 +46,9 @@ def archive_dir(config: Config) -> Path:
 
 def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
     """Every target some meeting publishes to; each carries out its own job kind."""
+    from chatbot.publish.git import GitArchive
+    from chatbot.publish.issue import GitHubIssues
+
     targets: list[Target] = []
     if any(series.publish.git is not None for series in config.meetings):
         targets.append(GitArchive(config, archive_dir(config), clock=clock))
@@ -65,6 +66,8 @@ class BotApp:
         self.clock = clock
         self.timeline_limit = timeline_limit
         self.redaction = redaction
+        from chatbot.metrics import Metrics
+
         self.metrics = Metrics(clock)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
@@ -73,6 +76,14 @@ class BotApp:
 
     async def run(self) -> None:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
+        from chatbot.agenda_feed import next_agenda
+        from chatbot.bot import MeetingBot
+        from chatbot.matrix import MatrixEdge
+        from chatbot.meetings import Rooms
+        from chatbot.scheduler import JobScheduler
+        from chatbot.store import Store
+        from chatbot.web import WebServer
+
         store = self.store = await Store.open(database_path(self.config))
         web = WebServer(self.config,
                         lambda series: next_agenda(store.read, series, self.clock()),
@@ -133,6 +144,9 @@ class BotApp:
             log.info("stopped")
 
     def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        from chatbot.matrix import LoginFailed
+        from chatbot.supervise import supervise
+
         return asyncio.create_task(
             supervise(name, run, metrics=self.metrics, clock=self.clock, fatal=(LoginFailed,)),
             name=name)

@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
@@ -54,7 +54,7 @@ from chatbot.meetings import (
     take_issue_comments,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, RoomId, UserId
+from chatbot.model import Entry, EventId, RoomId, UserId, utc_now
 from chatbot.power import CHAIR_LEVEL
 from chatbot.publish import (
     GITHUB_ISSUE,
@@ -77,10 +77,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 OWED_SINCE_KEY = "first_started_at"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)

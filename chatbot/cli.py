@@ -13,11 +13,10 @@ from datetime import date
 from pathlib import Path
 
 from chatbot import __version__
-from chatbot.bot import utc_now
 from chatbot.config import Config, ConfigError, load_config
 from chatbot.logs import LOG_FORMATS, RedactSecrets
 from chatbot.logs import configure as configure_logging
-from chatbot.model import Entry
+from chatbot.model import Entry, utc_now
 from chatbot.publish.git import without_credentials
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
