@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from chatbot.publish import Target
     from chatbot.scheduler import JobScheduler
     from chatbot.store import Store
+    from chatbot.web import WebServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,19 +83,23 @@ class BotApp:
         from chatbot.meetings import Rooms
         from chatbot.scheduler import JobScheduler
         from chatbot.store import Store
-        from chatbot.web import WebServer
 
         store = self.store = await Store.open(database_path(self.config))
-        web = WebServer(self.config,
-                        lambda series: next_agenda(store.read, series, self.clock()),
-                        self.clock, self.metrics)
+        web: WebServer | None = None
+        if self.config.http is not None:  # aiohttp's server only when something listens
+            from chatbot.web import WebServer
+
+            web = WebServer(self.config,
+                            lambda series: next_agenda(store.read, series, self.clock()),
+                            self.clock, self.metrics)
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit, metrics=self.metrics)
         scheduler: JobScheduler | None = None
         tasks: list[asyncio.Task[None]] = []
         bot: MeetingBot | None = None
         try:
-            await web.start()
+            if web is not None:
+                await web.start()
             # Logging in waits out an unreachable homeserver; a stop must still end it.
             room_ids = await self._unless_stopped(self._connect(edge))
             if room_ids is None:
@@ -126,7 +131,9 @@ class BotApp:
             ready.cancel()
         finally:
             log.info("shutting down")
-            await web.stop()
+            self.log_own_time()
+            if web is not None:
+                await web.stop()
             if scheduler is not None:
                 scheduler.shutdown()
             for task in tasks:
@@ -142,6 +149,11 @@ class BotApp:
             await edge.close()
             await store.close()
             log.info("stopped")
+
+    def log_own_time(self) -> None:
+        """Log the bot's own time per command (at shutdown, and on SIGUSR1)."""
+        log.info("own time per command, sync response to ✅ sent: %s",
+                 self.metrics.own_time_line())
 
     def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         from chatbot.matrix import LoginFailed

@@ -370,7 +370,7 @@ class MeetingBot:
             await self._record(effects, message.room_id, message.event_id, context.now,
                                thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
-        self.metrics.command_handled(name)
+        self.metrics.command_handled(name, message.event_id)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
                  message.room_id, extra={"room_id": message.room_id,
                                          "event_id": message.event_id})

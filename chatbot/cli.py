@@ -318,6 +318,7 @@ async def run(config: Config, redaction: RedactSecrets | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, app.stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, app.log_own_time)
     try:
         await app.run()
     except (LoginFailed, ListenFailed) as error:

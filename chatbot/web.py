@@ -17,7 +17,6 @@ from datetime import datetime
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from chatbot.calendar import build_calendar
 from chatbot.config import Config, MeetingConfig
 from chatbot.metrics import CONTENT_TYPE as METRICS_TYPE
 from chatbot.metrics import Metrics
@@ -116,6 +115,8 @@ class WebServer:
         if series is None:
             return web.Response(status=404, text="no such meeting\n")
         agenda = await self.agenda_for(series)
+        from chatbot.calendar import build_calendar  # icalendar: ~2 MB, only once asked
+
         body = build_calendar([(series, agenda)], now=self.clock(),
                               prefix=self.config.command_prefix)
         return web.Response(

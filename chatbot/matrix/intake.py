@@ -206,6 +206,9 @@ class Intake:
         self.timeline_limit = timeline_limit
         self.ready = asyncio.Event()
         self._heard_at: datetime | None = None
+        # When nio handed over the sync response in hand (the metrics' timer), for the
+        # bot's own time per command.
+        self._arrived_at = 0.0
 
     async def sync_forever(self, listener: Listener) -> None:
         """Follow the homeserver until cancelled, handing each new event to `listener`.
@@ -251,6 +254,7 @@ class Intake:
                 log.warning("sync works again after %s failed attempts", failures)
                 failures = 0
             heard_at = self.clock()
+            self._arrived_at = self.metrics.own_time.timer()
             await self._process(response, token, listener, started_at)
             token = response.next_batch
             self._heard_at = heard_at
@@ -342,6 +346,8 @@ class Intake:
         incoming = incoming_event(event, room_id, self.client.user_id, room_names)
         if incoming is None:
             return
+        if isinstance(incoming, IncomingMessage):
+            self.metrics.message_arrived(incoming.event_id, self._arrived_at)
         if isinstance(incoming, IncomingMessage) and incoming.sent_at is not None:
             now = self.clock()
             incoming = dataclasses.replace(
