@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from nio import (
@@ -80,7 +81,10 @@ async def run(homeserver: str, user_id: str, access_token: str, device_id: str |
                              encryption_enabled=store_dir is not None,
                              store_sync_tokens=False))
     client.access_token = access_token
-    if store_dir is not None:
+    client.user_id = user_id
+    if store_dir is not None and device_id is not None:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        client.device_id = device_id
         client.load_store()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

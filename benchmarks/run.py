@@ -110,11 +110,13 @@ class BotProcess:
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._reader = asyncio.create_task(self._read())
-        try:
-            await asyncio.wait_for(self._listening.wait(), PROCESS_START_TIMEOUT)
-        except TimeoutError:
-            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.tail)) from None
+        self._reader = reader = asyncio.create_task(self._read())
+        listening = asyncio.create_task(self._listening.wait())
+        await asyncio.wait({listening, reader}, timeout=PROCESS_START_TIMEOUT,
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not listening.done():  # it ended, or took too long
+            listening.cancel()
+            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.tail))
 
     async def _read(self) -> None:
         assert self.process is not None and self.process.stderr is not None
