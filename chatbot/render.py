@@ -171,9 +171,15 @@ def new_converter(*, shortcut: bool = True) -> markdown.Markdown:
     converter.preprocessors.deregister("html_block")
     converter.inlinePatterns.deregister("html")
     if shortcut:
-        from chatbot.inline_shortcut import InertTextShortcut
+        from chatbot.inline_shortcut import (
+            InertTextShortcut,
+            quicker_block_level,
+            shorten_lists,
+        )
 
         converter.treeprocessors.register(InertTextShortcut(converter), "inline", 20)
+        shorten_lists(converter)
+        quicker_block_level(converter)
     return converter
 
 
