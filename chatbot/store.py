@@ -455,18 +455,19 @@ class Store:
                     await self._db.execute("ROLLBACK")
                 raise
 
+    # Each is one trip to the connection's thread: a cursor's execute, fetch and close
+    # would be three, and a command makes a dozen queries while its ✅ waits.
+
     async def _scalar(self, sql: str, *args: Any) -> Any:
-        async with self._db.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
+        rows = await self._db.execute_fetchall(sql, args)
+        return next(iter(rows), (None,))[0]
 
     async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
-        async with self._db.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, args))
 
     async def _changes(self, sql: str, *args: Any) -> int:
-        async with self._db.execute(sql, args) as cursor:
-            return cursor.rowcount
+        cursor = await self._db.execute(sql, args)
+        return cursor.rowcount
 
     # --- meta -------------------------------------------------------------------
 
