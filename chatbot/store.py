@@ -543,9 +543,13 @@ class Store:
         await self._db.execute("DELETE FROM known_rooms WHERE room_id = ?", (room_id,))
 
     async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
-        await self._db.execute(
+        await self.add_known_rooms([room_id], now)
+
+    async def add_known_rooms(self, room_ids: Sequence[RoomId], now: datetime) -> None:
+        """Many at once (the first sync's rooms, a thousand perhaps): one statement."""
+        await self._db.executemany(
             "INSERT OR IGNORE INTO known_rooms (room_id, joined_at) VALUES (?, ?)",
-            (room_id, _stamp(now)),
+            [(room_id, _stamp(now)) for room_id in room_ids],
         )
 
     # --- encrypted messages waiting for their key ------------------------------------

@@ -294,6 +294,13 @@ class Intake:
         now = self.clock()
         for room_id, invite in response.rooms.invite.items():
             await self.rooms.answer_invite(RoomId(room_id), invite.invite_state)
+        if since is None:
+            # The first sync may bring a thousand rooms: one commit for all, not one each
+            # (its events are handed over after; the sync position is saved after that).
+            async with self.store.transaction():
+                await self.store.add_known_rooms(
+                    [RoomId(room_id) for room_id in response.rooms.join
+                     if self.rooms.is_ours(RoomId(room_id))], now)
         for room_id, info in response.rooms.join.items():
             room_id = RoomId(room_id)
             if not self.rooms.is_ours(room_id):
@@ -304,8 +311,6 @@ class Intake:
                 self.rooms.power_changed(room_id)
             if since is None:
                 events = await self._since_first_start(room_id, info.timeline, started_at)
-                async with self.store.transaction():
-                    await self.store.add_known_room(room_id, now)
             elif not await self.store.is_known_room(room_id):
                 events = after_own_join(events, self.client.user_id)
                 async with self.store.transaction():
