@@ -365,7 +365,7 @@ async def starts(owner: Person, acks: Acks, bots: Bots, room: str, times: int,
                 runs[bot.name][-1]["rss_mb"] = rss
     result: dict[str, Any] = {
         name: {key: statistics.median(run[key] for run in values) for key in values[0]}
-        | {"starts": len(values)} for name, values in runs.items()}
+        | {"starts": len(values), "first_start": values[0]} for name, values in runs.items()}
     if keep_running:
         for bot, _ in bots.each():
             await asyncio.sleep(max(0.0, bot.started_at + 5 - time.monotonic()))
@@ -700,6 +700,8 @@ def synapse_rows(results: dict[str, Any], row: Callable[..., None]) -> None:
         s["chatbot"]["listening_s"], s["baseline"]["listening_s"], "s")
     row("start to first ✅", s["chatbot"]["first_ack_s"], s["baseline"]["first_ack_s"], "s",
         "<= 1.20x")
+    row("  the first start ever (chatbot logs in)", s["chatbot"]["first_start"]["first_ack_s"],
+        s["baseline"]["first_start"]["first_ack_s"], "s")
     row("RSS 5 s after start", s["chatbot"]["rss_after_start_mb"],
         s["baseline"]["rss_after_start_mb"], "MB", "<= 1.20x")
     m = results["memory"]
@@ -708,8 +710,12 @@ def synapse_rows(results: dict[str, Any], row: Callable[..., None]) -> None:
         m["baseline"] - s["baseline"]["rss_after_start_mb"], "MB", "<= 10 MB")
     if "big" in results:
         big = results["big"]
-        row(f"start to first ✅, {big['rooms']:,} rooms and {big['meetings']} meetings",
-            big["chatbot"]["first_ack_s"], big["baseline"]["first_ack_s"], "s", "< 2.5 s")
+        row(f"start to first ✅, {big['rooms']:,} rooms and {big['meetings']} meetings "
+            f"(median of {big['chatbot']['starts']})", big["chatbot"]["first_ack_s"],
+            big["baseline"]["first_ack_s"], "s", "< 2.5 s")
+        row("  the first start ever (chatbot logs in, learns every room)",
+            big["chatbot"]["first_start"]["first_ack_s"],
+            big["baseline"]["first_start"]["first_ack_s"], "s")
         row("  start to listening", big["chatbot"]["listening_s"],
             big["baseline"]["listening_s"], "s")
         row("  RSS at first ✅", big["chatbot"]["rss_mb"], big["baseline"]["rss_mb"], "MB")
@@ -784,8 +790,8 @@ async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
         running += [big.chatbot, big.baseline]
         results["big"] = {"rooms": counts.big_rooms, "meetings": counts.big_meetings,
                           "setup_s": setup_s,
-                          **await starts(world.owner, world.acks, big, big_rooms[0], 1,
-                                         keep_running=False)}
+                          **await starts(world.owner, world.acks, big, big_rooms[0],
+                                         counts.starts, keep_running=False)}
         results["exit_codes"] = {bot.name: bot.process.returncode
                                  for bot in (bots.chatbot, bots.baseline)
                                  if bot.process is not None}
