@@ -355,14 +355,13 @@ async def starts(owner: Person, acks: Acks, bots: Bots, room: str, times: int,
     for n in range(times):
         for bot, user in bots.each():
             await bot.start()
-            runs[bot.name].append(await first_ack(owner, acks, bot, user, room))
+            runs[bot.name].append({**await first_ack(owner, acks, bot, user, room),
+                                   "rss_mb": bot.rss_mb()})
             progress(f"  {bot.name} start {n + 1}: listening after "
                      f"{runs[bot.name][-1]['listening_s']:.2f} s, first ✅ after "
                      f"{runs[bot.name][-1]['first_ack_s']:.2f} s")
             if n < times - 1 or not keep_running:
-                rss = bot.rss_mb()
                 await bot.stop()
-                runs[bot.name][-1]["rss_mb"] = rss
     result: dict[str, Any] = {
         name: {key: statistics.median(run[key] for run in values) for key in values[0]}
         | {"starts": len(values), "first_start": values[0]} for name, values in runs.items()}
