@@ -389,6 +389,9 @@ class Store:
         # from swallowing another task's statements.
         self._lock = asyncio.Lock()
         self.read: Store = Store(reader) if reader is not None else self
+        # Rooms read as known: asked after every sync, and only forgetting a room (this
+        # store's own write) makes a known room unknown again.
+        self._known_rooms: set[RoomId] = set()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -536,10 +539,16 @@ class Store:
         await self._db.execute("DELETE FROM direct_rooms WHERE room_id = ?", (room_id,))
 
     async def is_known_room(self, room_id: RoomId) -> bool:
-        return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+        if room_id in self._known_rooms:
+            return True
+        known = await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+        if known and not self._db.in_transaction:  # committed, not a write that may roll back
+            self._known_rooms.add(room_id)
+        return known
 
     async def forget_known_room(self, room_id: RoomId) -> None:
         """A room the bot left: if it joins again, what was said meanwhile is history."""
+        self._known_rooms.discard(room_id)
         await self._db.execute("DELETE FROM known_rooms WHERE room_id = ?", (room_id,))
 
     async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
