@@ -10,8 +10,8 @@ from xml.etree import ElementTree as etree
 
 import markdown
 from markdown.blockprocessors import OListProcessor, UListProcessor
-from markdown.treeprocessors import InlineProcessor
-from markdown.util import AtomicString
+from markdown.treeprocessors import InlineProcessor, UnescapeTreeprocessor
+from markdown.util import STX, AtomicString
 
 # The block processors of a plain python-markdown converter (raw HTML's removed): the
 # list shortcut knows which of them would take an item, so it is used with these only.
@@ -76,6 +76,14 @@ class PlainItemsUList(_PlainItems, UListProcessor):
 
 class PlainItemsOList(_PlainItems, OListProcessor):
     pass
+
+
+class QuickerUnescape(UnescapeTreeprocessor):
+    """python-markdown's unescaping, but text with no placeholder in it (most of a note:
+    the inline shortcut writes escaped characters as they are) is not searched."""
+
+    def unescape(self, text: str) -> str:
+        return super().unescape(text) if STX in text else text
 
 
 def quicker_block_level(converter: markdown.Markdown) -> None:

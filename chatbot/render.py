@@ -173,11 +173,13 @@ def new_converter(*, shortcut: bool = True) -> markdown.Markdown:
     if shortcut:
         from chatbot.inline_shortcut import (
             InertTextShortcut,
+            QuickerUnescape,
             quicker_block_level,
             shorten_lists,
         )
 
         converter.treeprocessors.register(InertTextShortcut(converter), "inline", 20)
+        converter.treeprocessors.register(QuickerUnescape(converter), "unescape", 0)
         shorten_lists(converter)
         quicker_block_level(converter)
     return converter
