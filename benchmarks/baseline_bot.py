@@ -3,9 +3,11 @@
 It is the floor chatbot is measured against: one long-poll sync loop, one reaction per
 message, no parsing, no database. Like chatbot it asks for the last 50 events per room
 and pages back through what a limited sync left out, so that it loses nothing either.
-Run as its own process, as chatbot is:
+With a key store (DEVICE_ID and STORE_DIR) it also decrypts, as nio does for any client
+with encryption on, and its ✅ in an encrypted room goes out encrypted: the floor for
+chatbot in the same encrypted room. Run as its own process, as chatbot is:
 
-    python -m benchmarks.baseline_bot HOMESERVER USER_ID ACCESS_TOKEN
+    python -m benchmarks.baseline_bot HOMESERVER USER_ID ACCESS_TOKEN [DEVICE_ID STORE_DIR]
 
 It prints `listening` on standard error once its first sync is done; history from
 before that is ignored, as chatbot ignores it.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from nio import (
@@ -33,7 +36,8 @@ SYNC_FILTER: dict[str, Any] = {
         "account_data": {"not_types": ["*"]},
         "ephemeral": {"not_types": ["*"]},
         "state": {"lazy_load_members": True},
-        "timeline": {"limit": 50, "types": ["m.room.message"], "lazy_load_members": True},
+        "timeline": {"limit": 50, "types": ["m.room.message", "m.room.encrypted"],
+                     "lazy_load_members": True},
     },
 }
 
@@ -46,7 +50,7 @@ async def missed(client: AsyncClient, room_id: str, before: str,
     for _ in range(100):
         response = await client.room_messages(
             room_id, start=start, end=since, direction=MessageDirection.back, limit=100,
-            message_filter={"types": ["m.room.message"]})
+            message_filter={"types": ["m.room.message", "m.room.encrypted"]})
         if not isinstance(response, RoomMessagesResponse) or not response.chunk:
             break
         found.extend(event.source for event in response.chunk)
@@ -56,10 +60,32 @@ async def missed(client: AsyncClient, room_id: str, before: str,
     return list(reversed(found))
 
 
-async def run(homeserver: str, user_id: str, access_token: str) -> None:
-    client = AsyncClient(homeserver, user_id, config=AsyncClientConfig(
-        max_limit_exceeded=None, max_timeouts=None, request_timeout=60))
+async def exchange_keys(client: AsyncClient) -> None:
+    """What an encrypting nio client owes after each sync (as nio's own sync_forever)."""
+    if client.olm is None:
+        return
+    if client.should_upload_keys:
+        await client.keys_upload()
+    if client.should_query_keys:
+        await client.keys_query()
+    if client.should_claim_keys:
+        await client.keys_claim(client.get_users_for_key_claiming())
+    await client.send_to_device_messages()
+
+
+async def run(homeserver: str, user_id: str, access_token: str, device_id: str | None = None,
+              store_dir: str | None = None) -> None:
+    client = AsyncClient(homeserver, user_id, device_id=device_id, store_path=store_dir or "",
+                         config=AsyncClientConfig(
+                             max_limit_exceeded=None, max_timeouts=None, request_timeout=60,
+                             encryption_enabled=store_dir is not None,
+                             store_sync_tokens=False))
     client.access_token = access_token
+    client.user_id = user_id
+    if store_dir is not None and device_id is not None:
+        Path(store_dir).mkdir(parents=True, exist_ok=True)
+        client.device_id = device_id
+        client.load_store()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -67,6 +93,7 @@ async def run(homeserver: str, user_id: str, access_token: str) -> None:
     try:
         first = await client.sync(timeout=0, sync_filter=SYNC_FILTER)
         assert isinstance(first, SyncResponse), first
+        await exchange_keys(client)
         token = first.next_batch
         print("listening", file=sys.stderr, flush=True)
         while not stop.is_set():
@@ -93,11 +120,12 @@ async def run(homeserver: str, user_id: str, access_token: str) -> None:
                             and content.get("msgtype") == "m.text"):
                         await client.room_send(room_id, "m.reaction", {"m.relates_to": {
                             "rel_type": "m.annotation", "event_id": source["event_id"],
-                            "key": "✅"}})
+                            "key": "✅"}}, ignore_unverified_devices=True)
             token = response.next_batch
+            await exchange_keys(client)
     finally:
         await client.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(run(*sys.argv[1:4]))
+    asyncio.run(run(*sys.argv[1:6]))

@@ -7,24 +7,22 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from chatbot.agenda_feed import next_agenda
-from chatbot.bot import Clock, MeetingBot, utc_now
 from chatbot.config import Config
-from chatbot.logs import RedactSecrets
-from chatbot.matrix import LoginFailed, MatrixEdge
-from chatbot.meetings import Rooms, index_missing_notes
-from chatbot.metrics import Metrics
-from chatbot.model import RoomId
-from chatbot.publish import Target
-from chatbot.publish.git import GitArchive
-from chatbot.publish.issue import GitHubIssues
-from chatbot.publish.notes_page import HackMDPages
-from chatbot.scheduler import JobScheduler
-from chatbot.store import Store
-from chatbot.supervise import supervise
-from chatbot.web import WebServer
+from chatbot.model import RoomId, utc_now
+
+# What only a running bot needs is imported in `BotApp.run`: the command-line tools
+# (`chatbot notes`, `check`, `ics`, `backup`) import this module for its paths and
+# must not pay for nio, the web server, the calendar and the scheduler.
+if TYPE_CHECKING:
+    from chatbot.bot import Clock, MeetingBot
+    from chatbot.logs import RedactSecrets
+    from chatbot.matrix import MatrixEdge
+    from chatbot.publish import Target
+    from chatbot.scheduler import JobScheduler
+    from chatbot.store import Store
+    from chatbot.web import WebServer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +47,10 @@ def archive_dir(config: Config) -> Path:
 
 def publish_targets(config: Config, clock: Clock = utc_now) -> list[Target]:
     """Every target some meeting publishes to; each carries out its own job kind."""
+    from chatbot.publish.git import GitArchive
+    from chatbot.publish.issue import GitHubIssues
+    from chatbot.publish.notes_page import HackMDPages
+
     targets: list[Target] = []
     # One GitHub target for both: the archive's pull requests share its rate limit.
     github = (GitHubIssues(config, clock=clock)
@@ -72,6 +74,8 @@ class BotApp:
         self.clock = clock
         self.timeline_limit = timeline_limit
         self.redaction = redaction
+        from chatbot.metrics import Metrics
+
         self.metrics = Metrics(clock)
         self.ready = asyncio.Event()
         self.stop = asyncio.Event()
@@ -80,18 +84,31 @@ class BotApp:
 
     async def run(self) -> None:
         """Run until `stop` is set, then finish the work in hand and close cleanly."""
+        from chatbot.agenda_feed import next_agenda
+        from chatbot.bot import MeetingBot
+        from chatbot.matrix import MatrixEdge
+        from chatbot.meetings import Rooms, index_missing_notes
+        from chatbot.scheduler import JobScheduler
+        from chatbot.store import Store
+
         store = self.store = await Store.open(database_path(self.config))
         await index_missing_notes(store, self.config)
-        web = WebServer(self.config,
-                        lambda series: next_agenda(store.read, series, self.clock()),
-                        self.clock, self.metrics, store=store, notes_dir=notes_dir(self.config))
+        web: WebServer | None = None
+        if self.config.http is not None:  # aiohttp's server only when something listens
+            from chatbot.web import WebServer
+
+            web = WebServer(self.config,
+                            lambda series: next_agenda(store.read, series, self.clock()),
+                            self.clock, self.metrics, store=store,
+                            notes_dir=notes_dir(self.config))
         edge = MatrixEdge(self.config, store, clock=self.clock,
                           timeline_limit=self.timeline_limit, metrics=self.metrics)
         scheduler: JobScheduler | None = None
         tasks: list[asyncio.Task[None]] = []
         bot: MeetingBot | None = None
         try:
-            await web.start()
+            if web is not None:
+                await web.start()
             # Logging in waits out an unreachable homeserver; a stop must still end it.
             room_ids = await self._unless_stopped(self._connect(edge))
             if room_ids is None:
@@ -124,7 +141,9 @@ class BotApp:
             ready.cancel()
         finally:
             log.info("shutting down")
-            await web.stop()
+            self.log_own_time()
+            if web is not None:
+                await web.stop()
             if scheduler is not None:
                 scheduler.shutdown()
             for task in tasks:
@@ -141,7 +160,15 @@ class BotApp:
             await store.close()
             log.info("stopped")
 
+    def log_own_time(self) -> None:
+        """Log the bot's own time per command (at shutdown, and on SIGUSR1)."""
+        log.info("own time per command, sync response to ✅ sent: %s",
+                 self.metrics.own_time_line())
+
     def _supervised(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        from chatbot.matrix import LoginFailed
+        from chatbot.supervise import supervise
+
         return asyncio.create_task(
             supervise(name, run, metrics=self.metrics, clock=self.clock, fatal=(LoginFailed,)),
             name=name)

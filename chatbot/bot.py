@@ -14,7 +14,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol, TypeGuard
 
@@ -73,7 +73,7 @@ from chatbot.meetings import (
     take_labelled_issues,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, LogLine, Pill, RoomId, UserId
+from chatbot.model import Entry, EventId, LogLine, Pill, RoomId, UserId, utc_now
 from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
@@ -108,10 +108,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 OWED_SINCE_KEY = "first_started_at"
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def direct_intent_key(user_id: UserId) -> str:
@@ -556,7 +552,7 @@ class MeetingBot:
             await self._record(effects, message.room_id, message.event_id, context.now,
                                thread_root=message.thread_root)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
-        self.metrics.command_handled(name)
+        self.metrics.command_handled(name, message.event_id)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
                  message.room_id, extra={"room_id": message.room_id,
                                          "event_id": message.event_id})

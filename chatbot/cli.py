@@ -13,11 +13,10 @@ from datetime import date
 from pathlib import Path
 
 from chatbot import __version__
-from chatbot.bot import utc_now
 from chatbot.config import Config, ConfigError, load_config
 from chatbot.logs import LOG_FORMATS, RedactSecrets
 from chatbot.logs import configure as configure_logging
-from chatbot.model import Entry
+from chatbot.model import Entry, utc_now
 from chatbot.publish.git import without_credentials
 from chatbot.recurrence import elapsed, format_duration
 from chatbot.render import format_date, format_time
@@ -330,6 +329,7 @@ async def run(config: Config, redaction: RedactSecrets | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, app.stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, app.log_own_time)
     try:
         await app.run()
     except (LoginFailed, ListenFailed) as error:

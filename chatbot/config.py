@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from jinja2 import TemplateError, TemplateSyntaxError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -666,6 +665,8 @@ def _load_template(meeting: MeetingConfig, base_dir: Path, key: str) -> None:
         source = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{key}: cannot read {path} ({error.strerror or error})") from None
+    from jinja2 import TemplateError, TemplateSyntaxError
+
     try:
         # Rendering a sample meeting also finds misspelt names, which compile fine.
         compile_template(source).render(note_context(sample_record(), UTC_ZONE, {}))

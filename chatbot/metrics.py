@@ -13,7 +13,10 @@ is not healthy.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 
 from prometheus_client import (
@@ -24,6 +27,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # A long poll returns after at most 30 s even when the rooms are quiet; three missed
@@ -32,6 +37,73 @@ DEFAULT_MAX_SYNC_AGE = timedelta(seconds=90)
 UNKNOWN_COMMAND = "unknown"
 REMINDER_OUTCOMES = ("sent", "missed")
 PRUNED_TABLES = ("events", "jobs", "undecrypted")
+# The bot's own time per command is kept for this many recent commands of each name,
+# and for as many messages between their arrival and their ✅: bounded, whatever the load.
+OWN_TIME_KEPT = 1_000
+OWN_TIME_QUANTILES = (0.5, 0.95)
+
+
+class OwnTime:
+    """The bot's own time per command: from the sync response that brought a command (as
+    nio hands it over, parsed) to the moment its ✅ is sent; what the homeserver and the
+    network take is not in it. Durations come from a monotonic `timer`, not the clock."""
+
+    def __init__(self, timer: Callable[[], float] = time.perf_counter,
+                 keep: int = OWN_TIME_KEPT) -> None:
+        self.timer = timer
+        self.keep = keep
+        # event id -> [arrival, command name once handled]; oldest first
+        self._waiting: dict[str, tuple[float, str | None]] = {}
+        self._samples: dict[str, deque[float]] = {}
+
+    def arrived(self, event_id: str, at: float) -> None:
+        self._waiting[event_id] = (at, None)
+        if len(self._waiting) > self.keep:
+            del self._waiting[next(iter(self._waiting))]
+
+    def handled(self, event_id: str, name: str) -> None:
+        if (waiting := self._waiting.get(event_id)) is not None:
+            self._waiting[event_id] = (waiting[0], name)
+
+    def acknowledged(self, event_id: str) -> None:
+        """The ✅ for `event_id` is being sent now."""
+        at, name = self._waiting.pop(event_id, (0.0, None))
+        if name is None:
+            return  # not a command, or one from before a restart
+        samples = self._samples.get(name)
+        if samples is None:
+            samples = self._samples[name] = deque(maxlen=self.keep)
+        samples.append(self.timer() - at)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Per command name: how many samples, their median and p95, in seconds."""
+        return {name: {"count": len(samples), **quantiles(samples)}
+                for name, samples in sorted(self._samples.items()) if samples}
+
+
+def quantiles(samples: deque[float] | list[float]) -> dict[str, float]:
+    """The median and p95 of `samples` (at least one)."""
+    ordered = sorted(samples)
+    if len(ordered) == 1:
+        return {"median": ordered[0], "p95": ordered[0]}
+    return {"median": statistics.median(ordered),
+            "p95": statistics.quantiles(ordered, n=100, method="inclusive")[94]}
+
+
+class _OwnTimeCollector(Collector):
+    def __init__(self, own_time: OwnTime) -> None:
+        self.own_time = own_time
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "chatbot_command_own_seconds", "The bot's own time per command, from the sync "
+            "response that brought it to the sending of its ✅, over the last "
+            f"{OWN_TIME_KEPT} of each command: median (quantile 0.5) and p95 (0.95).",
+            labels=["command", "quantile"])
+        for name, figures in self.own_time.summary().items():
+            family.add_metric([name, "0.5"], figures["median"])
+            family.add_metric([name, "0.95"], figures["p95"])
+        yield family
 
 
 class Metrics:
@@ -42,8 +114,10 @@ class Metrics:
         clock: Callable[[], datetime],
         *,
         max_sync_age: timedelta = DEFAULT_MAX_SYNC_AGE,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.clock = clock
+        self.own_time = OwnTime(timer)
         self.max_sync_age = max_sync_age
         self.started_at = clock()
         self.last_sync: datetime | None = None
@@ -52,6 +126,7 @@ class Metrics:
         self._failed_since_sync = False
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # memory, CPU, open files, start time
+        self.registry.register(_OwnTimeCollector(self.own_time))
         self._commands = Counter(
             "chatbot_commands", "Commands handled, by command name ('unknown' for a "
             "mistyped one the bot answered with a suggestion).",
@@ -117,9 +192,28 @@ class Metrics:
 
     # --- what the core reports ----------------------------------------------------------
 
-    def command_handled(self, name: str) -> None:
+    def command_handled(self, name: str, event_id: str | None = None) -> None:
         """A command was recorded: its registry name, or "unknown" for a mistyped one."""
         self._commands.labels(command=name or UNKNOWN_COMMAND).inc()
+        if event_id is not None:
+            self.own_time.handled(event_id, name or UNKNOWN_COMMAND)
+
+    def message_arrived(self, event_id: str, at: float) -> None:
+        """A message came in a sync response that nio handed over at `at` (the timer's)."""
+        self.own_time.arrived(event_id, at)
+
+    def acknowledging(self, event_id: str) -> None:
+        """The ✅ for the message `event_id` is being sent: its command's own time ends."""
+        self.own_time.acknowledged(event_id)
+
+    def own_time_line(self) -> str:
+        """The bot's own time per command, one line for the log."""
+        figures = self.own_time.summary()
+        if not figures:
+            return "no command acknowledged yet"
+        return "; ".join(
+            f"{name} median {f['median'] * 1000:.2f} ms p95 {f['p95'] * 1000:.2f} ms "
+            f"over {f['count']:.0f}" for name, f in figures.items())
 
     def command_throttled(self) -> None:
         """A command was refused by flood control (answered "slow down", or not at all)."""

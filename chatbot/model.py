@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import NewType
 
 RoomId = NewType("RoomId", str)
 UserId = NewType("UserId", str)
 EventId = NewType("EventId", str)
+
+
+def utc_now() -> datetime:
+    """The default clock; tests and simulations inject their own."""
+    return datetime.now(UTC)
 
 
 class EntryKind(enum.StrEnum):

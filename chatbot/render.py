@@ -17,17 +17,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-from xml.etree import ElementTree as etree
 from zoneinfo import ZoneInfo
 
-import markdown
-import nh3
-from jinja2 import StrictUndefined, Template
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-from markdown.treeprocessors import InlineProcessor
-from markdown.util import AtomicString
+# python-markdown, nh3 and jinja2 are imported when first used: a running bot needs
+# them only to post a message with formatting or a note (a ✅ needs none), and they
+# are a few megabytes of memory.
+if TYPE_CHECKING:
+    import markdown
+    from jinja2 import Template
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from chatbot.model import (
     Attendee,
@@ -143,6 +143,8 @@ def markdown_to_html(text: str) -> str:
     except BaseException:
         _converters.markdown = None  # it may have stopped half-way through its state
         raise
+    import nh3
+
     return nh3.clean(
         html,
         tags=_HTML_TAGS,
@@ -167,97 +169,24 @@ def _converter() -> markdown.Markdown:
 def new_converter(*, shortcut: bool = True) -> markdown.Markdown:
     """python-markdown without raw HTML, and with a shortcut for inert text that
     `shortcut=False` leaves out (for tests: the HTML is the same either way)."""
+    import markdown
+
     converter = markdown.Markdown(output_format="html")
     converter.preprocessors.deregister("html_block")
     converter.inlinePatterns.deregister("html")
     if shortcut:
-        converter.treeprocessors.register(_InlineProcessor(converter), "inline", 20)
+        from chatbot.inline_shortcut import (
+            InertTextShortcut,
+            QuickerUnescape,
+            quicker_block_level,
+            shorten_lists,
+        )
+
+        converter.treeprocessors.register(InertTextShortcut(converter), "inline", 20)
+        converter.treeprocessors.register(QuickerUnescape(converter), "unescape", 0)
+        shorten_lists(converter)
+        quicker_block_level(converter)
     return converter
-
-
-class _InlineProcessor(InlineProcessor):
-    """python-markdown's inline processor, but text made only of what `escape_markdown`
-    writes (escaped characters, web autolinks, hard line breaks, plain text; entities
-    excepted) and, before it, at most one `**bold**` of the same, is turned into
-    elements directly.
-
-    That is most of a note, and python-markdown spends 4 to 12 µs on each escape, link
-    or bold it finds. The elements built are those python-markdown builds for that
-    text (tests compare the HTML of both); text that is anything else, or that the
-    pattern is unsure of, is left to python-markdown.
-    """
-
-    def __init__(self, md: markdown.Markdown) -> None:
-        super().__init__(md)
-        escaped = re.escape("".join(md.ESCAPED_CHARS))
-        # One piece of inert text: a character no inline pattern starts with (`&` unless
-        # it starts an entity; STX and ETX mark python-markdown's placeholders), an
-        # escaped character, or an autolink holding nothing an earlier pattern (code,
-        # escapes, links) would take.
-        piece = (r"(?:[^\\`*_\[\]<&\x02\x03]|&(?!#[0-9]+;|#x[0-9a-fA-F]+;|[a-zA-Z0-9]+;)"
-                 rf"|\\[{escaped}]|<[A-Za-z][A-Za-z0-9+.\-]*://[^<>\s\\`\[\]\x02\x03]*>)")
-        # A `**` at the start, closed by one after no space and before a space (not a
-        # line break's) or the end, with no `*` or `_` anywhere else: python-markdown's
-        # <strong>, with nothing left for its emphasis to pair.
-        self._inert = re.compile(
-            rf"(?:\*\*(?P<strong>(?!\s){piece}+?)(?<!\s)\*\*(?=\s|\Z)(?!  \n))?"
-            rf"(?P<rest>{piece}*)\Z")
-        # In inert text, every backslash starts an escape and every `<` an autolink.
-        self._tokens = re.compile(
-            rf"\\(?P<escaped>[{escaped}])|<(?P<address>[^<>]*)>|  \n")
-
-    def run(self, tree: etree.Element, ancestors: list[str] | None = None) -> etree.Element:
-        inert = []
-        for element in tree.iter():
-            text = element.text
-            if (element is not tree and text and not isinstance(text, AtomicString)
-                    and (match := self._inert.match(text))):
-                element.text = None  # python-markdown finds nothing to do here
-                inert.append((element, match))
-        tree = super().run(tree, ancestors)
-        for element, match in inert:
-            nodes: list[etree.Element] = []
-            if (strong_text := match["strong"]) is not None:
-                strong = etree.Element("strong")
-                strong.text, children = self._spans(strong_text)
-                strong.extend(children)
-                strong.tail, nodes = self._spans(match["rest"])
-                nodes.insert(0, strong)
-            else:
-                element.text, nodes = self._spans(match["rest"])
-            element[0:0] = nodes
-        return tree
-
-    def _spans(self, text: str) -> tuple[str | None, list[etree.Element]]:
-        """Inert text as the text before its first element, and the elements (links and
-        line breaks), each with the text after it as its tail."""
-        head: str | None = None
-        nodes: list[etree.Element] = []
-        pieces: list[str] = []
-        last = 0
-        for token in self._tokens.finditer(text):
-            pieces.append(text[last:token.start()])
-            last = token.end()
-            if (escaped := token["escaped"]) is not None:
-                pieces.append(escaped)
-                continue
-            if (address := token["address"]) is not None:
-                node = etree.Element("a", href=address)
-                node.text = address
-            else:
-                node = etree.Element("br")
-            if nodes:
-                nodes[-1].tail = "".join(pieces) or None
-            else:
-                head = "".join(pieces) or None
-            pieces = []
-            nodes.append(node)
-        pieces.append(text[last:])
-        if nodes:
-            nodes[-1].tail = "".join(pieces) or None
-        else:
-            head = "".join(pieces) or None
-        return head, nodes
 
 
 # Synapse refuses an event over 65,536 bytes of JSON, signatures included, and an
@@ -564,27 +493,32 @@ _VIEW_FIELDS = {view: frozenset(field.name for field in fields(view))
                 for view in (UpdateView, ItemView, ActionGroup)}
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """Jinja's sandbox, but the fields of the note's own views are let through at once
-    (and nothing else on them): the general check costs a note of 2,000 updates 4 ms."""
+@functools.cache
+def _templates() -> ImmutableSandboxedEnvironment:
+    """The note templates' environment, made on first use."""
+    from jinja2 import StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if (view_fields := _VIEW_FIELDS.get(type(obj))) is not None:
-            return attr in view_fields
-        return super().is_safe_attribute(obj, attr, value)
+    class Sandbox(ImmutableSandboxedEnvironment):
+        """Jinja's sandbox, but the fields of the note's own views are let through at once
+        (and nothing else on them): the general check costs a note of 2,000 updates 4 ms."""
+
+        def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+            if (view_fields := _VIEW_FIELDS.get(type(obj))) is not None:
+                return attr in view_fields
+            return super().is_safe_attribute(obj, attr, value)
+
+    return Sandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                   undefined=StrictUndefined, autoescape=False)
 
 
-_TEMPLATES = _Sandbox(
-    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-    undefined=StrictUndefined, autoescape=False,
-)
 DEFAULT_TEMPLATE = (resources.files("chatbot") / "templates" / "note.md.j2").read_text("utf-8")
 
 
 @functools.lru_cache(maxsize=32)
 def compile_template(source: str) -> Template:
     """A sandboxed note template; raises jinja2.TemplateError if it does not compile."""
-    return _TEMPLATES.from_string(source)
+    return _templates().from_string(source)
 
 
 def render_note(

@@ -577,6 +577,9 @@ class Store:
         # from swallowing another task's statements.
         self._lock = asyncio.Lock()
         self.read: Store = Store(reader) if reader is not None else self
+        # Rooms read as known: asked after every sync, and only forgetting a room (this
+        # store's own write) makes a known room unknown again.
+        self._known_rooms: set[RoomId] = set()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -643,18 +646,19 @@ class Store:
                     await self._db.execute("ROLLBACK")
                 raise
 
+    # Each is one trip to the connection's thread: a cursor's execute, fetch and close
+    # would be three, and a command makes a dozen queries while its ✅ waits.
+
     async def _scalar(self, sql: str, *args: Any) -> Any:
-        async with self._db.execute(sql, args) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else row[0]
+        rows = await self._db.execute_fetchall(sql, args)
+        return next(iter(rows), (None,))[0]
 
     async def _rows(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
-        async with self._db.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+        return list(await self._db.execute_fetchall(sql, args))
 
     async def _changes(self, sql: str, *args: Any) -> int:
-        async with self._db.execute(sql, args) as cursor:
-            return cursor.rowcount
+        cursor = await self._db.execute(sql, args)
+        return cursor.rowcount
 
     # --- meta -------------------------------------------------------------------
 
@@ -737,16 +741,26 @@ class Store:
         await self._db.execute("DELETE FROM direct_rooms WHERE room_id = ?", (room_id,))
 
     async def is_known_room(self, room_id: RoomId) -> bool:
-        return await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+        if room_id in self._known_rooms:
+            return True
+        known = await self._scalar("SELECT 1 FROM known_rooms WHERE room_id = ?", room_id) == 1
+        if known and not self._db.in_transaction:  # committed, not a write that may roll back
+            self._known_rooms.add(room_id)
+        return known
 
     async def forget_known_room(self, room_id: RoomId) -> None:
         """A room the bot left: if it joins again, what was said meanwhile is history."""
+        self._known_rooms.discard(room_id)
         await self._db.execute("DELETE FROM known_rooms WHERE room_id = ?", (room_id,))
 
     async def add_known_room(self, room_id: RoomId, now: datetime) -> None:
-        await self._db.execute(
+        await self.add_known_rooms([room_id], now)
+
+    async def add_known_rooms(self, room_ids: Sequence[RoomId], now: datetime) -> None:
+        """Many at once (the first sync's rooms, a thousand perhaps): one statement."""
+        await self._db.executemany(
             "INSERT OR IGNORE INTO known_rooms (room_id, joined_at) VALUES (?, ?)",
-            (room_id, _stamp(now)),
+            [(room_id, _stamp(now)) for room_id in room_ids],
         )
 
     # --- encrypted messages waiting for their key ------------------------------------

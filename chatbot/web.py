@@ -33,7 +33,6 @@ from aiohttp.typedefs import Middleware
 
 from chatbot import archive
 from chatbot.archive import Access
-from chatbot.calendar import build_calendar
 from chatbot.config import Config, MeetingConfig
 from chatbot.meetings import compile_note, final_note_of, upcoming
 from chatbot.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -195,6 +194,8 @@ class WebServer:
         # Matched against the configured ids only; the id never reaches a path or a query.
         series, _ = await self._readable(request)
         agenda = await self.agenda_for(series)
+        from chatbot.calendar import build_calendar  # icalendar: ~2 MB, only once asked
+
         body = build_calendar([(series, agenda)], now=self.clock(),
                               prefix=self.config.command_prefix)
         return web.Response(

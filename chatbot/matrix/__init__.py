@@ -57,12 +57,13 @@ class MatrixEdge:
         metrics: Metrics | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics or Metrics(clock)
         self.client = make_client(config)
         self.rooms = RoomDirectory(self.client, config, store, clock=clock)
         self.encryption = Encryption(self.client, config, store, self.rooms, clock=clock)
         self.sender = Sender(self.client, self.encryption)
         self.intake = Intake(self.client, config, store, self.rooms, self.encryption,
-                             clock=clock, metrics=metrics or Metrics(clock),
+                             clock=clock, metrics=self.metrics,
                              timeline_limit=timeline_limit)
         self.ready = self.intake.ready
 
@@ -89,6 +90,8 @@ class MatrixEdge:
     # --- the core's Transport ------------------------------------------------------------
 
     async def deliver(self, item: OutboxItem) -> str:
+        if item.kind == "react":
+            self.metrics.acknowledging(item.payload["event_id"])
         return await self.sender.deliver(item)
 
     async def open_direct(self, user_id: UserId) -> RoomId:

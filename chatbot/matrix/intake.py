@@ -342,6 +342,9 @@ class Intake:
         self.timeline_limit = timeline_limit
         self.ready = asyncio.Event()
         self._heard_at: datetime | None = None
+        # When nio handed over the sync response in hand (the metrics' timer), for the
+        # bot's own time per command.
+        self._arrived_at = 0.0
 
     async def sync_forever(self, listener: Listener) -> None:
         """Follow the homeserver until cancelled, handing each new event to `listener`.
@@ -387,6 +390,7 @@ class Intake:
                 log.warning("sync works again after %s failed attempts", failures)
                 failures = 0
             heard_at = self.clock()
+            self._arrived_at = self.metrics.own_time.timer()
             await self._process(response, token, listener, started_at)
             token = response.next_batch
             self._heard_at = heard_at
@@ -426,6 +430,13 @@ class Intake:
         now = self.clock()
         for room_id, invite in response.rooms.invite.items():
             await self.rooms.answer_invite(RoomId(room_id), invite.invite_state)
+        if since is None:
+            # The first sync may bring a thousand rooms: one commit for all, not one each
+            # (its events are handed over after; the sync position is saved after that).
+            async with self.store.transaction():
+                await self.store.add_known_rooms(
+                    [RoomId(room_id) for room_id in response.rooms.join
+                     if self.rooms.is_ours(RoomId(room_id))], now)
         for room_id, info in response.rooms.join.items():
             room_id = RoomId(room_id)
             if not self.rooms.is_ours(room_id):
@@ -436,8 +447,6 @@ class Intake:
                 self.rooms.power_changed(room_id)
             if since is None:
                 events = await self._since_first_start(room_id, info.timeline, started_at)
-                async with self.store.transaction():
-                    await self.store.add_known_room(room_id, now)
             elif not await self.store.is_known_room(room_id):
                 events = after_own_join(events, self.client.user_id)
                 async with self.store.transaction():
@@ -481,6 +490,8 @@ class Intake:
             incoming = chat_event(event, room_id, room_names)
         if incoming is None:
             return
+        if isinstance(incoming, IncomingMessage):
+            self.metrics.message_arrived(incoming.event_id, self._arrived_at)
         if (isinstance(incoming, IncomingMessage | IncomingPollResponse | IncomingPollEnd)
                 and incoming.sent_at is not None):
             now = self.clock()

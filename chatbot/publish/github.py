@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import quote
 
-import aiohttp
+if TYPE_CHECKING:  # imported when a client is made: `chatbot notes` and `check` never need it
+    import aiohttp
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,8 +42,10 @@ COMMENT_LIMIT = 65536
 PER_PAGE = 100
 # GitHub's advice when a secondary rate limit names no time: wait at least a minute.
 SECONDARY_WAIT = timedelta(minutes=1)
-NETWORK_ERRORS: tuple[type[BaseException], ...] = (
-    aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
+def network_errors() -> tuple[type[BaseException], ...]:
+    import aiohttp
+
+    return (aiohttp.ClientError, asyncio.TimeoutError, TimeoutError, OSError)
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _MARKER = re.compile(r"<!-- chatbot:meeting:[^\s>]+ -->")
 
@@ -258,6 +261,8 @@ class GitHubClient:
         self._session = session
         self._owns_session = session is None
         self._clock = clock
+        import aiohttp
+
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         # The `core` limit as last seen, for /metrics and to hold back a request that
         # GitHub would refuse anyway.
@@ -270,6 +275,8 @@ class GitHubClient:
 
     async def __aenter__(self) -> GitHubClient:
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession()
         return self
 
@@ -516,7 +523,7 @@ class GitHubClient:
                     return _Reply(response.status, data, reply_etag,
                                   None if next_url is None else str(next_url))
                 raise self._failure(response.status, response.headers, data, what, repo)
-        except NETWORK_ERRORS as error:
+        except network_errors() as error:
             raise GitHubTransientError(
                 f"could not {what}: GitHub unreachable ({type(error).__name__})") from None
 

@@ -191,3 +191,55 @@ def test_the_allowed_sync_age_can_be_set(clock: Clock) -> None:
     metrics.sync_succeeded(clock())
     assert metrics.healthy(clock.advance(10))
     assert not metrics.healthy(clock.advance(1))
+
+
+# --- the bot's own time per command ---------------------------------------------------------
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_own_time_runs_from_the_sync_response_to_the_sending_of_the_check_mark(
+        clock: Clock) -> None:
+    timer = Timer()
+    metrics = Metrics(clock, timer=timer)
+    for n, took in enumerate((0.001, 0.002, 0.003)):
+        metrics.message_arrived(f"$here{n}", timer.now)
+        metrics.command_handled("here", f"$here{n}")
+        timer.now += took
+        metrics.acknowledging(f"$here{n}")
+    assert metrics.own_time.summary() == {
+        "here": {"count": 3, "median": pytest.approx(0.002), "p95": pytest.approx(0.0029)}}
+    assert value(metrics, "chatbot_command_own_seconds", command="here",
+                 quantile="0.5") == pytest.approx(0.002)
+    assert "here median 2.00 ms p95 2.90 ms over 3" in metrics.own_time_line()
+
+
+def test_own_time_counts_only_commands_it_saw_arrive(clock: Clock) -> None:
+    timer = Timer()
+    metrics = Metrics(clock, timer=timer)
+    metrics.message_arrived("$chat", timer.now)  # not a command: never handled
+    metrics.acknowledging("$chat")
+    metrics.command_handled("here", "$before-restart")  # arrived before this process
+    metrics.acknowledging("$before-restart")
+    assert metrics.own_time.summary() == {}
+    assert metrics.own_time_line() == "no command acknowledged yet"
+
+
+def test_own_time_keeps_a_bounded_number_of_messages_and_samples(clock: Clock) -> None:
+    timer = Timer()
+    metrics = Metrics(clock, timer=timer)
+    kept = metrics.own_time.keep
+    for n in range(kept * 3):
+        metrics.message_arrived(f"$m{n}", timer.now)  # never acknowledged
+    for n in range(kept * 2):
+        metrics.message_arrived(f"$c{n}", timer.now)
+        metrics.command_handled("update", f"$c{n}")
+        metrics.acknowledging(f"$c{n}")
+    assert len(metrics.own_time._waiting) <= kept
+    assert metrics.own_time.summary()["update"]["count"] == kept

@@ -73,6 +73,28 @@ TEMPLATE_MARKDOWN = [
 ]
 
 
+# What the list shortcut must leave to python-markdown: items another block processor
+# takes (headers, rules, lists, quotes, references, code), items over several lines, and
+# lists that continue an earlier one.
+LIST_ITEMS = [
+    "- # heading\n- ## another #\n- #not one",
+    "- - nested\n- * nested\n- + nested\n- 1. ordered\n- 12. ordered\n- 1.not\n- 2) not",
+    "- * * *\n- - - -\n- _ _ _\n- ***\n- **bold** - rest\n- *a*\n- _a_ b\n- -a\n- *-*",
+    "- > quoted\n- [r]: https://example.org\n- [link](https://example.org)\n- >not",
+    "-     code\n-\ttab\n-  two spaces\n- \n-",
+    "- lazy\ncontinued\n- next\n    indented continuation\n- last",
+    "- first\n\n- loose\n- tight after loose\n\n1. one\n2. two\n\n3. three",
+    "* star\n+ plus\n- dash\n1. mixed\n\n- a\n===\n- b\n---",
+    "1. a\n2. # h\n3. b\n\n5. starts at five\n6. six",
+    "Text\n- right after text\n- x\n\n## h\n- after a heading",
+]
+
+
+@pytest.mark.parametrize("text", LIST_ITEMS)
+def test_list_items_are_python_markdowns(text: str) -> None:
+    assert html(text) == html(text, shortcut=False) == python_markdown(text)
+
+
 @pytest.mark.parametrize("text", TEMPLATE_MARKDOWN)
 def test_template_markdown_is_python_markdowns(text: str) -> None:
     assert html(text) == html(text, shortcut=False) == python_markdown(text)

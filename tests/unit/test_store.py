@@ -383,3 +383,24 @@ async def test_a_database_from_every_earlier_schema_version_migrates(
     assert await store.get_meta("works") == "yes"
     await store.close()
     assert pragma(path, "user_version") == len(MIGRATIONS)
+
+
+async def test_known_rooms_are_remembered_until_forgotten(store: Store) -> None:
+    other = RoomId("!other:example.org")
+    async with store.transaction():
+        await store.add_known_rooms([ROOM, other], T0)
+    assert await store.is_known_room(ROOM) and await store.is_known_room(other)
+    async with store.transaction():
+        await store.forget_known_room(ROOM)
+    assert not await store.is_known_room(ROOM)
+    assert await store.is_known_room(other)
+
+
+async def test_a_known_room_written_in_a_rolled_back_transaction_stays_unknown(
+        store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.transaction():
+            await store.add_known_room(ROOM, T0)
+            assert await store.is_known_room(ROOM)  # its own write, not yet committed
+            raise RuntimeError("rolled back")
+    assert not await store.is_known_room(ROOM)
