@@ -4,6 +4,7 @@ transport that records what it would send."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -304,9 +305,11 @@ class PollWorld:
                           "chairs": [CHAIR]}],
         })
         self.events = 0
+        self.stores: list[Store] = []
 
     async def start(self) -> MeetingBot:
         store = await Store.open(self.tmp_path / "bot.db")
+        self.stores.append(store)
         self.bot = MeetingBot(Rooms(self.config, {"team": ROOM}), store,
                               self.tmp_path / "notes", self.transport, clock=self.clock)
         return self.bot
@@ -335,8 +338,18 @@ class PollWorld:
         return [item.payload["text"] for item in self.transport.sent if item.kind == "reply"]
 
 
-async def test_a_poll_from_ask_to_note(tmp_path: Path) -> None:
+@pytest.fixture
+async def poll_world(tmp_path: Path) -> AsyncIterator[PollWorld]:
     world = PollWorld(tmp_path)
+    try:
+        yield world
+    finally:
+        for store in world.stores:  # a store closed by the test closes again harmlessly
+            await store.close()
+
+
+async def test_a_poll_from_ask_to_note(poll_world: PollWorld) -> None:
+    world = poll_world
     await world.start()
     await world.say(CHAIR, "!startmeeting")
     await world.say(A, "!agenda Release")
@@ -382,8 +395,9 @@ async def test_a_poll_from_ask_to_note(tmp_path: Path) -> None:
     assert "## Decisions" not in note
 
 
-async def test_the_meeting_end_closes_the_open_poll_into_decisions(tmp_path: Path) -> None:
-    world = PollWorld(tmp_path)
+async def test_the_meeting_end_closes_the_open_poll_into_decisions(
+        poll_world: PollWorld) -> None:
+    world = poll_world
     await world.start()
     await world.say(CHAIR, "!startmeeting")
     await world.say(A, "!vote Lunch? / Pizza / Sushi")
@@ -399,8 +413,9 @@ async def test_the_meeting_end_closes_the_open_poll_into_decisions(tmp_path: Pat
     assert f"## Decisions\n\n- **Vote:** {expected}" in note
 
 
-async def test_a_restart_mid_poll_loses_nothing_and_replays_count_once(tmp_path: Path) -> None:
-    world = PollWorld(tmp_path)
+async def test_a_restart_mid_poll_loses_nothing_and_replays_count_once(
+        poll_world: PollWorld) -> None:
+    world = poll_world
     bot = await world.start()
     await world.say(CHAIR, "!startmeeting")
     await world.say(A, "!vote Ship?")
@@ -424,8 +439,8 @@ async def test_a_restart_mid_poll_loses_nothing_and_replays_count_once(tmp_path:
     await bot.store.close()
 
 
-async def test_no_poll_without_an_open_meeting(tmp_path: Path) -> None:
-    world = PollWorld(tmp_path)
+async def test_no_poll_without_an_open_meeting(poll_world: PollWorld) -> None:
+    world = poll_world
     await world.start()
     await world.say(A, "!vote Ship?")
     assert world.sent("poll_start") == []
@@ -434,9 +449,9 @@ async def test_no_poll_without_an_open_meeting(tmp_path: Path) -> None:
 
 
 async def test_a_poll_ended_from_a_chairs_client_is_counted_up_to_that_end(
-    tmp_path: Path,
+    poll_world: PollWorld,
 ) -> None:
-    world = PollWorld(tmp_path)
+    world = poll_world
     bot = await world.start()
     await world.say(CHAIR, "!startmeeting")
     await world.say(A, "!vote Ship?")
