@@ -1011,6 +1011,9 @@ class MeetingBot:
                                               issue.html_url, self.clock())
         log.info("the GitHub issue of meeting %s is %s", job.meeting_id, issue.html_url,
                  extra={"room_id": item.room_id, "meeting_id": job.meeting_id})
+        # Its polls and body updates are planned from the stored number: plan them now,
+        # not at whatever change comes next.
+        self.on_schedule_change()
         return issue.html_url
 
     async def _poll_issue(self, meeting_id: int) -> IssuePoll:

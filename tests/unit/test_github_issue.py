@@ -121,6 +121,21 @@ async def test_the_issue_opens_issue_ahead_before_with_when_links_and_agenda(
         f"https://ghe.example.test/{REPO}/issues/{issue.number}"
 
 
+async def test_the_schedule_is_planned_again_once_the_issue_is_open(
+        harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
+    # The issue's polls are planned from its stored number; the running bot replans only
+    # when told, so opening the issue must tell it (a replan racing ahead of the opening
+    # once left the comments unread until the next command).
+    clock.now += timedelta(hours=1)
+    assert await harness.run(JobKind.ISSUE)
+    asked: list[bool] = []
+    harness.bot.on_schedule_change = lambda: asked.append(True)
+    assert await harness.planned(JobKind.ISSUE_POLL) == []
+    await harness.drain()
+    assert the_issue(github).number and asked
+    assert await harness.planned(JobKind.ISSUE_POLL) != []
+
+
 async def test_a_bot_started_within_issue_ahead_opens_the_issue_at_once(
         harness: Harness, github: GitHubContract, clock: ManualClock) -> None:
     clock.now = START - timedelta(days=2)
