@@ -259,6 +259,8 @@ class Transport(Protocol):
 # Enough concurrent sends to hide one request's round trip behind others, few enough
 # that a burst does not trip the homeserver's rate limits all at once.
 MAX_SENDS_IN_FLIGHT = 4
+# One pass of the outbox runner reads at most this many jobs, this many of one room.
+OUTBOX_READ, OUTBOX_PER_ROOM = 50, 10
 # Outbox job kinds that are not a place in a room's timeline: each runs on its own.
 NOTE_FILE = "note_file"
 LOG_FILE = "log_file"
@@ -283,6 +285,14 @@ class Failure(enum.Enum):
     RETRYING = "retrying"  # the first failure; backing off
     PARKED = "parked"  # failed for `jobs.park_after`; no longer tried
     REFUSED = "refused"  # failed for good at once (a permanent DeliveryError)
+
+
+class Admission(enum.Enum):
+    """What the flood check made of a command."""
+
+    CHARGED = "charged"  # took a token; given back if the claim finds it handled before
+    REPLAY = "replay"  # handled before (the database said so): the claim turns it away
+    REFUSED = "refused"  # too fast: claimed and maybe answered "slow down"
 
 
 # What to tell the chairs in the room about a failing job, or None to stay quiet.
@@ -460,7 +470,8 @@ class MeetingBot:
         if message.replaces is not None:
             return
         try:
-            if not await self._admit(message):
+            admission = await self._admit(message)
+            if admission is Admission.REFUSED:
                 return
             invocation = parse_invocation(strip_reply_fallback(message.body),
                                           self.rooms.config.command_prefix)
@@ -468,6 +479,7 @@ class MeetingBot:
                 now = self.clock()
                 if not await self.store.claim_event(message.event_id, message.room_id, now,
                                                     message.sender):
+                    self._unadmit(message, admission)
                     return
                 await self.store.touch_direct_room(message.room_id, now, message.sender)
                 effects = await self._direct_effects(message, invocation, now)
@@ -537,7 +549,11 @@ class MeetingBot:
     async def _handle_message(self, message: IncomingMessage) -> None:
         prefix = self.rooms.config.command_prefix
         invocation = parse_invocation(strip_reply_fallback(message.body), prefix)
-        if not _answers(invocation) or not await self._admit(message):
+        if not _answers(invocation):
+            await self._log_alone(message)
+            return
+        admission = await self._admit(message)
+        if admission is Admission.REFUSED:
             await self._log_alone(message)
             return
         context = await self._context(message, invocation, message.event_id)
@@ -546,6 +562,7 @@ class MeetingBot:
             await self._log_message(message, context.now)
             if not await self.store.claim_event(message.event_id, message.room_id, context.now,
                                                 message.sender):
+                self._unadmit(message, admission)
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
             effects = await self._dispatch(invocation, context, message.pills)
@@ -566,7 +583,8 @@ class MeetingBot:
                                       self.rooms.config.command_prefix)
         editable = (invocation if isinstance(invocation, Invocation)
                     and invocation.spec.editable else None)
-        if _answers(invocation) and not await self._admit(edit):
+        admission = await self._admit(edit) if _answers(invocation) else None
+        if admission is Admission.REFUSED:
             await self._log_alone(edit)
             return
         context = await self._context(edit, editable or Unknown("", None), original)
@@ -574,6 +592,7 @@ class MeetingBot:
             await self._log_message(edit, context.now)
             if not await self.store.claim_event(edit.event_id, edit.room_id, context.now,
                                                 edit.sender):
+                self._unadmit(edit, admission)
                 return
             if await self.store.sender_of(original) != edit.sender:
                 # Only the author's edits of a command the bot handled count (the Matrix
@@ -609,26 +628,36 @@ class MeetingBot:
                  extra={"room_id": edit.room_id, "event_id": edit.event_id})
         self._after(effects)
 
-    async def _admit(self, message: IncomingMessage) -> bool:
-        """Take a command from the sender's bucket; False when it must not run.
+    async def _admit(self, message: IncomingMessage) -> Admission:
+        """Take a command from the sender's bucket, or refuse it (REFUSED: it must not run).
 
-        Checked before anything costly (a power-level lookup) happens. A command
-        handled before is left to the claim, so a replay takes no token. A refused
-        command is claimed all the same, so it is never answered later, and only the
-        first refusal of a flood is answered, with when to go on.
+        Checked before anything costly (a power-level lookup) happens. A replay takes
+        no token: while the bucket has one, the command takes it without asking the
+        database (a trip while the ✅ waits), and the claim gives it back when it finds
+        the command handled before (`_unadmit`); a command the bucket would refuse is
+        first looked up, so a replay is never refused either. A refused command is
+        claimed all the same, so it is never answered later, and only the first
+        refusal of a flood is answered, with when to go on.
         """
-        if await self.store.read.sender_of(message.event_id) is not None:
-            return True  # a replay: the claim below turns it away
         now = self.clock()
         # Paced by when commands were sent, so a backlog handled at once after an outage
         # or a restart is not taken for a flood. Never later than now, and the bucket
         # never runs backwards, so a forged time cannot earn more than real time does.
         sent_at = min(now, message.sent_at or now)
-        decision = self._flood_gate.take((message.room_id, message.sender), sent_at)
+        key = (message.room_id, message.sender)
+        if not self._flood_gate.would_allow(key, sent_at) and (
+                await self.store.read.sender_of(message.event_id) is not None):
+            return Admission.REPLAY  # the claim turns it away
+        decision = self._flood_gate.take(key, sent_at)
         if decision.allowed:
-            return True
+            return Admission.CHARGED
         await self._refuse_flood(message, decision, now)
-        return False
+        return Admission.REFUSED
+
+    def _unadmit(self, message: IncomingMessage, admission: Admission | None) -> None:
+        """The claim found `message` handled before: the token it took goes back."""
+        if admission is Admission.CHARGED:
+            self._flood_gate.give_back((message.room_id, message.sender))
 
     async def _refuse_flood(self, message: IncomingMessage, decision: Decision,
                             now: datetime) -> None:
@@ -1353,8 +1382,12 @@ class MeetingBot:
         in_flight = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         while True:
             self._outbox_ready.clear()
-            progressed, next_due = await self.deliver_due(in_flight)
-            if progressed:
+            progressed, next_due, settled = await self._deliver_pass(in_flight)
+            # A pass that saw the whole queue and ran it without a failure leaves nothing
+            # to read again: a job queued since then set `_outbox_ready` (it was cleared
+            # before the read), so reading the queue once more (a database trip after
+            # every ✅) would only find it empty.
+            if progressed and not (settled and not self._outbox_ready.is_set()):
                 continue
             timeout = (max(0.0, (next_due - self.clock()).total_seconds())
                        if next_due is not None else None)
@@ -1369,24 +1402,34 @@ class MeetingBot:
         Returns whether any job was tried, and when the earliest waiting job falls due
         (None: nothing waits on a retry).
         """
-        in_flight = in_flight or asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
-        items = await self.store.read.pending_outbox()
+        progressed, next_due, _ = await self._deliver_pass(
+            in_flight or asyncio.Semaphore(MAX_SENDS_IN_FLIGHT))
+        return progressed, next_due
+
+    async def _deliver_pass(
+        self, in_flight: asyncio.Semaphore,
+    ) -> tuple[bool, datetime | None, bool]:
+        """`deliver_due`, and whether the pass settled the queue as read: it saw every
+        waiting job (fewer than any of the read's limits) and none failed."""
+        items = await self.store.read.pending_outbox(limit=OUTBOX_READ, per_room=OUTBOX_PER_ROOM)
         outcomes = await asyncio.gather(*(
             self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
-        waits = [due for _, due in outcomes if due is not None]
-        return any(progressed for progressed, _ in outcomes), min(waits, default=None)
+        waits = [due for _, due, _ in outcomes if due is not None]
+        settled = len(items) < OUTBOX_PER_ROOM and not any(failed for _, _, failed in outcomes)
+        return any(progressed for progressed, _, _ in outcomes), min(waits, default=None), settled
 
     async def _run_lane(
         self, lane: Sequence[OutboxItem], in_flight: asyncio.Semaphore,
-    ) -> tuple[bool, datetime | None]:
+    ) -> tuple[bool, datetime | None, bool]:
         """Run a lane's due jobs in order; stop at one that failed or is not due yet.
 
-        Returns whether any job was tried, and when the lane's next job falls due.
+        Returns whether any job was tried, when the lane's next job falls due, and
+        whether a job failed.
         """
-        progressed = False
+        progressed = failed = False
         for item in lane:
             if not item.is_due(self.clock()):
-                return progressed, item.next_attempt_at
+                return progressed, item.next_attempt_at, failed
             progressed = True
             carrier = self._carriers.get(item.kind, self.transport.deliver)
             # Publishing talks to other services, for minutes at worst: it must not
@@ -1398,7 +1441,7 @@ class MeetingBot:
             except DeliveryError as error:
                 if not error.permanent:
                     await self._retry_later(item, str(error), error.retry_at)
-                    return progressed, None
+                    return progressed, None, True
                 self.metrics.error("delivery")
                 log.error("giving up on outbox item %s (%s) for %s: %s", item.id, item.kind,
                           item.room_id, error)
@@ -1406,17 +1449,17 @@ class MeetingBot:
                     now = self.clock()
                     await self.store.mark_failed(item.id, str(error), now)
                     await self._tell_chairs(item, str(error), Failure.REFUSED, now)
+                failed = True
                 continue
             except Exception as error:  # a bug in a carrier: retried like any failure
                 log.exception("outbox item %s (%s) failed", item.id, item.kind)
                 await self._retry_later(item, f"{type(error).__name__}: {error}")
-                return progressed, None
-            async with self.store.transaction():
-                await self.store.mark_sent(item, result, self.clock())
+                return progressed, None, True
+            await self.store.record_sent(item, result, self.clock())
             if item.attempts:
                 log.warning("outbox item %s (%s) done after %s failed attempts", item.id,
                             item.kind, item.attempts)
-        return progressed, None
+        return progressed, None, failed
 
     async def _retry_later(self, item: OutboxItem, error: str,
                            retry_at: datetime | None = None) -> None:

@@ -84,6 +84,18 @@ class FloodGate:
         self._buckets[key] = bucket
         return decision
 
+    def would_allow(self, key: Hashable, now: datetime) -> bool:
+        """Whether `take` would allow a command now; changes nothing."""
+        bucket = self._buckets.get(key)
+        return bucket is None or refill(bucket, now, self.capacity, self.per).tokens >= 1
+
+    def give_back(self, key: Hashable) -> None:
+        """Return the token a command took that turned out to be handled before."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            self._buckets[key] = Bucket(min(float(self.capacity), bucket.tokens + 1),
+                                        bucket.at, bucket.warned)
+
     def _sweep(self, now: datetime) -> None:
         if self._swept_at is not None and now - self._swept_at < self.per:
             return

@@ -1638,20 +1638,42 @@ class Store:
         return await self._scalar(
             "SELECT 1 FROM outbox WHERE sent_at IS NULL AND parked_at IS NULL LIMIT 1") == 1
 
+    async def record_sent(self, item: OutboxItem, event_id: str, now: datetime) -> None:
+        """`mark_sent` committed on its own. When it is a single statement (nearly every
+        job) it needs no BEGIN and COMMIT around it, as SQLite commits one statement
+        alone, all or nothing: one trip instead of three after every ✅. Under the lock,
+        so it never lands in another task's transaction."""
+        if self._sent_follow_ups(item, event_id):
+            async with self.transaction():
+                await self.mark_sent(item, event_id, now)
+            return
+        async with self._lock:
+            await self._db.execute(
+                "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
+                (_stamp(now), event_id, item.id))
+
     async def mark_sent(self, item: OutboxItem, event_id: str, now: datetime) -> None:
-        """Record delivery; a start announcement is remembered for ✋ reactions to it."""
+        """Record delivery, and what the sent event is for (`_sent_follow_ups`)."""
         await self._db.execute(
             "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
             (_stamp(now), event_id, item.id),
         )
+        for statement, arguments in self._sent_follow_ups(item, event_id):
+            await self._db.execute(statement, arguments)
+
+    @staticmethod
+    def _sent_follow_ups(item: OutboxItem, event_id: str) -> list[tuple[str, tuple[Any, ...]]]:
+        """What else a sent job records: a start announcement is remembered for ✋
+        reactions to it; a poll's start, for the answers that name it."""
+        follow_ups: list[tuple[str, tuple[Any, ...]]] = []
         if (meeting_id := item.payload.get("announces")) is not None:
-            await self._db.execute(
+            follow_ups.append((
                 "INSERT OR IGNORE INTO announcements (event_id, meeting_id) VALUES (?, ?)",
-                (event_id, meeting_id))
+                (event_id, meeting_id)))
         if item.kind == POLL_START and (poll_id := item.payload.get("poll_id")) is not None:
-            # Answers name the start event: from now on they can be matched to the poll.
-            await self._db.execute(
-                "UPDATE polls SET start_event_id = ? WHERE id = ?", (event_id or None, poll_id))
+            follow_ups.append((
+                "UPDATE polls SET start_event_id = ? WHERE id = ?", (event_id or None, poll_id)))
+        return follow_ups
 
     async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:
         """Give up on an item the homeserver refuses for good, so it blocks nothing behind it."""

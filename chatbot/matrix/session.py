@@ -128,6 +128,22 @@ async def log_in(client: AsyncClient, config: Config) -> None:
             log.info("encrypted messages sent before device %s existed cannot be read by "
                      "it; the bot answers commands sent from now on", session.device_id)
     client.restore_login(session.user_id, session.device_id, session.access_token)
+    if client.store is not None:
+        skip_empty_encrypted_room_saves(client.store)
+
+
+def skip_empty_encrypted_room_saves(store: Any) -> None:
+    """After every sync nio saves the encrypted rooms it saw in it, as a transaction that
+    first looks up the account, even when it saw none (nearly every sync): a crypto store
+    write for each wake that writes nothing (matrix-nio 0.26, `_handle_joined_rooms`).
+    An empty set is skipped; any other is saved as before."""
+    save = store.save_encrypted_rooms
+
+    def save_if_any(rooms: Any) -> None:
+        if rooms:
+            save(rooms)
+
+    store.save_encrypted_rooms = save_if_any
 
 
 def login_withdrawn(response: Any, config: Config) -> LoginFailed | None:

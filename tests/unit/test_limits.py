@@ -233,6 +233,34 @@ async def test_a_refused_command_is_claimed_so_a_replay_never_answers_it(
     assert await room.say(ADA, "!update a new one") == ["✅"], "a replay took no token"
 
 
+async def test_a_replay_on_an_empty_bucket_is_neither_refused_nor_charged(
+    store: Store, tmp_path: Path
+) -> None:
+    """The bucket has no token for it: the database says it was handled, so it is turned
+    away by its claim, not taken for a flood (no "slow down" spent on it)."""
+    room = Room(store, tmp_path, commands=1, per="10s")
+    assert await room.say(ADA, "!update first", event="$first") == ["✅"]
+    await room.say(ADA, "!update first", event="$first")  # a replay
+    assert len(await store.pending_outbox(limit=100, per_room=100)) == 1, "only the first ✅"
+    answer = await room.say(ADA, "!update too soon", event="$second")
+    assert len(answer) == 1 and answer[0].startswith("Slow down, please:"), (
+        "the first refusal is still told: the replay was not taken for one")
+    assert await room.updates() == ["first"]
+
+
+def test_a_token_given_back_is_there_for_the_next_command_but_never_above_capacity() -> None:
+    gate = FloodGate(2, TEN_S)
+    assert gate.would_allow("ada", T0), "a bucket never used is full"
+    assert gate.take("ada", T0).allowed and gate.take("ada", T0).allowed
+    assert not gate.would_allow("ada", T0)
+    assert not gate.take("ada", T0).allowed, "would_allow took nothing, and said the truth"
+    gate.give_back("ada")
+    assert gate.would_allow("ada", T0) and gate.take("ada", T0).allowed
+    for _ in range(5):
+        gate.give_back("ada")
+    assert [gate.take("ada", T0).allowed for _ in range(3)] == [True, True, False]
+
+
 async def test_a_backlog_sent_at_a_calm_pace_is_not_a_flood(
     store: Store, tmp_path: Path
 ) -> None:
