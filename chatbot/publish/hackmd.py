@@ -37,10 +37,13 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote
 
-import aiohttp
+from chatbot.publish.github import network_errors
+
+if TYPE_CHECKING:  # imported when a client is made: `chatbot notes` and `check` never need it
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +402,8 @@ class HackMDClient:
         self._own_session = session is None
         self._clock = clock
         self.throttle = throttle or WriteThrottle()
+        import aiohttp
+
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self.rate_limit: RateLimit | None = None
         self.calls_made = 0
@@ -565,6 +570,8 @@ class HackMDClient:
             raise HackMDTransient(f"HackMD rate limit reached; cannot {what} before "
                                   f"{limit.reset_at:%H:%M:%S} UTC", retry_at=limit.reset_at)
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession()
         sent = {"Authorization": f"Bearer {self._token.reveal()}",
                 "Accept": "application/json", **(headers or {})}
@@ -574,7 +581,7 @@ class HackMDClient:
                                              headers=sent, timeout=self._timeout) as answer:
                 raw = await answer.read()
                 status, answer_headers = answer.status, answer.headers
-        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+        except network_errors() as error:
             raise HackMDTransient(f"HackMD unreachable, could not {what} "
                                   f"({type(error).__name__})") from None
         self.rate_limit = RateLimit.from_headers(answer_headers) or self.rate_limit
