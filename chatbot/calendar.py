@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
+import msgspec
 from icalendar import Calendar, Event, vDuration, vRecur
 
 from chatbot import __version__
@@ -107,7 +108,7 @@ def _utc_until(until: date | datetime, series: MeetingConfig) -> datetime:
 
 def describe(series: MeetingConfig, agenda: Sequence[Entry], *, prefix: str) -> str:
     """DESCRIPTION as plain text: the labelled links, then the next meeting's agenda."""
-    links = series.links.model_dump()
+    links = msgspec.structs.asdict(series.links)
     lines = [f"{label}: {links[key]}" for key, label in LINK_LABELS if links.get(key)]
     if lines:
         lines.append("")

@@ -2,6 +2,11 @@
 
 Loading has no side effects. Any problem raises ConfigError whose message is a single
 line naming the YAML path and what was expected.
+
+The sections are msgspec structs (pydantic cost the running bot about 7 MB). msgspec
+checks the shape; a value it cannot check itself is typed with a `_Checked` type,
+which hands it to that type's check functions through `_decode`; checks across fields
+sit in `__post_init__`.
 """
 
 from __future__ import annotations
@@ -9,26 +14,24 @@ from __future__ import annotations
 import ipaddress
 import re
 import string
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import msgspec
 import yaml
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    StrictBool,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
-from pydantic_core import ErrorDetails
 
 from chatbot.recurrence import Schedule, format_duration, parse_duration, parse_rule
 from chatbot.render import compile_template, note_context, sample_record
@@ -45,6 +48,45 @@ UTC_ZONE = ZoneInfo("UTC")
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message is one line for the user."""
+
+
+class _KeyError(ValueError):
+    """A check across fields that blames one of them: `key` is its name under the section."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class _Checked(type):
+    """A value type msgspec cannot check itself: `_decode` runs `checks` on the YAML value
+    in turn, and the plain value they return (a `result`) is what the field holds."""
+
+    result: type
+    checks: tuple[Callable[[Any], Any], ...]
+
+    def __instancecheck__(cls, value: object) -> bool:
+        return isinstance(value, cls.result)
+
+
+def _decode(kind: type, value: Any) -> Any:
+    if isinstance(kind, _Checked):
+        for check in kind.checks:
+            value = check(value)
+        return value
+    if kind is ZoneInfo:
+        return _zone(value)
+    if kind is Path:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a path as text, got {value!r}, which is not a valid path")
+        return Path(value)
+    raise NotImplementedError(kind)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected text")
+    return value
 
 
 def _duration(value: Any) -> timedelta:
@@ -68,16 +110,23 @@ def _count(value: Any) -> int:
     return value
 
 
-Count = Annotated[int, BeforeValidator(_count)]
+def _at_most(limit: int) -> Callable[[int], int]:
+    def check(value: int) -> int:
+        if value > limit:
+            raise ValueError(f"expected a whole number less than or equal to {limit}, "
+                             f"got {value!r}")
+        return value
+
+    return check
 
 
-def _pattern(pattern: re.Pattern[str], example: str) -> AfterValidator:
+def _pattern(pattern: re.Pattern[str], example: str) -> Callable[[str], str]:
     def check(value: str) -> str:
         if not pattern.fullmatch(value):
             raise ValueError(f"expected something like {example}, got {value!r}")
         return value
 
-    return AfterValidator(check)
+    return check
 
 
 def _url(value: str) -> str:
@@ -86,36 +135,28 @@ def _url(value: str) -> str:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_duration)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_positive)]
-UserId = Annotated[str, _pattern(_USER_ID, "@someone:example.org")]
-RoomRef = Annotated[str, _pattern(_ROOM, "#room:example.org or !roomid:example.org")]
-Url = Annotated[str, AfterValidator(_url)]
+def _zone(value: Any) -> ZoneInfo:
+    if isinstance(value, ZoneInfo):
+        return value
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"expected an IANA time zone such as Europe/London or UTC, got {value!r}"
+        ) from None
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
-
-
-class MatrixConfig(_Frozen):
-    homeserver: Url
-    user_id: UserId
-    password: str | None = None
-    access_token: str | None = None
-    device_name: str = "chatbot"
-
-    @model_validator(mode="after")
-    def _needs_credentials(self) -> MatrixConfig:
-        if not self.password and not self.access_token:
-            raise ValueError("expected `password` (first login only) or `access_token`")
-        return self
-
-
-class Links(_Frozen):
-    notes: Url | None = None
-    issue: Url | None = None
-    calendar: Url | None = None
-    code_of_conduct: Url | None = None
+def _local_time(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise ValueError("expected local time without an offset; the zone is `timezone`")
+        return value
+    for layout in _START_FORMATS:
+        try:
+            return datetime.strptime(str(value).strip(), layout)
+        except ValueError:
+            continue
+    raise ValueError(f"expected local time as 'YYYY-MM-DD HH:MM', got {value!r}")
 
 
 _PATH_FIELDS = frozenset({"year", "date", "id"})
@@ -176,52 +217,15 @@ def _branch(value: str) -> str:
     return value
 
 
-class GitAuthor(_Frozen):
-    """Who the archive's commits are by, as author and committer alike."""
-
-    name: Annotated[str, AfterValidator(_person_name)] = "chatbot"
-    email: Annotated[str, AfterValidator(_email)] = "chatbot@localhost"
-
-
-class GitArchiveConfig(_Frozen):
-    """`publish.git`: commit each sitting's note to a git repository and push it."""
-
-    # Any URL `git` understands: git@host:org/repo.git, https://..., file:///srv/repo.git.
-    remote: Annotated[str, Field(min_length=1)]
-    branch: Annotated[str, AfterValidator(_branch)] = "main"
-    # prepend: newest sitting first in one file (per year, with {year}); file: one each.
-    mode: Literal["prepend", "file"] = "prepend"
-    # {year} {date} {id}: the sitting's year and date (a second sitting that day gets
-    # -2 like its note file) and the meeting's `id`.
-    path: Annotated[str, AfterValidator(_archive_path)]
-    message: Annotated[str, AfterValidator(_commit_message)] = "{title}: notes of {date}"
-    author: GitAuthor = GitAuthor()
-    # The private key for an SSH remote, read by ssh from this file; never the key itself.
-    ssh_key_file: Path | None = None
-    # true: each note on a branch of its own, `meeting/{id}/{date}`, and a pull request
-    # into `branch` whose body closes the sitting's GitHub issue (needs publish.github).
-    pull_request: bool = False
-    # How long one git command may take before the attempt counts as failed (and is retried).
-    timeout: PositiveDuration = timedelta(minutes=2)
-
-    @field_validator("remote")
-    @classmethod
-    def _one_line(cls, value: str) -> str:
-        if value.strip() != value or any(c.isspace() for c in value) or value.startswith("-"):
-            raise ValueError(f"expected a git URL without spaces, got {value!r}")
-        if re.match(r"[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", value, re.IGNORECASE):
-            # Secrets never live in the YAML (it is shared, copied, and shown in logs).
-            raise ValueError("expected a URL without a password in it; use an SSH remote "
-                             "with `ssh_key_file`")
-        return value
-
-    @field_validator("path")
-    @classmethod
-    def _one_file_each(cls, value: str, info: ValidationInfo) -> str:
-        if info.data.get("mode") == "file" and "{date}" not in value:
-            raise ValueError("expected {date} in the path with `mode: file` (one file per "
-                             "sitting), such as docs/meetings/{date}.md")
-        return value
+def _git_remote(value: str) -> str:
+    if (not value or value.strip() != value or any(c.isspace() for c in value)
+            or value.startswith("-")):
+        raise ValueError(f"expected a git URL without spaces, got {value!r}")
+    if re.match(r"[a-z][a-z0-9+.-]*://[^/@]*:[^/@]*@", value, re.IGNORECASE):
+        # Secrets never live in the YAML (it is shared, copied, and shown in logs).
+        raise ValueError("expected a URL without a password in it; use an SSH remote "
+                         "with `ssh_key_file`")
+    return value
 
 
 _ISSUE_TITLE_FIELDS = frozenset({"title", "date", "id"})
@@ -241,193 +245,33 @@ def _github_repo(value: str) -> str:
     return value
 
 
-class GitHubIssueConfig(_Frozen):
-    """`publish.github`: a GitHub issue per sitting, opened ahead, closed with the note."""
+def _github_token_env(value: str) -> str:
+    # GitHub's tokens start with these; a name that does is a pasted token.
+    if not _ENV_NAME.fullmatch(value) or value.startswith(
+            ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_")):
+        # Not echoed: a token pasted here by mistake must not reach the log.
+        raise ValueError("expected the name of an environment variable such as "
+                         "GITHUB_TOKEN, not the token itself")
+    return value
 
-    repo: Annotated[str, AfterValidator(_github_repo)]
-    # The token comes from the environment or a file, never from this file.
-    token_env: str | None = None
-    token_file: Path | None = None
-    # GitHub Enterprise: https://HOST/api/v3.
-    api_url: Url = "https://api.github.com"
-    issue_ahead: PositiveDuration = timedelta(days=7)
-    # {title} {date} {id}: the meeting's title, the sitting's date and the meeting's `id`.
-    title: Annotated[str, AfterValidator(_issue_title)] = "{title}: {date}"
-    # Open issues and pull requests in `repo` with this label are the sitting's agenda
-    # items too (polled with the comments), until it starts or they lose the label.
-    agenda_label: Annotated[str, Field(min_length=1, max_length=50)] | None = None
 
-    @field_validator("token_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        # GitHub's tokens start with these; a name that does is a pasted token.
-        if value is not None and (not _ENV_NAME.fullmatch(value) or value.startswith(
-                ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"))):
-            # Not echoed: a token pasted here by mistake must not reach the log.
-            raise ValueError("expected the name of an environment variable such as "
-                             "GITHUB_TOKEN, not the token itself")
-        return value
+def _label_name(value: str) -> str:
+    # A comma would make it two labels in GitHub's `labels=` filter.
+    if not value or "," in value or value.strip() != value or len(value) > 50:
+        raise ValueError(f"expected one label's name of at most 50 characters, such as "
+                         f"meeting-agenda, got {value!r}")
+    return value
 
-    @field_validator("agenda_label")
-    @classmethod
-    def _label_name(cls, value: str | None) -> str | None:
-        # A comma would make it two labels in GitHub's `labels=` filter.
-        if value is not None and ("," in value or value.strip() != value):
-            raise ValueError(f"expected one label's name, such as meeting-agenda, got "
-                             f"{value!r}")
-        return value
 
-    @model_validator(mode="after")
-    def _one_token_source(self) -> GitHubIssueConfig:
-        if (self.token_env is None) == (self.token_file is None):
-            raise ValueError("expected exactly one of `token_env` (an environment variable's "
-                             "name) or `token_file` (a file holding the token)")
-        return self
+def _hackmd_token_env(value: str) -> str:
+    if not _ENV_NAME.fullmatch(value):
+        # Not echoed: a token pasted here by mistake must not reach the log.
+        raise ValueError("expected the name of an environment variable such as "
+                         "HACKMD_TOKEN, not the token itself")
+    return value
 
 
 _TEAM_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-
-
-class HackMDConfig(_Frozen):
-    """`publish.hackmd`: a shared notes page per sitting, made ahead from the note
-    template; the bot keeps its marked regions current, and the final note is the page
-    read back at the close."""
-
-    # The token comes from the environment or a file, never from this file.
-    token_env: str | None = None
-    token_file: Path | None = None
-    api_url: Url = "https://api.hackmd.io/v1"
-    # A team workspace's path (hackmd.io/team/PATH); without it, the token's own.
-    team: Annotated[str, _pattern(_TEAM_PATH, "a team's path such as jupyterhub")] | None \
-        = None
-    notes_ahead: PositiveDuration = timedelta(days=1)
-    read: Literal["owner", "signed_in", "guest"] = "guest"
-    write: Literal["owner", "signed_in", "guest"] = "signed_in"
-
-    @field_validator("token_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        if value is not None and not _ENV_NAME.fullmatch(value):
-            # Not echoed: a token pasted here by mistake must not reach the log.
-            raise ValueError("expected the name of an environment variable such as "
-                             "HACKMD_TOKEN, not the token itself")
-        return value
-
-    @model_validator(mode="after")
-    def _one_token_source(self) -> HackMDConfig:
-        if (self.token_env is None) == (self.token_file is None):
-            raise ValueError("expected exactly one of `token_env` (an environment variable's "
-                             "name) or `token_file` (a file holding the token)")
-        return self
-
-
-class PublishConfig(_Frozen):
-    """Where a meeting's note goes after the close, besides the room and the notes folder.
-
-    One optional subsection per target.
-    """
-
-    # `github` first: the git archive's pull requests are opened through it.
-    github: GitHubIssueConfig | None = None
-    git: GitArchiveConfig | None = None
-    hackmd: HackMDConfig | None = None
-
-    @field_validator("git")
-    @classmethod
-    def _pull_request_needs_github(cls, value: GitArchiveConfig | None,
-                                   info: ValidationInfo) -> GitArchiveConfig | None:
-        if value is not None and value.pull_request and info.data.get("github") is None:
-            raise ValueError("`pull_request: true` needs the GitHub target (publish.github) "
-                             "to open the pull request through; add it, or set "
-                             "`pull_request: false` to push to `branch`")
-        return value
-
-
-class MeetingConfig(_Frozen):
-    id: Annotated[str, _pattern(_MEETING_ID, "hubs-team (lowercase letters, digits, -)")]
-    title: Annotated[str, Field(min_length=1, max_length=200)]
-    room: RoomRef
-    timezone: ZoneInfo
-    start: datetime
-    rrule: str | None = None
-    duration: PositiveDuration = timedelta(minutes=60)
-    reminders: tuple[PositiveDuration, ...] = ()
-    grace: Duration = timedelta(minutes=30)
-    # Each person's time in the update round (`!round`), in seconds.
-    update_seconds: Annotated[Count, Field(le=3600)] = 60
-    # How long before each sitting regulars without an update get a direct message
-    # (off unless set).
-    nudge: PositiveDuration | None = None
-    chairs: tuple[UserId, ...] = ()
-    links: Links = Links()
-    template: Path | None = None
-    publish: PublishConfig = PublishConfig()
-    # Keep every message of a sitting, from the start announcement to the close, and save
-    # it beside the note as `<date>.log.md`.
-    log: StrictBool = False
-    # Who may read the sittings' pages on the web server: `private` needs the link a
-    # member gets with `!archive`; `public` is listed on `/` and readable by anyone.
-    archive: Literal["private", "public"] = "private"
-    # The template's text, read and compiled when the file is loaded, so a later
-    # broken edit of the file cannot break the closing of a meeting.
-    _template_source: str | None = PrivateAttr(default=None)
-
-    @field_validator("timezone", mode="before")
-    @classmethod
-    def _zone(cls, value: Any) -> ZoneInfo:
-        if isinstance(value, ZoneInfo):
-            return value
-        try:
-            return ZoneInfo(str(value))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"expected an IANA time zone such as Europe/London or UTC, got {value!r}"
-            ) from None
-
-    @field_validator("start", mode="before")
-    @classmethod
-    def _start(cls, value: Any) -> datetime:
-        if isinstance(value, datetime):
-            if value.tzinfo is not None:
-                raise ValueError("expected local time without an offset; the zone is `timezone`")
-            return value
-        for layout in _START_FORMATS:
-            try:
-                return datetime.strptime(str(value).strip(), layout)
-            except ValueError:
-                continue
-        raise ValueError(f"expected local time as 'YYYY-MM-DD HH:MM', got {value!r}")
-
-    @field_validator("reminders")
-    @classmethod
-    def _distinct(cls, value: tuple[timedelta, ...]) -> tuple[timedelta, ...]:
-        if len(set(value)) != len(value):
-            raise ValueError("expected each reminder lead time once")
-        return tuple(sorted(value, reverse=True))
-
-    @field_validator("rrule")
-    @classmethod
-    def _rule_parses(cls, value: str | None, info: ValidationInfo) -> str | None:
-        start, zone = info.data.get("start"), info.data.get("timezone")
-        if value is not None and start is not None:
-            try:
-                parse_rule(value, start, zone)
-            except (ValueError, TypeError) as error:
-                raise ValueError(
-                    f"expected an RFC 5545 rule such as FREQ=MONTHLY;BYDAY=+3TH ({error})"
-                ) from None
-        return value
-
-    @property
-    def schedule(self) -> Schedule:
-        return Schedule(self.start, self.timezone, self.rrule, self.duration)
-
-    @property
-    def template_source(self) -> str | None:
-        """The meeting's own note template, or None for the standard note."""
-        return self._template_source
-
-
 _LISTEN = re.compile(r"(?:\[(?P<ipv6>[^\]]*)\]|(?P<host>[^\s:\[\]]+)):(?P<port>\d{1,5})")
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
@@ -464,12 +308,210 @@ def _public_url(value: str) -> str:
     return value.rstrip("/")
 
 
+# Shorter retention would not save space worth having, and the ids of handled events
+# must outlive any replay of them by far (see `chatbot.upkeep.prune_before`).
+MIN_RETENTION = timedelta(days=1)
+
+
+def _at_least_a_day(value: timedelta) -> timedelta:
+    if value < MIN_RETENTION:
+        raise ValueError(f"expected at least 1d, got {format_duration(value)}")
+    return value
+
+
+if TYPE_CHECKING:
+    # mypy sees the plain type (a checked field holds a plain value).
+    from typing import Annotated as Checked
+else:
+    class Checked:
+        """`Checked[T, check, ...]`: a T that `_decode` gets from the YAML value by running
+        the checks in turn, each given the one before's result."""
+
+        def __class_getitem__(cls, params: tuple[Any, ...]) -> Any:
+            result, *checks = params
+            return _Checked("Checked", (), {"result": result, "checks": tuple(checks)})
+
+
+Duration = Checked[timedelta, _duration]
+PositiveDuration = Checked[timedelta, _duration, _positive]
+Count = Checked[int, _count]
+UserId = Checked[str, _text, _pattern(_USER_ID, "@someone:example.org")]
+Url = Checked[str, _text, _url]
+
+
+# No kw_only: msgspec applies it to the fields of the class that says it, not to subclasses'.
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):  # type: ignore[call-arg]
+    pass
+
+
+class MatrixConfig(_Frozen):
+    homeserver: Url
+    user_id: UserId
+    password: str | None = None
+    access_token: str | None = None
+    device_name: str = "chatbot"
+
+    def __post_init__(self) -> None:
+        if not self.password and not self.access_token:
+            raise ValueError("expected `password` (first login only) or `access_token`")
+
+
+class Links(_Frozen):
+    notes: Url | None = None
+    issue: Url | None = None
+    calendar: Url | None = None
+    code_of_conduct: Url | None = None
+
+
+class GitAuthor(_Frozen):
+    """Who the archive's commits are by, as author and committer alike."""
+
+    name: Checked[str, _text, _person_name] = "chatbot"
+    email: Checked[str, _text, _email] = "chatbot@localhost"
+
+
+class GitArchiveConfig(_Frozen):
+    """`publish.git`: commit each sitting's note to a git repository and push it."""
+
+    # Any URL `git` understands: git@host:org/repo.git, https://..., file:///srv/repo.git.
+    remote: Checked[str, _text, _git_remote]
+    # {year} {date} {id}: the sitting's year and date (a second sitting that day gets
+    # -2 like its note file) and the meeting's `id`.
+    path: Checked[str, _text, _archive_path]
+    branch: Checked[str, _text, _branch] = "main"
+    # prepend: newest sitting first in one file (per year, with {year}); file: one each.
+    mode: Literal["prepend", "file"] = "prepend"
+    message: Checked[str, _text, _commit_message] = "{title}: notes of {date}"
+    author: GitAuthor = GitAuthor()
+    # The private key for an SSH remote, read by ssh from this file; never the key itself.
+    ssh_key_file: Path | None = None
+    # true: each note on a branch of its own, `meeting/{id}/{date}`, and a pull request
+    # into `branch` whose body closes the sitting's GitHub issue (needs publish.github).
+    pull_request: bool = False
+    # How long one git command may take before the attempt counts as failed (and is retried).
+    timeout: PositiveDuration = timedelta(minutes=2)
+
+    def __post_init__(self) -> None:
+        if self.mode == "file" and "{date}" not in self.path:
+            raise _KeyError("path", "expected {date} in the path with `mode: file` (one file "
+                                    "per sitting), such as docs/meetings/{date}.md")
+
+
+class GitHubIssueConfig(_Frozen):
+    """`publish.github`: a GitHub issue per sitting, opened ahead, closed with the note."""
+
+    repo: Checked[str, _text, _github_repo]
+    # The token comes from the environment or a file, never from this file.
+    token_env: Checked[str, _text, _github_token_env] | None = None
+    token_file: Path | None = None
+    # GitHub Enterprise: https://HOST/api/v3.
+    api_url: Url = "https://api.github.com"
+    issue_ahead: PositiveDuration = timedelta(days=7)
+    # {title} {date} {id}: the meeting's title, the sitting's date and the meeting's `id`.
+    title: Checked[str, _text, _issue_title] = "{title}: {date}"
+    # Open issues and pull requests in `repo` with this label are the sitting's agenda
+    # items too (polled with the comments), until it starts or they lose the label.
+    agenda_label: Checked[str, _text, _label_name] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("expected exactly one of `token_env` (an environment variable's "
+                             "name) or `token_file` (a file holding the token)")
+
+
+class HackMDConfig(_Frozen):
+    """`publish.hackmd`: a shared notes page per sitting, made ahead from the note
+    template; the bot keeps its marked regions current, and the final note is the page
+    read back at the close."""
+
+    # The token comes from the environment or a file, never from this file.
+    token_env: Checked[str, _text, _hackmd_token_env] | None = None
+    token_file: Path | None = None
+    api_url: Url = "https://api.hackmd.io/v1"
+    # A team workspace's path (hackmd.io/team/PATH); without it, the token's own.
+    team: Checked[str, _text, _pattern(_TEAM_PATH, "a team's path such as jupyterhub")] \
+        | None = None
+    notes_ahead: PositiveDuration = timedelta(days=1)
+    read: Literal["owner", "signed_in", "guest"] = "guest"
+    write: Literal["owner", "signed_in", "guest"] = "signed_in"
+
+    def __post_init__(self) -> None:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("expected exactly one of `token_env` (an environment variable's "
+                             "name) or `token_file` (a file holding the token)")
+
+
+class PublishConfig(_Frozen):
+    """Where a meeting's note goes after the close, besides the room and the notes folder.
+
+    One optional subsection per target.
+    """
+
+    # `github` first: the git archive's pull requests are opened through it.
+    github: GitHubIssueConfig | None = None
+    git: GitArchiveConfig | None = None
+    hackmd: HackMDConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.git is not None and self.git.pull_request and self.github is None:
+            raise _KeyError("git", "`pull_request: true` needs the GitHub target "
+                                   "(publish.github) to open the pull request through; add "
+                                   "it, or set `pull_request: false` to push to `branch`")
+
+
+class MeetingConfig(_Frozen):
+    id: Checked[str, _text, _pattern(_MEETING_ID, "hubs-team (lowercase letters, digits, -)")]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    room: Checked[str, _text, _pattern(_ROOM, "#room:example.org or !roomid:example.org")]
+    timezone: ZoneInfo
+    start: Checked[datetime, _local_time]
+    rrule: str | None = None
+    duration: PositiveDuration = timedelta(minutes=60)
+    reminders: tuple[PositiveDuration, ...] = ()
+    grace: Duration = timedelta(minutes=30)
+    # Each person's time in the update round (`!round`), in seconds.
+    update_seconds: Checked[int, _count, _at_most(3600)] = 60
+    # How long before each sitting regulars without an update get a direct message
+    # (off unless set).
+    nudge: PositiveDuration | None = None
+    chairs: tuple[UserId, ...] = ()
+    links: Links = Links()
+    template: Path | None = None
+    publish: PublishConfig = PublishConfig()
+    # Keep every message of a sitting, from the start announcement to the close, and save
+    # it beside the note as `<date>.log.md`.
+    log: bool = False
+    # Who may read the sittings' pages on the web server: `private` needs the link a
+    # member gets with `!archive`; `public` is listed on `/` and readable by anyone.
+    archive: Literal["private", "public"] = "private"
+    # The meeting's own note template's text, or None for the standard note: read from
+    # `template` and compiled by `parse_config` (no YAML key), so a later broken edit of
+    # the file cannot break the closing of a meeting.
+    template_source: str | None = None
+
+    def __post_init__(self) -> None:
+        if len(set(self.reminders)) != len(self.reminders):
+            raise _KeyError("reminders", "expected each reminder lead time once")
+        msgspec.structs.force_setattr(self, "reminders",
+                                      tuple(sorted(self.reminders, reverse=True)))
+        if self.rrule is not None:
+            try:
+                parse_rule(self.rrule, self.start, self.timezone)
+            except (ValueError, TypeError) as error:
+                raise _KeyError("rrule", f"expected an RFC 5545 rule such as "
+                                         f"FREQ=MONTHLY;BYDAY=+3TH ({error})") from None
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.start, self.timezone, self.rrule, self.duration)
+
+
 class HttpConfig(_Frozen):
     """The optional web server (calendar feeds, the archive): where it listens, and the
     address people reach it at (behind a reverse proxy, not the listening one)."""
 
-    listen: Annotated[str, BeforeValidator(_listen)]
-    public_url: Annotated[str, AfterValidator(_public_url)] | None = None
+    listen: Checked[str, _listen]
+    public_url: Checked[str, _text, _public_url] | None = None
 
     @property
     def host(self) -> str:
@@ -510,25 +552,9 @@ class JobsConfig(_Frozen):
     # in /metrics and, for the note, told to the room; no longer retried.
     park_after: PositiveDuration = timedelta(hours=24)
 
-    @model_validator(mode="after")
-    def _cap_below_parking(self) -> JobsConfig:
+    def __post_init__(self) -> None:
         if self.retry_cap > self.park_after:
             raise ValueError("expected `retry_cap` no longer than `park_after`")
-        return self
-
-
-# Shorter retention would not save space worth having, and the ids of handled events
-# must outlive any replay of them by far (see `chatbot.upkeep.prune_before`).
-MIN_RETENTION = timedelta(days=1)
-
-
-def _at_least_a_day(value: timedelta) -> timedelta:
-    if value < MIN_RETENTION:
-        raise ValueError(f"expected at least 1d, got {format_duration(value)}")
-    return value
-
-
-Retention = Annotated[timedelta, BeforeValidator(_duration), AfterValidator(_at_least_a_day)]
 
 
 class RetentionConfig(_Frozen):
@@ -536,9 +562,9 @@ class RetentionConfig(_Frozen):
 
     # The ids of handled events (what stops a replay from counting twice), finished
     # outbox jobs and messages it could not decrypt. Meetings and notes are kept for good.
-    events: Retention = timedelta(days=30)
+    events: Checked[timedelta, _duration, _at_least_a_day] = timedelta(days=30)
     # A direct chat nobody wrote in for this long is left (meeting rooms never are).
-    direct_chats: Retention = timedelta(days=30)
+    direct_chats: Checked[timedelta, _duration, _at_least_a_day] = timedelta(days=30)
 
 
 class LimitsConfig(_Frozen):
@@ -556,12 +582,11 @@ class LimitsConfig(_Frozen):
 
 
 class Config(_Frozen):
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
-
     matrix: MatrixConfig
+    meetings: Annotated[tuple[MeetingConfig, ...], msgspec.Meta(min_length=1)]
     data_dir: Path = Path("./data")
-    command_prefix: Annotated[str, Field(min_length=1, max_length=5, pattern=r"^\S+$")] = "!"
-    meetings: Annotated[tuple[MeetingConfig, ...], Field(min_length=1)]
+    command_prefix: Annotated[str, msgspec.Meta(min_length=1, max_length=5,
+                                                pattern=r"^\S+$")] = "!"
     http: HttpConfig | None = None
     allowed_inviters: tuple[UserId, ...] = ()
     encryption: EncryptionConfig = EncryptionConfig()
@@ -569,98 +594,156 @@ class Config(_Frozen):
     retention: RetentionConfig = RetentionConfig()
     limits: LimitsConfig = LimitsConfig()
 
-    @field_validator("meetings")
-    @classmethod
-    def _unique_ids(cls, value: tuple[MeetingConfig, ...]) -> tuple[MeetingConfig, ...]:
+    def __post_init__(self) -> None:
         seen: set[str] = set()
-        for meeting in value:
+        for meeting in self.meetings:
             if meeting.id in seen:
-                raise ValueError(f"expected unique meeting ids, {meeting.id!r} is used twice")
+                raise _KeyError("meetings", f"expected unique meeting ids, {meeting.id!r} is "
+                                            f"used twice")
             seen.add(meeting.id)
-        return value
 
     def meeting(self, meeting_id: str) -> MeetingConfig | None:
         return next((m for m in self.meetings if m.id == meeting_id), None)
 
 
-_FRIENDLY = {
-    "missing": "is required",
-    "extra_forbidden": "is not a known key (check the spelling against config.example.yaml)",
-    "string_type": "expected text",
-    "dict_type": "expected a mapping of keys to values",
-    "model_type": "expected a mapping of keys to values",
-    "tuple_type": "expected a list",
-    "list_type": "expected a list",
-    "too_short": "expected at least one entry",
-    "bool_type": "expected true or false",
+_UNKNOWN_KEY = "is not a known key (check the spelling against config.example.yaml)"
+# msgspec's names for the shapes it expected, in the words of YAML.
+_SHAPES = {
+    "object": "a mapping of keys to values",
+    "array": "a list",
+    "str": "text",
+    "bool": "true or false",
+    "int": "a whole number",
+    "float": "a number",
 }
 
 
-def _describe(error: ErrorDetails) -> str:
+def _describe(error: msgspec.ValidationError, data: Any) -> str:
+    """One line, `path: what was expected`, from msgspec's error for the parsed YAML `data`."""
+    text, _, where = str(error).rpartition(" - at `$")
+    if not _:
+        text, where = str(error), "`"
+    parts: list[str | int] = [int(index) if index.isdigit() else index for index in
+                              re.findall(r"\.([^.\[`]+)|\[(\d+)\]", where[:-1]) for index
+                              in index if index]
+    cause = error.__cause__
+    if isinstance(cause, _KeyError):
+        parts.append(cause.key)
+    if isinstance(cause, ValueError | TypeError):
+        message = str(cause)
+    elif match := re.fullmatch(r"Object missing required field `(.*)`", text, re.DOTALL):
+        parts.append(match[1])
+        message = "is required"
+    elif match := re.fullmatch(r"Object contains unknown field `(.*)`", text, re.DOTALL):
+        parts.append(match[1])
+        message = _UNKNOWN_KEY
+    else:
+        message = _expected(text, parts, data)
     path = ""
-    for part in error["loc"]:
+    for part in parts:
+        if isinstance(part, int):
+            path += f"[{part}]"
+            continue
         # Keys come from the user's file; repr() keeps an odd one on one line.
-        name = str(part) if str(part).isprintable() else repr(str(part))
-        path += f"[{part}]" if isinstance(part, int) else (f".{name}" if path else name)
-    message = _FRIENDLY.get(error["type"])
-    if message is None:
-        message = str(error["msg"]).removeprefix("Value error, ")
-        message = message[:1].lower() + message[1:]
-        if error["type"] not in ("value_error", "assertion_error") and "input" in error:
-            got = repr(error["input"])
-            message += f", got {got if len(got) <= 60 else got[:57] + '...'}"
+        name = part if part.isprintable() else repr(part)
+        path += f".{name}" if path else name
+    message = " ".join(message.split("\n"))
     return f"{path}: {message}" if path else message
+
+
+def _expected(text: str, parts: list[str | int], data: Any) -> str:
+    """msgspec's own complaint about a value, said the way the checks say theirs."""
+    value = data
+    for part in parts:
+        value = value[part]
+    got = repr(value)
+    got = got if len(got) <= 60 else got[:57] + "..."
+    choices = _choices(parts)
+    if choices:
+        *others, last = (repr(choice) for choice in choices)
+        return f"expected {', '.join(others)} or {last}, got {got}" if others \
+            else f"expected {last}, got {got}"
+    if match := re.fullmatch(r"Expected `array` of length >= 1", text):
+        return "expected at least one entry"
+    if match := re.fullmatch(r"Expected `str` of length ([<>])= (\d+)", text):
+        bound = "at least" if match[1] == ">" else "at most"
+        unit = "character" if match[2] == "1" else "characters"
+        return f"expected text of {bound} {match[2]} {unit}, got {got}"
+    if match := re.fullmatch(r"Expected `str` matching regex (.*)", text):
+        pattern = match[1].replace("\\\\", "\\")
+        return f"expected text that should match pattern {pattern}, got {got}"
+    if match := re.fullmatch(r"Expected `(.*?)`, got `.*`", text):
+        shapes = [_SHAPES.get(shape, shape) for shape in match[1].split(" | ")
+                  if shape != "null"]
+        return f"expected {' or '.join(shapes)}"
+    return text[:1].lower() + text[1:]
+
+
+def _choices(parts: list[str | int]) -> tuple[Any, ...]:
+    """The values a `Literal` field at `parts` allows; () for any other field."""
+    kind: Any = Config
+    for part in parts:
+        kind = _inner(kind)
+        if isinstance(part, str):
+            if not isinstance(kind, type) or not issubclass(kind, msgspec.Struct):
+                return ()
+            kind = get_type_hints(kind, include_extras=False).get(part)
+    kind = _inner(kind)
+    return get_args(kind) if get_origin(kind) is Literal else ()
+
+
+def _inner(kind: Any) -> Any:
+    """`X` from `X | None` and from `tuple[X, ...]`."""
+    while get_origin(kind) in (tuple, Union, UnionType):
+        kind = next(arg for arg in get_args(kind) if arg is not type(None))
+    return kind
 
 
 def parse_config(data: Any, *, base_dir: Path = Path(".")) -> Config:
     """Validate parsed YAML; a relative `data_dir` is taken relative to `base_dir`."""
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with `matrix` and `meetings` at the top level")
+    meetings = data.get("meetings")
+    for index, entry in enumerate(meetings if isinstance(meetings, list) else ()):
+        if isinstance(entry, dict) and "template_source" in entry:
+            # Read from `template`; the field is not for the YAML.
+            raise ConfigError(f"meetings[{index}].template_source: {_UNKNOWN_KEY}")
     try:
-        config = Config.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_describe(error.errors()[0])) from None
+        config = msgspec.convert(data, Config, dec_hook=_decode)
+    except msgspec.ValidationError as error:
+        raise ConfigError(_describe(error, data)) from None
     if not config.data_dir.is_absolute():
-        config = config.model_copy(update={"data_dir": base_dir / config.data_dir})
+        config = msgspec.structs.replace(config, data_dir=base_dir / config.data_dir)
+    meetings = []
     for index, meeting in enumerate(config.meetings):
         if meeting.template is not None:
-            _load_template(meeting, base_dir, f"meetings[{index}].template")
-    return _resolve_key_files(config, base_dir)
+            source = _load_template(meeting.template, base_dir, f"meetings[{index}].template")
+            meeting = msgspec.structs.replace(meeting, template_source=source)
+        meetings.append(_resolve_key_files(meeting, base_dir))
+    return msgspec.structs.replace(config, meetings=tuple(meetings))
 
 
-def _resolve_key_files(config: Config, base_dir: Path) -> Config:
+def _resolve_key_files(meeting: MeetingConfig, base_dir: Path) -> MeetingConfig:
     """Key files named relative to the config file are found from there, not from the cwd."""
-    meetings = []
-    for meeting in config.meetings:
-        git = meeting.publish.git
-        github = meeting.publish.github
-        hackmd = meeting.publish.hackmd
-        update: dict[str, Any] = {}
-        if git is not None and git.ssh_key_file is not None \
-                and not git.ssh_key_file.is_absolute():
-            update["git"] = git.model_copy(
-                update={"ssh_key_file": base_dir / git.ssh_key_file})
-        if github is not None and github.token_file is not None \
-                and not github.token_file.is_absolute():
-            update["github"] = github.model_copy(
-                update={"token_file": base_dir / github.token_file})
-        if hackmd is not None and hackmd.token_file is not None \
-                and not hackmd.token_file.is_absolute():
-            update["hackmd"] = hackmd.model_copy(
-                update={"token_file": base_dir / hackmd.token_file})
-        if update:
-            publish = meeting.publish.model_copy(update=update)
-            source = meeting.template_source
-            meeting = meeting.model_copy(update={"publish": publish})
-            meeting._template_source = source
-        meetings.append(meeting)
-    return config.model_copy(update={"meetings": tuple(meetings)})
+    replace = msgspec.structs.replace
+    git, github, hackmd = meeting.publish.git, meeting.publish.github, meeting.publish.hackmd
+    update: dict[str, Any] = {}
+    if git is not None and git.ssh_key_file is not None and not git.ssh_key_file.is_absolute():
+        update["git"] = replace(git, ssh_key_file=base_dir / git.ssh_key_file)
+    if github is not None and github.token_file is not None \
+            and not github.token_file.is_absolute():
+        update["github"] = replace(github, token_file=base_dir / github.token_file)
+    if hackmd is not None and hackmd.token_file is not None \
+            and not hackmd.token_file.is_absolute():
+        update["hackmd"] = replace(hackmd, token_file=base_dir / hackmd.token_file)
+    if not update:
+        return meeting
+    return replace(meeting, publish=replace(meeting.publish, **update))
 
 
-def _load_template(meeting: MeetingConfig, base_dir: Path, key: str) -> None:
+def _load_template(template: Path, base_dir: Path, key: str) -> str:
     """Read and compile a meeting's note template, or say in one line what is wrong."""
-    assert meeting.template is not None
-    path = meeting.template if meeting.template.is_absolute() else base_dir / meeting.template
+    path = template if template.is_absolute() else base_dir / template
     try:
         source = path.read_text(encoding="utf-8")
     except OSError as error:
@@ -676,7 +759,7 @@ def _load_template(meeting: MeetingConfig, base_dir: Path, key: str) -> None:
         raise ConfigError(f"{key}: {path}: {error.message or error}") from None
     except Exception as error:  # the trial render runs the operator's template code
         raise ConfigError(f"{key}: {path}: fails on a sample meeting ({error!r})") from None
-    meeting._template_source = source
+    return source
 
 
 def load_config(path: Path) -> Config:

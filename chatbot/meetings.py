@@ -14,6 +14,8 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
+import msgspec
+
 from chatbot.archive import log_path_of, note_sections, note_stems
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import (
@@ -300,7 +302,7 @@ async def materialize(store: Store, rooms: Rooms, target: Target) -> Meeting:
 
 
 def links_of(series: MeetingConfig) -> dict[str, str | None]:
-    return series.links.model_dump()
+    return msgspec.structs.asdict(series.links)
 
 
 async def sitting_links(store: Store, series: MeetingConfig,

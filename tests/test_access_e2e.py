@@ -3,6 +3,8 @@ updates, see test_nudge_e2e), other invites are declined unless the inviter is a
 
 from __future__ import annotations
 
+from msgspec.structs import replace
+
 from chatbot.config import Config
 from chatbot.demo.person import body_of, is_reply
 
@@ -34,8 +36,7 @@ async def test_a_direct_chat_gets_help_and_nothing_else(world: World) -> None:
 
 
 async def test_an_allowed_inviter_can_bring_the_bot_into_a_room(world: World) -> None:
-    config: Config = world.config().model_copy(
-        update={"allowed_inviters": (world.ada.user_id,)})
+    config: Config = replace(world.config(), allowed_inviters=(world.ada.user_id,))
     await world.start_bot(config)
     from_ada = await world.ada.create_room(invite=[world.bot_user.user_id])
     from_grace = await world.grace.create_room(invite=[world.bot_user.user_id])

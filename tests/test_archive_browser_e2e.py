@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from chatbot.config import Config, HttpConfig
 from chatbot.demo.person import Person, body_of, is_reaction
@@ -82,8 +83,7 @@ async def archive_link(person: Person, room_id: str, text: str = "!archive") -> 
 
 async def start_with_web(world: World, **meeting: Any) -> tuple[RunningBot, Config]:
     async def start(port: int) -> tuple[RunningBot, Config]:
-        config = world.config(**meeting).model_copy(
-            update={"http": HttpConfig(listen=f"127.0.0.1:{port}")})
+        config = replace(world.config(**meeting), http=HttpConfig(listen=f"127.0.0.1:{port}"))
         return await world.start_bot(config), config
 
     return await on_a_free_port(start, ListenFailed)

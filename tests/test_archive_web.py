@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from msgspec.structs import replace
 
 from chatbot.commands import ArchiveLink, Context, handle_archive
 from chatbot.config import Config, MeetingConfig, parse_config
@@ -225,7 +226,7 @@ async def test_archive_answers_in_the_room_for_a_public_meeting_and_explains_a_m
         [reply] = await handle_archive(ArchiveLink(False), context, site.store)
     assert reply == Reply(
         "This meeting's archive is public: <https://meet.example.org/meetings/team/>")
-    without_http = Rooms(site.server.config.model_copy(update={"http": None}), ROOMS)
+    without_http = Rooms(replace(site.server.config, http=None), ROOMS)
     context = Context(without_http, ROOMS["secret"], UserId("@ada:example.org"), "Ada",
                       EventId("$cmd"), NOW)
     async with site.store.transaction():

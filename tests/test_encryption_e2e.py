@@ -10,6 +10,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from msgspec.structs import replace
 
 from chatbot.config import Config, EncryptionConfig
 from chatbot.demo.homeserver import LocalHomeserver, RegisteredUser
@@ -86,8 +87,7 @@ async def test_a_whole_meeting_in_an_encrypted_room(crypto_world: World) -> None
 
 
 def with_key_wait(config: Config, seconds: float) -> Config:
-    return config.model_copy(update={"encryption": EncryptionConfig(
-        key_wait=timedelta(seconds=seconds))})
+    return replace(config, encryption=EncryptionConfig(key_wait=timedelta(seconds=seconds)))
 
 
 def bot_device(world: World) -> str:
@@ -228,7 +228,7 @@ async def test_trust_policy_on_a_new_device_of_someone_known(
         crypto_world: World, bot_log: LogWatcher, trust: str) -> None:
     world = crypto_world
     room, ada = world.room_id, world.ada
-    config = world.config().model_copy(update={"encryption": EncryptionConfig(trust=trust)})
+    config = replace(world.config(), encryption=EncryptionConfig(trust=trust))
     await world.start_bot(config)
     await command(ada, room, "!here", 30)
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from msgspec.structs import replace
 
 from chatbot.demo.person import Person, body_of, is_reaction, is_reply
 
@@ -75,8 +76,7 @@ async def test_a_flood_from_one_person_does_not_hold_up_others(
     await world.grace.join(quiet)
     config = world.config(limits=limits)
     (team,) = config.meetings
-    config = config.model_copy(update={"meetings": (
-        team, team.model_copy(update={"id": "quiet", "room": quiet}))})
+    config = replace(config, meetings=(team, replace(team, id="quiet", room=quiet)))
     await world.start_bot(config)
     room, ada, grace = world.room_id, world.ada, world.grace
     await acknowledged_within(grace, quiet, "!here")  # the bot is in the quiet room too

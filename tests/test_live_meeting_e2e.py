@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import icalendar
+from msgspec.structs import replace
 
 from chatbot.config import HttpConfig
 from chatbot.demo.person import Person, body_of, is_reaction, is_reply
@@ -260,8 +261,8 @@ async def test_the_running_bot_serves_its_calendar_health_and_metrics(
     # A public meeting: anyone may subscribe to its calendar (a private one needs the
     # `!archive` link's key, tested with the web archive).
     async def start(port: int) -> int:
-        await world.start_bot(world.config(archive="public").model_copy(
-            update={"http": HttpConfig(listen=f"127.0.0.1:{port}")}))
+        await world.start_bot(replace(world.config(archive="public"),
+                                      http=HttpConfig(listen=f"127.0.0.1:{port}")))
         return port
 
     port = await on_a_free_port(start, ListenFailed)

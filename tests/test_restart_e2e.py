@@ -8,6 +8,7 @@ from typing import Any
 
 import aiosqlite
 import pytest
+from msgspec.structs import replace
 
 from chatbot.demo.person import body_of, is_reaction, is_reply
 from chatbot.matrix import MatrixEdge
@@ -108,9 +109,9 @@ async def test_logs_in_with_an_access_token_instead_of_a_password(world: World) 
     token_user = await world.hs.register_user(f"tokenbot-{world.room_id[1:7].lower()}")
     await world.chair.client.room_invite(world.room_id, token_user.user_id)
     config = world.config()
-    matrix = config.matrix.model_copy(update={
-        "user_id": token_user.user_id, "password": None, "access_token": token_user.access_token})
-    config = config.model_copy(update={"matrix": matrix})
+    matrix = replace(config.matrix, user_id=token_user.user_id, password=None,
+                     access_token=token_user.access_token)
+    config = replace(config, matrix=matrix)
     await world.start_bot(config)
     command = await world.ada.say(world.room_id, "!here")
     reaction = await world.ada.wait_for(lambda e: is_reaction(e, command))

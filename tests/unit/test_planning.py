@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from chatbot.config import MeetingConfig
+from chatbot.config import MeetingConfig, parse_config
 from chatbot.meetings import JobKind, plan_series
 
 
@@ -15,7 +15,9 @@ def series(**overrides: object) -> MeetingConfig:
         "reminders": ["1d", "1h", "10m"],
     }
     fields.update(overrides)
-    return MeetingConfig.model_validate(fields)
+    matrix = {"homeserver": "https://example.org", "user_id": "@bot:example.org",
+              "password": "secret"}
+    return parse_config({"matrix": matrix, "meetings": [fields]}).meetings[0]
 
 
 def test_reminders_are_real_time_before_the_start_even_across_a_clock_change() -> None:
