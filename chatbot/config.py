@@ -620,16 +620,22 @@ _SHAPES = {
 
 def _describe(error: msgspec.ValidationError, data: Any) -> str:
     """One line, `path: what was expected`, from msgspec's error for the parsed YAML `data`."""
-    text, _, where = str(error).rpartition(" - at `$")
-    if not _:
-        text, where = str(error), "`"
-    parts: list[str | int] = [int(index) if index.isdigit() else index for index in
-                              re.findall(r"\.([^.\[`]+)|\[(\d+)\]", where[:-1]) for index
-                              in index if index]
+    text, in_key, where = str(error), None, ""
+    if located := re.fullmatch(r"(.*) - at (`key` in )?`\$(.*)`", text, re.DOTALL):
+        text, in_key, where = located[1], located[2], located[3]
+    # msgspec's path holds field names and list indices only: `$.meetings[0].links`.
+    parts: list[str | int] = [int(index) if index else name for name, index
+                              in re.findall(r"\.([^.\[]+)|\[(\d+)\]", where)]
     cause = error.__cause__
     if isinstance(cause, _KeyError):
         parts.append(cause.key)
-    if isinstance(cause, ValueError | TypeError):
+    if in_key:
+        # YAML reads `5:` or `null:` as a number or nothing, not as a key's name.
+        mapping = _value_at(data, parts)
+        key = next((key for key in mapping if not isinstance(key, str)), None) \
+            if isinstance(mapping, dict) else None
+        message = f"expected text for each key, got {key!r}"
+    elif isinstance(cause, ValueError | TypeError):
         message = str(cause)
     elif match := re.fullmatch(r"Object missing required field `(.*)`", text, re.DOTALL):
         parts.append(match[1])
@@ -653,17 +659,14 @@ def _describe(error: msgspec.ValidationError, data: Any) -> str:
 
 def _expected(text: str, parts: list[str | int], data: Any) -> str:
     """msgspec's own complaint about a value, said the way the checks say theirs."""
-    value = data
-    for part in parts:
-        value = value[part]
-    got = repr(value)
+    got = repr(_value_at(data, parts))
     got = got if len(got) <= 60 else got[:57] + "..."
     choices = _choices(parts)
     if choices:
         *others, last = (repr(choice) for choice in choices)
         return f"expected {', '.join(others)} or {last}, got {got}" if others \
             else f"expected {last}, got {got}"
-    if match := re.fullmatch(r"Expected `array` of length >= 1", text):
+    if text == "Expected `array` of length >= 1":
         return "expected at least one entry"
     if match := re.fullmatch(r"Expected `str` of length ([<>])= (\d+)", text):
         bound = "at least" if match[1] == ">" else "at most"
@@ -677,6 +680,16 @@ def _expected(text: str, parts: list[str | int], data: Any) -> str:
                   if shape != "null"]
         return f"expected {' or '.join(shapes)}"
     return text[:1].lower() + text[1:]
+
+
+def _value_at(data: Any, parts: list[str | int]) -> Any:
+    """The YAML value at a path msgspec named (None if it is not there)."""
+    for part in parts:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return data
 
 
 def _choices(parts: list[str | int]) -> tuple[Any, ...]:

@@ -206,6 +206,14 @@ def test_the_valid_configuration_is_valid() -> None:
         pytest.param(top(limits={"command": 5}), "limits.command", "is not a known key",
                      id="misspelt limits key"),
         pytest.param(top(limits=[10]), "limits", "expected a mapping", id="limits not a mapping"),
+        pytest.param(meeting(template_source="{{ note }}"), "meetings[0].template_source",
+                     "is not a known key", id="template text is read from the file, not set"),
+        pytest.param(lambda c: c["meetings"][0].update({None: 1}), "meetings[0]",
+                     "expected text for each key, got None", id="a key that is not text"),
+        pytest.param(meeting(archive="open"), "meetings[0].archive",
+                     "expected 'private' or 'public', got 'open'", id="archive not a choice"),
+        pytest.param(top(encryption={"enabled": "no"}), "encryption.enabled",
+                     "expected true or false", id="quoted no is not a yes/no"),
     ],
 )
 def test_a_broken_config_is_one_line_naming_the_path(
