@@ -340,11 +340,11 @@ Url = Checked[str, _text, _url]
 
 
 # No kw_only: msgspec applies it to the fields of the class that says it, not to subclasses'.
-class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):  # type: ignore[call-arg]
+class _Frozen(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pass
 
 
-class MatrixConfig(_Frozen):
+class MatrixConfig(_Frozen, frozen=True):
     homeserver: Url
     user_id: UserId
     password: str | None = None
@@ -356,21 +356,21 @@ class MatrixConfig(_Frozen):
             raise ValueError("expected `password` (first login only) or `access_token`")
 
 
-class Links(_Frozen):
+class Links(_Frozen, frozen=True):
     notes: Url | None = None
     issue: Url | None = None
     calendar: Url | None = None
     code_of_conduct: Url | None = None
 
 
-class GitAuthor(_Frozen):
+class GitAuthor(_Frozen, frozen=True):
     """Who the archive's commits are by, as author and committer alike."""
 
     name: Checked[str, _text, _person_name] = "chatbot"
     email: Checked[str, _text, _email] = "chatbot@localhost"
 
 
-class GitArchiveConfig(_Frozen):
+class GitArchiveConfig(_Frozen, frozen=True):
     """`publish.git`: commit each sitting's note to a git repository and push it."""
 
     # Any URL `git` understands: git@host:org/repo.git, https://..., file:///srv/repo.git.
@@ -397,7 +397,7 @@ class GitArchiveConfig(_Frozen):
                                     "per sitting), such as docs/meetings/{date}.md")
 
 
-class GitHubIssueConfig(_Frozen):
+class GitHubIssueConfig(_Frozen, frozen=True):
     """`publish.github`: a GitHub issue per sitting, opened ahead, closed with the note."""
 
     repo: Checked[str, _text, _github_repo]
@@ -419,7 +419,7 @@ class GitHubIssueConfig(_Frozen):
                              "name) or `token_file` (a file holding the token)")
 
 
-class HackMDConfig(_Frozen):
+class HackMDConfig(_Frozen, frozen=True):
     """`publish.hackmd`: a shared notes page per sitting, made ahead from the note
     template; the bot keeps its marked regions current, and the final note is the page
     read back at the close."""
@@ -441,7 +441,7 @@ class HackMDConfig(_Frozen):
                              "name) or `token_file` (a file holding the token)")
 
 
-class PublishConfig(_Frozen):
+class PublishConfig(_Frozen, frozen=True):
     """Where a meeting's note goes after the close, besides the room and the notes folder.
 
     One optional subsection per target.
@@ -459,7 +459,7 @@ class PublishConfig(_Frozen):
                                    "it, or set `pull_request: false` to push to `branch`")
 
 
-class MeetingConfig(_Frozen):
+class MeetingConfig(_Frozen, frozen=True):
     id: Checked[str, _text, _pattern(_MEETING_ID, "hubs-team (lowercase letters, digits, -)")]
     title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     room: Checked[str, _text, _pattern(_ROOM, "#room:example.org or !roomid:example.org")]
@@ -506,7 +506,7 @@ class MeetingConfig(_Frozen):
         return Schedule(self.start, self.timezone, self.rrule, self.duration)
 
 
-class HttpConfig(_Frozen):
+class HttpConfig(_Frozen, frozen=True):
     """The optional web server (calendar feeds, the archive): where it listens, and the
     address people reach it at (behind a reverse proxy, not the listening one)."""
 
@@ -532,7 +532,7 @@ class HttpConfig(_Frozen):
         return self.public_url or self.base_url
 
 
-class EncryptionConfig(_Frozen):
+class EncryptionConfig(_Frozen, frozen=True):
     """End-to-end encryption: on by default; which devices of other people to trust."""
 
     enabled: bool = True
@@ -543,7 +543,7 @@ class EncryptionConfig(_Frozen):
     key_wait: PositiveDuration = timedelta(minutes=2)
 
 
-class JobsConfig(_Frozen):
+class JobsConfig(_Frozen, frozen=True):
     """How the bot retries what it owes (messages, the note file, scheduled work)."""
 
     # The longest wait between two attempts of a failing job; waits grow from 1 s.
@@ -557,7 +557,7 @@ class JobsConfig(_Frozen):
             raise ValueError("expected `retry_cap` no longer than `park_after`")
 
 
-class RetentionConfig(_Frozen):
+class RetentionConfig(_Frozen, frozen=True):
     """How long the bot keeps its bookkeeping, and stays in direct chats nobody uses."""
 
     # The ids of handled events (what stops a replay from counting twice), finished
@@ -567,7 +567,7 @@ class RetentionConfig(_Frozen):
     direct_chats: Checked[timedelta, _duration, _at_least_a_day] = timedelta(days=30)
 
 
-class LimitsConfig(_Frozen):
+class LimitsConfig(_Frozen, frozen=True):
     """Flood control: commands per person per room, and what one meeting may hold."""
 
     # Each person may send `commands` commands per `per` in each room (a token
@@ -581,7 +581,7 @@ class LimitsConfig(_Frozen):
     entries_per_person: Count = 30
 
 
-class Config(_Frozen):
+class Config(_Frozen, frozen=True):
     matrix: MatrixConfig
     meetings: Annotated[tuple[MeetingConfig, ...], msgspec.Meta(min_length=1)]
     data_dir: Path = Path("./data")
