@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,19 +23,31 @@ NOT_AT_START = ("prometheus_client", "http.server", "wsgiref", "jinja2", "markup
                 "markdown", "nh3", "icalendar", "aiohttp.web", "chatbot.web",
                 "chatbot.calendar", "chatbot.demo", "difflib", "statistics")
 
-# The start of `BotApp.run` up to logging in (which needs a homeserver): the same imports,
-# the store opened, the Matrix edge, the core and the scheduler made, the schedule planned,
-# then the metrics' path of one command from its arrival to its ✅.
+# `chatbot run` itself up to logging in (which needs a homeserver: a stop comes then, and
+# it ends cleanly); then what it does once logged in, by hand: the core and the scheduler
+# made, the schedule planned, and the metrics' path of one command from arrival to ✅.
 START = textwrap.dedent("""
     import asyncio, json, sys
     from pathlib import Path
 
-    from chatbot.cli import main
+    from chatbot import cli
     from chatbot.config import load_config
     from chatbot.app import BotApp, database_path, notes_dir, publish_targets
+
+    logging_in = []
+
+    async def stop_at_login(self, edge):
+        logging_in.append(edge)
+        self.stop.set()
+        return await log_in(self, edge)
+
+    log_in, BotApp._connect = BotApp._connect, stop_at_login
+    assert asyncio.run(cli.run(load_config(Path(sys.argv[1])))) == 0 and logging_in
+    BotApp._connect = log_in
+
     from chatbot.agenda_feed import next_agenda
     from chatbot.bot import MeetingBot
-    from chatbot.matrix import LoginFailed, MatrixEdge
+    from chatbot.matrix import MatrixEdge
     from chatbot.meetings import Rooms, index_missing_notes
     from chatbot.scheduler import JobScheduler
     from chatbot.store import Store
@@ -66,22 +79,33 @@ START = textwrap.dedent("""
 """)
 
 
-def loaded_after_start(tmp_path: Path, then: str | None = None) -> list[str]:
-    """Which of NOT_AT_START a fresh `chatbot run` has loaded once started (and `then` run)."""
-    config = tmp_path / "config.yaml"
+def write_config(folder: Path, **more: object) -> Path:
+    """A bot's config; its homeserver is never reached (nothing listens on port 9)."""
+    config = folder / "config.yaml"
     config.write_text(yaml.safe_dump({
         "matrix": {"homeserver": "http://127.0.0.1:9", "user_id": "@bot:example.org",
                    "password": "secret"},
-        "data_dir": str(tmp_path / "data"),
+        "data_dir": str(folder / "data"),
         "meetings": [{"id": "team", "title": "Team", "room": "#team:example.org",
                       "timezone": "Europe/London", "start": "2021-06-17 09:00",
                       "rrule": "FREQ=WEEKLY", "duration": "1h", "reminders": ["1h"],
                       "chairs": ["@chair:example.org"]}],
+        **more,
     }), encoding="utf-8")
-    arguments = [str(config), *([then] if then else []), json.dumps(NOT_AT_START)]
-    result = subprocess.run([sys.executable, "-c", START, *arguments], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    return config
+
+
+def python(folder: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *arguments], cwd=folder, capture_output=True,
+                          text=True, timeout=60, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def loaded_after_start(tmp_path: Path, then: str | None = None) -> list[str]:
+    """Which of NOT_AT_START a fresh `chatbot run` has loaded once started (and `then` run)."""
+    config = write_config(tmp_path)
+    result = python(tmp_path, "-c", START, str(config), *([then] if then else []),
+                    json.dumps(NOT_AT_START))
     assert result.returncode == 0, result.stderr
     loaded: list[str] = json.loads(result.stdout.splitlines()[-1])
     return loaded
@@ -97,3 +121,15 @@ def test_what_was_left_out_is_loaded_once_used(tmp_path: Path) -> None:
     loaded = loaded_after_start(tmp_path, used)
     assert {"prometheus_client", "http.server", "jinja2", "markupsafe",
             "statistics"} <= set(loaded)
+
+
+def test_with_a_web_server_a_port_in_use_still_stops_the_bot_with_one_line(
+        tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = write_config(tmp_path, http={"listen": listen})
+        result = python(tmp_path, "-m", "chatbot.cli", "run", "-c", str(config))
+    assert result.returncode == 1
+    assert f"chatbot: http.listen: cannot listen on {listen}" in result.stderr
