@@ -10,6 +10,7 @@ found. Pure: no aiohttp, no SQL; the web edge fetches the rows and renders these
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import hmac
 import html
@@ -19,10 +20,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
-from markupsafe import Markup, escape
+# jinja2 and markupsafe are imported when a page is first made: the running bot needs
+# this module's note sections and paths for every meeting, its pages only with `http:`.
+if TYPE_CHECKING:
+    from jinja2 import Environment
+    from markupsafe import Markup
 
 from chatbot.config import MeetingConfig
 from chatbot.limits import Bucket, refill, spend
@@ -110,6 +114,8 @@ def note_sections(note: str) -> list[tuple[str, str]]:
 
 def highlight(snippet: str) -> Markup:
     """A search snippet as safe HTML: the text escaped, FTS5's hits in <mark>."""
+    from markupsafe import Markup, escape
+
     return Markup(str(escape(snippet)).replace(MARKS[0], "<mark>").replace(MARKS[1], "</mark>"))
 
 
@@ -218,6 +224,8 @@ _CELL, _ROW, _NAMES, _HEAD = 44, 26, 170, 56
 def attendance_svg(grid: AttendanceGrid) -> Markup:
     """The grid as inline SVG: a filled circle for present, a hollow triangle for passed,
     a short dash for absent; each mark titled in words for screen readers."""
+    from markupsafe import Markup, escape
+
     width = _NAMES + _CELL * max(1, len(grid.sittings))
     height = _HEAD + _ROW * max(1, len(grid.people))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="attendance" role="img" '
@@ -252,6 +260,8 @@ def attendance_svg(grid: AttendanceGrid) -> Markup:
 def durations_svg(sittings: Sequence[tuple[str, timedelta]], slot: timedelta) -> Markup:
     """Each sitting's length as a bar against its slot (the dashed line), labelled in
     minutes, so it reads without colour."""
+    from markupsafe import Markup, escape
+
     longest = max([slot, *(span for _, span in sittings)])
     scale = 240 / max(1.0, longest.total_seconds())
     left, row = 90, 22
@@ -328,6 +338,8 @@ def _headings_in_order(html: str) -> str:
 def note_html(note: str) -> Markup:
     """A note as the room shows it: markdown through the same allow-list sanitizer
     (headings re-levelled so none is skipped)."""
+    from markupsafe import Markup
+
     return Markup(_headings_in_order(markdown_to_html(note)))
 
 
@@ -337,16 +349,21 @@ def next_occurrence(start: datetime, series: MeetingConfig) -> dict[str, str]:
 
 # --- the templates -------------------------------------------------------------------------
 
-_PAGES = Environment(
-    loader=PackageLoader("chatbot", "templates/web"),
-    autoescape=select_autoescape(default=True, default_for_string=True),
-    undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-)
+@functools.cache
+def _pages() -> Environment:
+    """The web templates' environment, made on first use."""
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(
+        loader=PackageLoader("chatbot", "templates/web"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    )
 
 
 def render_page(name: str, **context: Any) -> str:
     """One of the web templates (autoescaped: any text from chat shows as text)."""
-    return _PAGES.get_template(name).render(**context)
+    return _pages().get_template(name).render(**context)
 
 
 class FailureLimit:

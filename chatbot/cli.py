@@ -323,8 +323,12 @@ async def write_calendar(config: Config, meeting_id: str | None, output: Path | 
 async def run(config: Config, redaction: RedactSecrets | None = None) -> int:
     from chatbot.app import BotApp
     from chatbot.matrix import LoginFailed
-    from chatbot.web import ListenFailed
 
+    fatal: tuple[type[Exception], ...] = (LoginFailed,)
+    if config.http is not None:  # the web server (aiohttp.web, the archive) only if it listens
+        from chatbot.web import ListenFailed
+
+        fatal += (ListenFailed,)
     app = BotApp(config, redaction=redaction)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -332,7 +336,7 @@ async def run(config: Config, redaction: RedactSecrets | None = None) -> int:
     loop.add_signal_handler(signal.SIGUSR1, app.log_own_time)
     try:
         await app.run()
-    except (LoginFailed, ListenFailed) as error:
+    except fatal as error:
         print(f"chatbot: {error}", file=sys.stderr)
         return 1
     return 0

@@ -7,7 +7,6 @@ the edges to carry out.
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -1051,6 +1050,8 @@ def parse_invocation(body: str, prefix: str) -> Invocation | Unknown | None:
     arguments = first_line if not rest else f"{first_line}\n{rest}"
     spec = _BY_NAME.get(name)
     if spec is None:
+        import difflib  # only for a mistyped name
+
         close = difflib.get_close_matches(name, list(_BY_NAME), n=1, cutoff=0.75)
         return Unknown(name, close[0] if close else None)
     return Invocation(spec, arguments)

@@ -30,6 +30,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from markupsafe import Markup
 
 from chatbot import archive
 from chatbot.archive import Access
@@ -377,7 +378,7 @@ class WebServer:
             raw_url=None if meeting.is_open else _with_keys(f"{base}.md", keys),
             log_url=_with_keys(f"{base}.log.md", keys) if log_text is not None else None,
             log_html=archive.note_html(log_text) if log_text is not None else None,
-            note_body=archive.Markup(body),
+            note_body=Markup(body),
         )
 
     async def _live(self, request: web.Request) -> web.Response:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from chatbot.metrics import CONTENT_TYPE, Metrics
@@ -115,7 +117,25 @@ def test_render_is_prometheus_text_with_help_types_and_labels(metrics: Metrics) 
         "# HELP chatbot_healthy 1 while syncing is healthy (what /healthz answers), else 0.",
     ):
         assert line in text.splitlines(), line
-    assert CONTENT_TYPE.startswith("text/plain; version=")
+    assert CONTENT_TYPE == CONTENT_TYPE_LATEST  # what generate_latest writes
+
+
+def test_a_counter_reads_as_a_prometheus_client_counter_would(metrics: Metrics) -> None:
+    tally = metrics._errors
+    registry = CollectorRegistry()
+    reference = Counter(tally.name, tally.documentation, tally.labelnames, registry=registry)
+    before = time.time()
+    for where in ("job", "message", "job"):
+        metrics.error(where)
+        reference.labels(where).inc()
+
+    def lines(text: str) -> list[str]:  # _created holds the time the series began
+        return [line for line in text.splitlines()
+                if "chatbot_errors" in line and "_created" not in line]
+
+    assert lines(metrics.render().decode()) == lines(generate_latest(registry).decode())
+    created = value(metrics, "chatbot_errors_created", where="job")
+    assert created is not None and before <= created <= time.time()
 
 
 def test_two_bots_in_one_process_count_separately(clock: Clock) -> None:
