@@ -675,6 +675,19 @@ class Store:
             (key, value),
         )
 
+    async def save_meta(self, values: dict[str, str]) -> None:
+        """Set several keys, committed together on their own: one statement, which SQLite
+        commits alone, all or nothing, so one trip instead of four (BEGIN, a write per
+        key, COMMIT). Under the lock, so it never lands in another task's transaction.
+        The sync position is saved so after every sync, while a ✅ may be on its way."""
+        async with self._lock:
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES "
+                + ", ".join("(?, ?)" for _ in values)
+                + " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                tuple(item for pair in values.items() for item in pair),
+            )
+
     # --- events and rooms -------------------------------------------------------
 
     async def claim_event(
@@ -1601,14 +1614,17 @@ class Store:
     async def enqueue(
         self, room_id: RoomId, kind: str, payload: dict[str, Any], now: datetime,
         *, not_before: datetime | None = None,
-    ) -> None:
-        """Queue a job, due at once or from `not_before`."""
-        await self._db.execute(
+    ) -> OutboxItem:
+        """Queue a job, due at once or from `not_before`; the job as the outbox holds it."""
+        cursor = await self._db.execute(
             "INSERT INTO outbox (room_id, kind, payload, created_at, next_attempt_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now),
              _stamp(not_before) if not_before is not None else None),
         )
+        assert cursor.lastrowid is not None
+        return OutboxItem(cursor.lastrowid, room_id, kind, payload, now,
+                          next_attempt_at=not_before)
 
     async def pending_outbox(self, limit: int = 50, per_room: int = 10) -> list[OutboxItem]:
         """Jobs not done and not parked, due or not, taken round-robin between rooms:

@@ -394,9 +394,8 @@ class Intake:
             await self._process(response, token, listener, started_at)
             token = response.next_batch
             self._heard_at = heard_at
-            async with self.store.transaction():
-                await self.store.set_meta(SYNC_TOKEN_KEY, token)
-                await self.store.set_meta(HEARD_AT_KEY, heard_at.isoformat())
+            await self.store.save_meta({SYNC_TOKEN_KEY: token,
+                                        HEARD_AT_KEY: heard_at.isoformat()})
             self.metrics.sync_succeeded(self.clock())
             if self.rooms.joins_owed:
                 await self.rooms.join_owed()
