@@ -573,8 +573,10 @@ class MeetingBot:
             queued = await self._record(effects, message.room_id, message.event_id,
                                         context.now, thread_root=message.thread_root)
         # Handed over at once: after the commit (in the same step of the event loop, so
-        # before the runner can read the queue again), ahead of the logging.
+        # before the runner can read the queue again); then the runner gets its turn, so
+        # the ✅ is on its way before the logging and the rest of the sync.
         self._after(effects, queued)
+        await asyncio.sleep(0)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
         self.metrics.command_handled(name, message.event_id)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
@@ -1463,8 +1465,11 @@ class MeetingBot:
     ) -> tuple[bool, datetime | None, bool]:
         """Run `items` in their lanes, side by side: whether any job was tried, when the
         earliest waiting one falls due, and whether none failed."""
-        outcomes = await asyncio.gather(*(
-            self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
+        lanes = delivery_lanes(items)
+        # One lane (a command's ✅) runs in this task: a task of its own would wait a
+        # turn of the event loop to start.
+        outcomes = ([await self._run_lane(lanes[0], in_flight)] if len(lanes) == 1 else
+                    await asyncio.gather(*(self._run_lane(lane, in_flight) for lane in lanes)))
         waits = [due for _, due, _ in outcomes if due is not None]
         return (any(progressed for progressed, _, _ in outcomes), min(waits, default=None),
                 not any(failed for _, _, failed in outcomes))

@@ -87,8 +87,11 @@ def acked(transport: RecordingTransport) -> list[str]:
 async def command_statements(bot: MeetingBot, transport: TracingTransport,
                              statements: list[str], body: str, tag: str) -> list[str]:
     """The statements run from the command's arrival to its ✅'s send."""
-    await eventually(lambda: not bot._outbox_ready.is_set() and bot._knows_queue,
-                     "the runner idle, knowing the queue", timeout=5)
+    async def runner_idle() -> bool:
+        return (bot._knows_queue and not bot._outbox_ready.is_set()
+                and not await bot.store.read.has_pending_outbox())
+
+    await eventually(runner_idle, "the runner idle, knowing the queue is empty", timeout=5)
     statements.clear()
     event_id = await say(bot, body, tag)
     await eventually(lambda: event_id in transport.at_send, f"the ✅ of {body}", timeout=5)
