@@ -675,11 +675,16 @@ class Store:
             (key, value),
         )
 
+    def changes_made(self) -> int:
+        """Rows this connection has changed since it opened (no trip to its thread): a
+        caller compares two readings to learn whether anything was written between."""
+        return self._db.total_changes
+
     async def save_meta(self, values: dict[str, str]) -> None:
         """Set several keys, committed together on their own: one statement, which SQLite
         commits alone, all or nothing, so one trip instead of four (BEGIN, a write per
         key, COMMIT). Under the lock, so it never lands in another task's transaction.
-        The sync position is saved so after every sync, while a ✅ may be on its way."""
+        The sync position is saved so, while a ✅ may be on its way."""
         async with self._lock:
             await self._db.execute(
                 "INSERT INTO meta (key, value) VALUES "
