@@ -866,6 +866,26 @@ class Store:
         )
         return [_meeting_from_row(row) for row in rows]
 
+    async def open_or_scheduled(
+        self, room_id: RoomId, sittings: Sequence[tuple[str, datetime]],
+    ) -> tuple[Meeting | None, dict[tuple[str, datetime], Meeting]]:
+        """`open_meeting_in_room` and `find_scheduled` of each (series, start) at once: one
+        query where a command would make one for each."""
+        wanted = " OR ".join("(series_id = ? AND scheduled_start = ?)" for _ in sittings)
+        rows = await self._rows(
+            f"SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} FROM meetings "
+            "WHERE room_id = ? AND ended_at IS NULL AND started_at IS NOT NULL "
+            "ORDER BY started_at LIMIT 1)"
+            + (f" UNION ALL SELECT 0, {_MEETING_COLUMNS} FROM meetings WHERE {wanted}"
+               if sittings else ""),
+            room_id, *(value for series_id, start in sittings
+                       for value in (series_id, _stamp(start))))
+        open_meeting = next((_meeting_from_row(row) for row in rows if row["open"]), None)
+        scheduled = {(meeting.series_id, meeting.scheduled_start): meeting
+                     for meeting in (_meeting_from_row(row) for row in rows if not row["open"])
+                     if meeting.scheduled_start is not None}
+        return open_meeting, scheduled
+
     async def find_scheduled(self, series_id: str, scheduled_start: datetime) -> Meeting | None:
         rows = await self._rows(
             f"SELECT {_MEETING_COLUMNS} FROM meetings "

@@ -26,9 +26,9 @@ BOT, CHAIR = "@bot:example.org", UserId("@chair:example.org")
 MEMBER = UserId("@member:example.org")
 NOW = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
 # What `!here` and `!update` run before their ✅ goes out: BEGIN, the claim, finding
-# the meeting (two queries), the profile, the entry (`!update` also counts the sender's
+# the meeting (one query), the profile, the entry (`!update` also counts the sender's
 # entries and drops a `!pass`), the ✅'s job, COMMIT.
-HERE_STATEMENTS, UPDATE_STATEMENTS = 8, 10
+HERE_STATEMENTS, UPDATE_STATEMENTS = 7, 9
 
 
 class TracingTransport(RecordingTransport):
