@@ -1,7 +1,9 @@
 """The baseline: a minimal matrix-nio bot that reacts ✅ to each text message, and nothing else.
 
 It is the floor chatbot is measured against: one long-poll sync loop, one reaction per
-message, no parsing, no database. Like chatbot it asks for the last 50 events per room
+message, no parsing, no database. With ANSWER_PREFIX in the environment it answers only
+the messages that start with it, so that the benchmark can address each message to one of
+the two bots in a room they share. Like chatbot it asks for the last 50 events per room
 and pages back through what a limited sync left out, so that it loses nothing either.
 With a key store (DEVICE_ID and STORE_DIR) it also decrypts, as nio does for any client
 with encryption on, and its ✅ in an encrypted room goes out encrypted: the floor for
@@ -16,6 +18,7 @@ before that is ignored, as chatbot ignores it.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -86,6 +89,7 @@ async def run(homeserver: str, user_id: str, access_token: str, device_id: str |
         Path(store_dir).mkdir(parents=True, exist_ok=True)
         client.device_id = device_id
         client.load_store()
+    answer_prefix = os.environ.get("ANSWER_PREFIX", "")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -117,7 +121,8 @@ async def run(homeserver: str, user_id: str, access_token: str, device_id: str |
                 for source in events:
                     content = source.get("content") or {}
                     if (source.get("type") == "m.room.message" and source.get("sender") != user_id
-                            and content.get("msgtype") == "m.text"):
+                            and content.get("msgtype") == "m.text"
+                            and str(content.get("body", "")).startswith(answer_prefix)):
                         await client.room_send(room_id, "m.reaction", {"m.relates_to": {
                             "rel_type": "m.annotation", "event_id": source["event_id"],
                             "key": "✅"}}, ignore_unverified_devices=True)

@@ -3,17 +3,21 @@
     .venv/bin/python -m benchmarks [--quick] [--rooms N] [--latency N] [--idle SECONDS]
 
 Both bots run as their own processes (`chatbot run`, `benchmarks/baseline_bot.py`) in
-the same rooms: every command is answered by both, so both see the same load, room
-sizes and history. Both have encryption on and share an encrypted room. People are real
-nio clients; everything is on 127.0.0.1. Prints progress and a table in which every
-figure has its ratio to the baseline and its target; writes
-`benchmarks/results/latest.json`. About five minutes on a quiet 2-core machine.
+the same rooms, and commands to the one and to the other are interleaved: both see every
+message, the same load, room sizes and history, and each message is answered by one bot.
+(When both answered the same message, the second ✅ waited for Synapse to persist the
+first: two copies of the baseline measured 1.27x to 1.31x apart that way, 1.00x this way.)
+Both have encryption on and share an encrypted room. People are real nio clients;
+everything is on 127.0.0.1. Prints progress and a table in which every figure has its
+ratio to the baseline and its target; writes `benchmarks/results/latest.json`.
+About five minutes on a quiet 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import compileall
 import contextlib
 import json
 import logging
@@ -94,8 +98,11 @@ class BotProcess:
     """A bot in its own process; its standard error is read so it never blocks."""
 
     def __init__(self, name: str, argv: list[str], ready_text: str,
-                 marker: str = "own time per command") -> None:
+                 marker: str = "own time per command", env: dict[str, str] | None = None,
+                 prefix: str = "!") -> None:
         self.name, self.argv, self.ready_text, self.marker = name, argv, ready_text, marker
+        self.env = env or {}
+        self.prefix = prefix  # what this bot answers; the other bot ignores it
         self.process: asyncio.subprocess.Process | None = None
         self.started_at = 0.0
         self.listening_at = 0.0
@@ -109,7 +116,7 @@ class BotProcess:
         self.started_at = time.monotonic()
         self.process = await asyncio.create_subprocess_exec(
             *self.argv, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env})
         self._reader = reader = asyncio.create_task(self._read())
         listening = asyncio.create_task(self._listening.wait())
         await asyncio.wait({listening, reader}, timeout=PROCESS_START_TIMEOUT,
@@ -139,6 +146,10 @@ class BotProcess:
                 raise TimeoutError(f"{self.name} logged no {self.marker!r} line")
             await asyncio.sleep(0.05)
         return self.marked[seen]
+
+    def command(self, text: str) -> str:
+        """`text` ("here", "update ...") as a command to this bot alone."""
+        return self.prefix + text
 
     @property
     def pid(self) -> int:
@@ -323,6 +334,9 @@ def write_config(hs: LocalHomeserver, user: RegisteredUser, folder: Path, rooms:
     return path
 
 
+BASELINE_PREFIX = "+"
+
+
 def bot_processes(hs: LocalHomeserver, workdir: Path, config: Path, chatbot_user: RegisteredUser,
                   baseline_user: RegisteredUser) -> Bots:
     chatbot = BotProcess("chatbot", [sys.executable, "-m", "chatbot.cli", "run", "-c",
@@ -330,7 +344,9 @@ def bot_processes(hs: LocalHomeserver, workdir: Path, config: Path, chatbot_user
     baseline = BotProcess("baseline", [
         sys.executable, "-m", "benchmarks.baseline_bot", hs.url, baseline_user.user_id,
         baseline_user.access_token, baseline_user.device_id,
-        str(workdir / f"{baseline_user.user_id.split(':')[0][1:]}-keys")], "listening")
+        str(workdir / f"{baseline_user.user_id.split(':')[0][1:]}-keys")], "listening",
+        # chatbot takes "+here" for chat (it is no command of its own) and ignores it.
+        env={"ANSWER_PREFIX": BASELINE_PREFIX}, prefix=BASELINE_PREFIX)
     return Bots(chatbot_user, baseline_user, chatbot, baseline)
 
 
@@ -340,7 +356,7 @@ def bot_processes(hs: LocalHomeserver, workdir: Path, config: Path, chatbot_user
 async def first_ack(owner: Person, acks: Acks, bot: BotProcess, bot_user: str,
                     room: str) -> dict[str, float]:
     """Process start to listening, and to the first command's ✅."""
-    event_id = await owner.say(room, "!here")
+    event_id = await owner.say(room, bot.command("here"))
     acked = await acks.wait_all(bot_user, [event_id], 60)
     return {"listening_s": bot.listening_at - bot.started_at,
             "first_ack_s": acked - bot.started_at}
@@ -395,15 +411,16 @@ async def idle(bots: Bots, seconds: float) -> dict[str, float]:
 
 async def latency(person: Person, acks: Acks, bots: Bots, room: str, count: int,
                   what: str) -> dict[str, list[float]]:
-    """Sequential commands from one person to the room both bots are in: each command is
-    acknowledged by both, so both answer the same message under the same load."""
-    progress(f"latency: {count} sequential commands, {what}, each acknowledged by both bots")
+    """Sequential commands from one person to the room both bots are in, `count` to each,
+    interleaved (which bot goes first alternates): both see every message, under the same
+    load, and each message is acknowledged by the bot it is for."""
+    progress(f"latency: {count} sequential commands to each bot, interleaved, {what}")
     samples: dict[str, list[float]] = {"chatbot": [], "baseline": []}
     for n in range(count):
-        text = "!here" if n % 2 == 0 else f"!update latency sample {n} ({what})"
-        sent_at = time.monotonic()
-        event_id = await person.say(room, text)
-        for bot, user in bots.each():
+        text = "here" if n % 2 == 0 else f"update latency sample {n} ({what})"
+        for bot, user in bots.each() if n % 4 < 2 else reversed(bots.each()):
+            sent_at = time.monotonic()
+            event_id = await person.say(room, bot.command(text))
             acked = await acks.wait_all(user, [event_id], 30)
             samples[bot.name].append((acked - sent_at) * 1000)
         if (n + 1) % 250 == 0:
@@ -422,22 +439,28 @@ async def own_time(bot: BotProcess) -> dict[str, dict[str, float]]:
 
 
 async def burst(world: World, bots: Bots, each: int) -> dict[str, Any]:
-    """The whole crowd sends `each` commands at once; when each bot has acknowledged all."""
-    progress(f"burst: {len(world.crowd)} people x {each} commands at once, to both bots")
+    """The whole crowd sends `each` commands to each bot at once, interleaved; when each
+    bot has acknowledged all of its own."""
+    progress(f"burst: {len(world.crowd)} people x {each} commands to each bot, at once")
 
-    async def person_sends(person: Person, index: int) -> list[str]:
-        return [await person.say(world.command_room,
-                                 "!here" if n == 0 else f"!update burst {index}.{n}")
-                for n in range(each)]
+    async def person_sends(person: Person, index: int) -> dict[str, list[str]]:
+        sent: dict[str, list[str]] = {"chatbot": [], "baseline": []}
+        for n in range(each):
+            text = "here" if n == 0 else f"update burst {index}.{n}"
+            for bot, _ in bots.each():
+                sent[bot.name].append(await person.say(world.command_room, bot.command(text)))
+        return sent
 
     began = time.monotonic()
     batches = await asyncio.gather(*(person_sends(p, i) for i, p in enumerate(world.crowd)))
-    sent = [event_id for batch in batches for event_id in batch]
-    result: dict[str, Any] = {"event_ids": sent}
+    result: dict[str, Any] = {}
     for bot, user in bots.each():
+        sent = [event_id for batch in batches for event_id in batch[bot.name]]
         took = await world.acks.wait_all(user, sent, 300) - began
         result[bot.name] = {"commands": len(sent), "seconds": took,
                             "per_second": len(sent) / took}
+        if bot.name == "chatbot":
+            result["event_ids"] = sent
     return result
 
 
@@ -737,6 +760,13 @@ async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": machine(), "counts": {k: getattr(counts, k) for k in Counts.__slots__},
         "started": datetime.now(UTC).isoformat(timespec="seconds")}
+    # Installing a package compiles its bytecode; a checkout run with
+    # PYTHONDONTWRITEBYTECODE (as CI machines often are) would compile chatbot's source at
+    # every start instead: CPU and memory neither an installed bot nor the baseline (one
+    # small file, nio compiled when installed) pays.
+    progress("compiling the bots' bytecode, as installing them does")
+    for folder in (ROOT / "chatbot", ROOT / "benchmarks"):
+        compileall.compile_dir(folder, quiet=1)
     progress("starting Synapse on 127.0.0.1")
     hs = await asyncio.to_thread(LocalHomeserver.start, workdir / "synapse")
     running: list[BotProcess] = []

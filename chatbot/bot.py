@@ -380,6 +380,10 @@ class MeetingBot:
         self.metrics = metrics or Metrics(clock)
         self.jobs = rooms.config.jobs
         self._outbox_ready = asyncio.Event()
+        # While the outbox runner knows every job the queue holds (`_wake_outbox`), the
+        # jobs handed to it since its last pass: it runs them without reading the queue.
+        self._knows_queue = False
+        self._handed: list[OutboxItem] = []
         # One interface for every kind of job: Matrix events go through the transport.
         self._carriers: dict[str, Carrier] = {NOTE_FILE: self._save_note_file,
                                               LOG_FILE: self._save_log_file,
@@ -535,7 +539,7 @@ class MeetingBot:
                 f"I could not read {count} from {escape_markdown(display_name)}: the "
                 "encryption key never reached me. If it was a command, please send it again.")],
                 room_id, event_ids[-1], now)
-        self._outbox_ready.set()
+        self._wake_outbox()
 
     async def _context(self, message: IncomingMessage, invocation: Invocation | Unknown,
                        event_id: EventId) -> Context:
@@ -566,14 +570,18 @@ class MeetingBot:
                 log.debug("%s in %s was handled before", message.event_id, message.room_id)
                 return
             effects = await self._dispatch(invocation, context, message.pills)
-            await self._record(effects, message.room_id, message.event_id, context.now,
-                               thread_root=message.thread_root)
+            queued = await self._record(effects, message.room_id, message.event_id,
+                                        context.now, thread_root=message.thread_root)
+        # Handed over at once: after the commit (in the same step of the event loop, so
+        # before the runner can read the queue again); then the runner gets its turn, so
+        # the ✅ is on its way before the logging and the rest of the sync.
+        self._after(effects, queued)
+        await asyncio.sleep(0)
         name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
         self.metrics.command_handled(name, message.event_id)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
                  message.room_id, extra={"room_id": message.room_id,
                                          "event_id": message.event_id})
-        self._after(effects)
 
     async def _handle_edit(self, edit: IncomingMessage) -> None:
         """Make what an edited command recorded match its new text."""
@@ -674,7 +682,7 @@ class MeetingBot:
         self.metrics.command_throttled()
         ids = {"room_id": message.room_id, "event_id": message.event_id}
         if decision.verdict is Verdict.SLOW_DOWN:
-            self._outbox_ready.set()
+            self._wake_outbox()
             log.info("%s sends commands too fast in %s; told to slow down until %s",
                      message.sender, message.room_id, decision.resume_at.isoformat(), extra=ids)
         else:
@@ -695,7 +703,7 @@ class MeetingBot:
             rewrite = await forget_in_log(self.store, self.rooms, redaction.redacts)
             await self._record(rewrite, redaction.room_id, None, now)
         if rewrite:
-            self._outbox_ready.set()
+            self._wake_outbox()
         if product is not None or withdrawn:
             log.info("%s redacted %s in %s; its record is removed", redaction.sender,
                      redaction.redacts, redaction.room_id)
@@ -802,14 +810,32 @@ class MeetingBot:
         log.info("room %s was upgraded to %s; following it", old_room_id, new_room_id)
         self.on_schedule_change()
 
-    def _after(self, effects: Sequence[Effect]) -> None:
-        self._outbox_ready.set()
+    def _after(self, effects: Sequence[Effect],
+               queued: Sequence[OutboxItem] | None = None) -> None:
+        """What follows a handled event's commit: its jobs (`queued`, when the caller has
+        them) handed to the outbox runner, and the schedule planned again if the event
+        may have changed it."""
+        self._wake_outbox(queued)
         # Opening, closing and moving between items are what post to the room, and
         # they are also what changes the schedule.
         # With GitHub issues or HackMD pages, any command may change what they show.
         if (self._issues is not None or self._pages is not None
                 or any(isinstance(effect, Post | CallTurn) for effect in effects)):
             self.on_schedule_change()
+
+    def _wake_outbox(self, queued: Sequence[OutboxItem] | None = None) -> None:
+        """Tell the outbox runner that jobs were committed to the queue.
+
+        `queued` are all the jobs that were: while the runner knows every job the queue
+        holds, it runs them as handed, without a trip to the database while a ✅ waits.
+        None (jobs queued elsewhere, a retry) makes the runner read the queue.
+        """
+        if queued is None or not self._knows_queue:
+            self._knows_queue = False
+            self._handed.clear()
+        else:
+            self._handed.extend(queued)
+        self._outbox_ready.set()
 
     async def _dispatch(self, invocation: Invocation | Unknown, context: Context,
                         pills: Sequence[Pill] = ()) -> list[Effect]:
@@ -873,7 +899,7 @@ class MeetingBot:
                            "please tell whoever runs this bot.")],
                     message.room_id, message.event_id, now, thread_root=message.thread_root,
                 )
-            self._outbox_ready.set()
+            self._wake_outbox()
         except Exception:
             log.exception("could not record the apology for %s", message.event_id)
 
@@ -882,68 +908,76 @@ class MeetingBot:
     async def _record(
         self, effects: Sequence[Effect], room_id: RoomId, event_id: EventId | None,
         now: datetime, *, thread_root: EventId | None = None,
-    ) -> None:
-        """Queue messages in the outbox and write notes, inside the caller's transaction."""
+    ) -> list[OutboxItem]:
+        """Queue messages in the outbox and write notes, inside the caller's transaction;
+        the jobs queued (for `_after`, once the transaction has committed)."""
+        queued: list[OutboxItem] = []
+
+        async def enqueue(room: RoomId, kind: str, payload: dict[str, Any], now: datetime,
+                          *, not_before: datetime | None = None) -> None:
+            queued.append(await self.store.enqueue(room, kind, payload, now,
+                                                   not_before=not_before))
+
         for effect in effects:
             match effect:
                 case React(key):
                     assert event_id is not None
-                    await self.store.enqueue(room_id, "react", {"event_id": event_id, "key": key},
-                                             now)
+                    await enqueue(room_id, "react", {"event_id": event_id, "key": key}, now)
                 case Reply(text):
                     for number, part in enumerate(message_parts(text)):
-                        await self.store.enqueue(room_id, "reply", _reply_payload(
+                        await enqueue(room_id, "reply", _reply_payload(
                             part.text, part.html, event_id if number == 0 else None,
                             thread_root), now)
                 case Post(post_room, text, announces):
                     # A big meeting's note is posted in parts; the first is the announcement.
                     for number, part in enumerate(message_parts(text)):
-                        await self.store.enqueue(post_room, "post", {
+                        await enqueue(post_room, "post", {
                             "text": part.text, "html": part.html,
                             "announces": announces if number == 0 else None,
                         }, now)
                 case CallTurn(turn_room, text, meeting_id, user_id, mention):
                     (part,) = message_parts(text)  # one line: never split
-                    await self.store.enqueue(turn_room, ROUND_TURN, {
+                    await enqueue(turn_room, ROUND_TURN, {
                         "text": part.text, "html": part.html,
                         "mentions": [mention] if mention is not None else [],
                         "meeting_id": meeting_id, "user_id": user_id,
                     }, now)
                 case DirectMessage(user_id, text):
                     (part,) = message_parts(text)
-                    await self.store.enqueue(RoomId(user_id), DIRECT, {
+                    await enqueue(RoomId(user_id), DIRECT, {
                         "user_id": user_id, "text": part.text, "html": part.html}, now)
                 case SaveNote(relative_path, text):
                     # A job like any message: written after the close commits, retried
                     # if the disk refuses, never holding the close itself back.
-                    await self.store.enqueue(room_id, NOTE_FILE, {
+                    await enqueue(room_id, NOTE_FILE, {
                         "path": relative_path.as_posix(), "text": text}, now)
                 case SaveLog(relative_path, meeting_id, text):
-                    await self.store.enqueue(room_id, LOG_FILE, {
+                    await enqueue(room_id, LOG_FILE, {
                         "path": relative_path.as_posix(), "meeting_id": meeting_id,
                         "text": text}, now)
                 case PublishNote(kind, sitting):
-                    await self.store.enqueue(room_id, kind, sitting.payload(), now)
+                    await enqueue(room_id, kind, sitting.payload(), now)
                 case QueueIssue(job):
-                    await self.store.enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
+                    await enqueue(room_id, GITHUB_ISSUE, job.payload(), now)
                 case PollEvent(kind, poll_id, event_type, content):
-                    await self.store.enqueue(room_id, kind, {
+                    await enqueue(room_id, kind, {
                         "poll_id": poll_id, "type": event_type, "content": content}, now)
                 case UpdateIssueBody(series_id, meeting_id, repo, number, body):
-                    await self.store.enqueue(room_id, GITHUB_ISSUE_BODY, {
+                    await enqueue(room_id, GITHUB_ISSUE_BODY, {
                         "series": series_id, "meeting_id": meeting_id, "repo": repo,
                         "number": number, "body": body}, now)
                 case QueuePage(page_job):
-                    await self.store.enqueue(room_id, HACKMD_NOTE, page_job.payload(), now)
+                    await enqueue(room_id, HACKMD_NOTE, page_job.payload(), now)
                 case WritePageRegions(series_id, meeting_id, note_id, regions):
-                    await self.store.enqueue(room_id, HACKMD_REGIONS, {
+                    await enqueue(room_id, HACKMD_REGIONS, {
                         "series": series_id, "meeting_id": meeting_id, "note_id": note_id,
                         "regions": dict(regions)}, now)
                 case ReadPageBack(sitting, meeting_id, note_id, regions, path, not_before):
-                    await self.store.enqueue(room_id, HACKMD_FINAL, {
+                    await enqueue(room_id, HACKMD_FINAL, {
                         "sitting": sitting.payload(), "meeting_id": meeting_id,
                         "note_id": note_id, "regions": dict(regions),
                         "path": path.as_posix()}, now, not_before=not_before)
+        return queued
 
     async def _call_turn(self, item: OutboxItem) -> str:
         """Post a turn's line, then start the turn's clock at the homeserver's time of it,
@@ -999,7 +1033,7 @@ class MeetingBot:
                 assert isinstance(effect, CallTurn)
                 await self._record([effect], effect.room_id, None, now)
         if effects:
-            self._outbox_ready.set()
+            self._wake_outbox()
 
     async def _save_note_file(self, item: OutboxItem) -> str:
         relative_path = item.payload["path"]
@@ -1211,7 +1245,7 @@ class MeetingBot:
                 effects += note_effects(series, item.room_id, PurePosixPath(payload["path"]),
                                         final)
             await self._record(effects, item.room_id, None, now)
-        self._outbox_ready.set()
+        self._wake_outbox()
         log.info("the note of meeting %s is %s", meeting_id,
                  "the HackMD page read back" if source == "page" else "the bot's own",
                  extra={"room_id": item.room_id, "meeting_id": meeting_id})
@@ -1341,7 +1375,7 @@ class MeetingBot:
                 self._job_failures[job.id] = (1, poll.retry_at)
             else:
                 self._job_failures.pop(job.id, None)
-            self._outbox_ready.set()
+            self._wake_outbox()
         except Exception as error:
             self.metrics.error("job")
             failures = self._job_failures.get(job.id, (0, now))[0] + 1
@@ -1366,7 +1400,7 @@ class MeetingBot:
                  done.keys_before.isoformat(timespec="seconds"), pruned.jobs,
                  pruned.undecrypted, len(done.leaving))
         if done.leaving:
-            self._outbox_ready.set()
+            self._wake_outbox()
 
     # --- the outbox: every job, carried out after the commit that queued it --------------------
 
@@ -1382,7 +1416,15 @@ class MeetingBot:
         in_flight = asyncio.Semaphore(MAX_SENDS_IN_FLIGHT)
         while True:
             self._outbox_ready.clear()
-            progressed, next_due, settled = await self._deliver_pass(in_flight)
+            if self._knows_queue:
+                handed, self._handed = self._handed, []
+                progressed, next_due, settled = await self._run_jobs(handed, in_flight)
+            else:
+                progressed, next_due, settled = await self._deliver_pass(in_flight)
+            # The queue is known again once a pass has run all it saw, none failed, none
+            # waits for later, and nothing was queued meanwhile but jobs handed over.
+            self._knows_queue = (settled and next_due is None
+                                 and (self._knows_queue or not self._outbox_ready.is_set()))
             # A pass that saw the whole queue and ran it without a failure leaves nothing
             # to read again: a job queued since then set `_outbox_ready` (it was cleared
             # before the read), so reading the queue once more (a database trip after
@@ -1402,6 +1444,9 @@ class MeetingBot:
         Returns whether any job was tried, and when the earliest waiting job falls due
         (None: nothing waits on a retry).
         """
+        # It reads the queue, so what was handed to the runner is run here, not again there.
+        self._knows_queue = False
+        self._handed.clear()
         progressed, next_due, _ = await self._deliver_pass(
             in_flight or asyncio.Semaphore(MAX_SENDS_IN_FLIGHT))
         return progressed, next_due
@@ -1412,11 +1457,22 @@ class MeetingBot:
         """`deliver_due`, and whether the pass settled the queue as read: it saw every
         waiting job (fewer than any of the read's limits) and none failed."""
         items = await self.store.read.pending_outbox(limit=OUTBOX_READ, per_room=OUTBOX_PER_ROOM)
-        outcomes = await asyncio.gather(*(
-            self._run_lane(lane, in_flight) for lane in delivery_lanes(items)))
+        progressed, next_due, settled = await self._run_jobs(items, in_flight)
+        return progressed, next_due, settled and len(items) < OUTBOX_PER_ROOM
+
+    async def _run_jobs(
+        self, items: Sequence[OutboxItem], in_flight: asyncio.Semaphore,
+    ) -> tuple[bool, datetime | None, bool]:
+        """Run `items` in their lanes, side by side: whether any job was tried, when the
+        earliest waiting one falls due, and whether none failed."""
+        lanes = delivery_lanes(items)
+        # One lane (a command's ✅) runs in this task: a task of its own would wait a
+        # turn of the event loop to start.
+        outcomes = ([await self._run_lane(lanes[0], in_flight)] if len(lanes) == 1 else
+                    await asyncio.gather(*(self._run_lane(lane, in_flight) for lane in lanes)))
         waits = [due for _, due, _ in outcomes if due is not None]
-        settled = len(items) < OUTBOX_PER_ROOM and not any(failed for _, _, failed in outcomes)
-        return any(progressed for progressed, _, _ in outcomes), min(waits, default=None), settled
+        return (any(progressed for progressed, _, _ in outcomes), min(waits, default=None),
+                not any(failed for _, _, failed in outcomes))
 
     async def _run_lane(
         self, lane: Sequence[OutboxItem], in_flight: asyncio.Semaphore,
@@ -1492,7 +1548,7 @@ class MeetingBot:
                             "up to %s", item.id, item.kind, item.room_id, error,
                             self.jobs.retry_cap)
                 await self._tell_chairs(item, error, Failure.RETRYING, now)
-        self._outbox_ready.set()  # the chairs' message, if any
+        self._wake_outbox()  # the chairs' message, if any
 
     async def _tell_chairs(self, item: OutboxItem, error: str, failure: Failure,
                            now: datetime) -> None:

@@ -277,18 +277,34 @@ async def upcoming(
 async def resolve_target(
     store: Store, rooms: Rooms, room_id: RoomId, now: datetime
 ) -> Target | None:
-    """The room's meeting in progress, else its next scheduled one, else None."""
-    open_meeting = await store.open_meeting_in_room(room_id)
+    """The room's meeting in progress, else its next scheduled one, else None.
+
+    Every command asks, while its ✅ waits: the open sitting and each series' next
+    occurrence are looked up in one query; only an occurrence already held sends a
+    series on to `upcoming`.
+    """
+    nexts = {series.id: next(iter(series.schedule.occurrences(ending_after=now - series.grace)),
+                             None)
+             for series in rooms.series_in(room_id)}
+    open_meeting, scheduled = await store.open_or_scheduled(
+        room_id, [(series_id, occurrence.start) for series_id, occurrence in nexts.items()
+                  if occurrence is not None])
     if open_meeting is not None:
         series = rooms.series(open_meeting.series_id)
         if series is not None:
             return Target(series, open_meeting.held_at, open_meeting)
     candidates = []
     for series in rooms.series_in(room_id):
-        pending = await upcoming(store, series, now, count=1)
-        if pending:
+        occurrence = nexts[series.id]
+        if occurrence is None:
+            continue
+        meeting = scheduled.get((series.id, occurrence.start))
+        if meeting is not None and meeting.started_at is not None:
+            pending = await upcoming(store, series, now, count=1)
+            if not pending:
+                continue
             occurrence, meeting = pending[0]
-            candidates.append(Target(series, occurrence.start, meeting))
+        candidates.append(Target(series, occurrence.start, meeting))
     return min(candidates, key=lambda target: target.start, default=None)
 
 

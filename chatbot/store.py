@@ -675,6 +675,24 @@ class Store:
             (key, value),
         )
 
+    def changes_made(self) -> int:
+        """Rows this connection has changed since it opened (no trip to its thread): a
+        caller compares two readings to learn whether anything was written between."""
+        return self._db.total_changes
+
+    async def save_meta(self, values: dict[str, str]) -> None:
+        """Set several keys, committed together on their own: one statement, which SQLite
+        commits alone, all or nothing, so one trip instead of four (BEGIN, a write per
+        key, COMMIT). Under the lock, so it never lands in another task's transaction.
+        The sync position is saved so, while a ✅ may be on its way."""
+        async with self._lock:
+            await self._db.execute(
+                "INSERT INTO meta (key, value) VALUES "
+                + ", ".join("(?, ?)" for _ in values)
+                + " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                tuple(item for pair in values.items() for item in pair),
+            )
+
     # --- events and rooms -------------------------------------------------------
 
     async def claim_event(
@@ -847,6 +865,26 @@ class Store:
             "WHERE ended_at IS NULL AND started_at IS NOT NULL ORDER BY id"
         )
         return [_meeting_from_row(row) for row in rows]
+
+    async def open_or_scheduled(
+        self, room_id: RoomId, sittings: Sequence[tuple[str, datetime]],
+    ) -> tuple[Meeting | None, dict[tuple[str, datetime], Meeting]]:
+        """`open_meeting_in_room` and `find_scheduled` of each (series, start) at once: one
+        query where a command would make one for each."""
+        wanted = " OR ".join("(series_id = ? AND scheduled_start = ?)" for _ in sittings)
+        rows = await self._rows(
+            f"SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} FROM meetings "
+            "WHERE room_id = ? AND ended_at IS NULL AND started_at IS NOT NULL "
+            "ORDER BY started_at LIMIT 1)"
+            + (f" UNION ALL SELECT 0, {_MEETING_COLUMNS} FROM meetings WHERE {wanted}"
+               if sittings else ""),
+            room_id, *(value for series_id, start in sittings
+                       for value in (series_id, _stamp(start))))
+        open_meeting = next((_meeting_from_row(row) for row in rows if row["open"]), None)
+        scheduled = {(meeting.series_id, meeting.scheduled_start): meeting
+                     for meeting in (_meeting_from_row(row) for row in rows if not row["open"])
+                     if meeting.scheduled_start is not None}
+        return open_meeting, scheduled
 
     async def find_scheduled(self, series_id: str, scheduled_start: datetime) -> Meeting | None:
         rows = await self._rows(
@@ -1601,14 +1639,17 @@ class Store:
     async def enqueue(
         self, room_id: RoomId, kind: str, payload: dict[str, Any], now: datetime,
         *, not_before: datetime | None = None,
-    ) -> None:
-        """Queue a job, due at once or from `not_before`."""
-        await self._db.execute(
+    ) -> OutboxItem:
+        """Queue a job, due at once or from `not_before`; the job as the outbox holds it."""
+        cursor = await self._db.execute(
             "INSERT INTO outbox (room_id, kind, payload, created_at, next_attempt_at) "
             "VALUES (?, ?, ?, ?, ?)",
             (room_id, kind, json.dumps(payload, ensure_ascii=False), _stamp(now),
              _stamp(not_before) if not_before is not None else None),
         )
+        assert cursor.lastrowid is not None
+        return OutboxItem(cursor.lastrowid, room_id, kind, payload, now,
+                          next_attempt_at=not_before)
 
     async def pending_outbox(self, limit: int = 50, per_room: int = 10) -> list[OutboxItem]:
         """Jobs not done and not parked, due or not, taken round-robin between rooms:

@@ -11,7 +11,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any, Protocol
 from urllib.parse import unquote
@@ -53,6 +53,11 @@ SYNC_TOKEN_KEY = "sync_token"
 # sent after it is a backlog the bot can take at the pace it was sent.
 HEARD_AT_KEY = "sync_heard_at"
 LONG_POLL_MS = 30_000
+# The sync position is saved after a sync whose handling wrote anything, and at least
+# this often: a sync that changed nothing (the bot's own ✅ coming back, chat that is no
+# command) then costs no trip to the database. A restart goes back at most this far, to
+# events whose handling is keyed by their ids: nothing is done twice.
+POSITION_SAVED_EVERY = timedelta(seconds=30)
 GAP_FILL_LIMIT = 5_000
 GAP_FILL_FILTER = {"types": ["m.room.message", "m.room.encrypted", "m.reaction",
                              "m.room.redaction", "m.room.tombstone", *RESPONSE_TYPES,
@@ -74,6 +79,13 @@ class Listener(Protocol):
                           event_ids: list[EventId]) -> None: ...
 
     async def owed_since(self) -> datetime: ...
+
+
+def position_owed(wrote: bool, first: bool, last_saved: datetime | None,
+                  now: datetime) -> bool:
+    """Whether to save the sync position after a sync (see POSITION_SAVED_EVERY)."""
+    return (wrote or first or last_saved is None
+            or now - last_saved >= POSITION_SAVED_EVERY)
 
 
 def sync_filter(timeline_limit: int) -> dict[str, Any]:
@@ -362,6 +374,7 @@ class Intake:
         first_filter = first_sync_filter()
         await self.encryption.note_pending_keys()
         failures = 0
+        position_saved_at: datetime | None = None
         while True:
             response: Any = None
             problem: str | None
@@ -391,12 +404,15 @@ class Intake:
                 failures = 0
             heard_at = self.clock()
             self._arrived_at = self.metrics.own_time.timer()
+            changes_before = self.store.changes_made()
             await self._process(response, token, listener, started_at)
+            if position_owed(self.store.changes_made() != changes_before, token is None,
+                             position_saved_at, heard_at):
+                await self.store.save_meta({SYNC_TOKEN_KEY: response.next_batch,
+                                            HEARD_AT_KEY: heard_at.isoformat()})
+                position_saved_at = heard_at
             token = response.next_batch
             self._heard_at = heard_at
-            async with self.store.transaction():
-                await self.store.set_meta(SYNC_TOKEN_KEY, token)
-                await self.store.set_meta(HEARD_AT_KEY, heard_at.isoformat())
             self.metrics.sync_succeeded(self.clock())
             if self.rooms.joins_owed:
                 await self.rooms.join_owed()

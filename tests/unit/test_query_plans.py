@@ -40,6 +40,10 @@ class Recording:
         self.statements.append((sql, tuple(parameters)))
         return self.connection.execute(sql, parameters)
 
+    def execute_fetchall(self, sql: str, parameters: Any = ()) -> Any:
+        self.statements.append((sql, tuple(parameters)))
+        return self.connection.execute_fetchall(sql, parameters)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
 
@@ -167,6 +171,7 @@ async def test_no_per_command_query_reads_a_whole_growing_table(
     queries = [(sql, args) for sql, args in recording.statements
                if not sql.lstrip().upper().startswith(("BEGIN", "COMMIT", "ROLLBACK", "PRAGMA"))]
     assert len(queries) > 25
+    assert any(sql.startswith("SELECT") for sql, _ in queries), "reads are checked too"
     with sqlite3.connect(tmp_path / "bot.db") as db:
         scans = {}
         for sql, args in queries:

@@ -322,6 +322,14 @@ async def test_a_failed_commit_rolls_back_and_leaves_the_store_usable(store: Sto
     assert await store.get_meta("kept") == "yes"
 
 
+async def test_save_meta_sets_every_key_at_once_and_commits_it(store: Store) -> None:
+    await store.save_meta({"sync_token": "s1", "heard_at": "then"})
+    await store.save_meta({"sync_token": "s2", "heard_at": "now"})  # both replaced
+    assert await store.read.get_meta("sync_token") == "s2", "committed: the reader sees it"
+    assert await store.read.get_meta("heard_at") == "now"
+    assert not store._db.in_transaction
+
+
 async def test_the_reader_never_sees_uncommitted_rows(tmp_path: Path) -> None:
     store = await Store.open(tmp_path / "bot.db")
     try:
