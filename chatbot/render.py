@@ -184,13 +184,16 @@ def new_converter(*, shortcut: bool = True) -> markdown.Markdown:
             InertTextShortcut,
             QuickerUnescape,
             quicker_block_level,
+            quicker_documents,
             shorten_lists,
         )
 
-        converter.treeprocessors.register(InertTextShortcut(converter), "inline", 20)
+        inline = InertTextShortcut(converter)
+        converter.treeprocessors.register(inline, "inline", 20)
         converter.treeprocessors.register(QuickerUnescape(converter), "unescape", 0)
         shorten_lists(converter)
         quicker_block_level(converter)
+        quicker_documents(converter, inline)
     return converter
 
 
