@@ -300,6 +300,27 @@ def test_any_document_of_lines_gives_the_same_html_with_the_shortcut(lines: list
     assert markdown_to_html(text) == sanitized_python_markdown(text)
 
 
+# Blocks of the shapes a note is made of, of chat text made one line by the escaper (and
+# sometimes not quite: an empty line, a heading ending in `#`, a list after a list).
+said_line = hostile.map(lambda said: escape_line(said.replace("\r", " ").replace("\n", " ")))
+note_blocks = st.one_of(
+    st.tuples(st.sampled_from(["# ", "## ", "#### ", "###### "]), said_line).map("".join),
+    st.lists(st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) "]),
+                       said_line).map("".join), min_size=1, max_size=4).map("\n".join),
+    said_line, st.just("-"),
+)
+
+
+@QUICK
+@given(blocks=st.lists(note_blocks, min_size=1, max_size=6))
+def test_any_document_of_note_blocks_gives_the_same_html_with_the_shortcut(
+    blocks: list[str],
+) -> None:
+    text = "\n\n".join(blocks)
+    assert html(text) == html(text, shortcut=False)
+    assert markdown_to_html(text) == sanitized_python_markdown(text)
+
+
 # --- the sanitizer: its links filter left out only where it could drop nothing ------------
 
 HREFS = [
