@@ -329,7 +329,8 @@ HREFS = [
     ('<a href="&#109;ailto:a@b.org">x</a>', False), ("<a href='https://x'>x</a>", False),
     ('<a HREF="https://x">x</a>', False), ('<a href = "https://x">x</a>', False),
     ('<a href=https://x>x</a>', False), ('<p>the word href in text</p>', False),
-    ('<a href="http:/x">x</a>', False), ('<p>no links</p>', True),
+    ('<a href="http:/x">x</a>', False), ('<a hReF="/x">x</a>', False),
+    ('<p>no links</p>', True),
 ]
 
 
