@@ -24,6 +24,11 @@ PLAIN_BLOCK_PROCESSORS = frozenset({
 # takes); not a rule (a line of only `-`, `_`, `*` and spaces, more broadly than the
 # rule's own pattern); not starting as a header, quote or reference does (`#`, `>`, `[`).
 # A setext header needs two lines.
+# A link python-markdown's link pattern takes as typed, and whose text no other pattern
+# changes: not an image (no `!` before), no brackets, quotes, parentheses or white space in
+# the address, no character an inline pattern starts with in the text.
+_PLAIN_LINK = (r"(?<!!)\[[^\\`*_\[\]<>&()!\x02\x03\n]+\]"
+               r"\([^\s()<>\"'\\`\[\]\x02\x03]+\)")
 _PARAGRAPH_ITEM = re.compile(r"(?![-*+] )(?!\d+\. )(?![-_* ]*\Z)[^\s#>\[][^\n]*")
 
 
@@ -134,24 +139,28 @@ class InertTextShortcut(InlineProcessor):
         super().__init__(md)
         escaped = re.escape("".join(md.ESCAPED_CHARS))
         # One piece of inert text: a character no inline pattern starts with (STX and ETX
-        # mark python-markdown's placeholders), an escaped character, or an autolink
-        # holding nothing an earlier pattern (code, escapes, links) would take. An `&` is
+        # mark python-markdown's placeholders), an escaped character, an autolink holding
+        # nothing an earlier pattern (code, escapes, links) would take, or a plain link
+        # (`code_of_conduct_line` writes one) that no earlier pattern can change. An `&` is
         # plain too: python-markdown passes an entity through as typed, and its serializer
         # leaves the `&` of every entity its pattern takes (and more) as it is.
         # Plain characters are taken a run at a time, possessively (Python 3.11): one step
         # per character made the match most of the shortcut's time, and a run cannot end
         # where a `**` or the end could follow, so the same texts match.
         piece = (r"(?:[^\\`*_\[\]<\x02\x03]++"
-                 rf"|\\[{escaped}]|<[A-Za-z][A-Za-z0-9+.\-]*://[^<>\s\\`\[\]\x02\x03]*>)")
+                 rf"|\\[{escaped}]|<[A-Za-z][A-Za-z0-9+.\-]*://[^<>\s\\`\[\]\x02\x03]*>"
+                 rf"|{_PLAIN_LINK})")
         # A `**` at the start, closed by one after no space and before a space (not a
         # line break's) or the end, with no `*` or `_` anywhere else: python-markdown's
         # <strong>, with nothing left for its emphasis to pair.
         self._inert = re.compile(
             rf"(?:\*\*(?P<strong>(?!\s){piece}+?)(?<!\s)\*\*(?=\s|\Z)(?!  \n))?"
             rf"(?P<rest>{piece}*)\Z")
-        # In inert text, every backslash starts an escape and every `<` an autolink.
+        # In inert text, every backslash starts an escape, every `<` an autolink and
+        # every `[` a link.
         self._tokens = re.compile(
-            rf"\\(?P<escaped>[{escaped}])|<(?P<address>[^<>]*)>|  \n")
+            rf"\\(?P<escaped>[{escaped}])|<(?P<address>[^<>]*)>|  \n"
+            r"|\[(?P<text>[^\]]*)\]\((?P<href>[^)]*)\)")
         self._links = re.compile(r"<([^<>]*)>")
         self._escape = re.compile(rf"\\([{escaped}])")
 
@@ -179,8 +188,9 @@ class InertTextShortcut(InlineProcessor):
 
     def document_html(self, source: str) -> str | None:
         """The HTML python-markdown writes for a document of blocks it would parse as
-        one-line ATX headings, one-line paragraphs and tight lists of one-line items,
-        all of inert text; None for any other document.
+        one-line ATX headings, one-line paragraphs and tight lists of one-line items
+        (each with at most one such list under it), all of inert text; None for any
+        other document.
 
         Only shapes whose handling by each of python-markdown's block processors is
         known are taken (`_PARAGRAPH_ITEM` says which lines no processor but the
@@ -194,17 +204,9 @@ class InertTextShortcut(InlineProcessor):
         after_list = False
         for block in _BLANK_LINES.split(source.strip("\n")):
             if block.startswith("- "):
-                if after_list:
+                if after_list or (items := self._list_html(block)) is None:
                     return None
-                items = ["<ul>"]
-                for line in block.split("\n"):
-                    if not line.startswith("- ") or not _PARAGRAPH_ITEM.fullmatch(line, 2):
-                        return None
-                    if (html := self._inert_html(line[2:])) is None:
-                        return None
-                    items.append(f"<li>{html}</li>")
-                items.append("</ul>")
-                written.append("\n".join(items))
+                written.append(items)
                 after_list = True
                 continue
             after_list = False
@@ -225,6 +227,26 @@ class InertTextShortcut(InlineProcessor):
             written.append(f"<{tag}>{html}</{tag}>")
         return "\n".join(written)
 
+    def _list_html(self, block: str) -> str | None:
+        """A tight list of one-line items, each with at most one tight list of one-line
+        items under it (indented four spaces), as python-markdown writes it; or None."""
+        items: list[list[str]] = []  # an item's HTML, then its sub-items'
+        for line in block.split("\n"):
+            start = 2 if line.startswith("- ") else 6 if line.startswith("    - ") else 0
+            if not start or (start == 6 and not items) \
+                    or not _PARAGRAPH_ITEM.fullmatch(line, start):
+                return None
+            if (html := self._inert_html(line[start:])) is None:
+                return None
+            if start == 2:
+                items.append([html])
+            else:
+                items[-1].append(f"<li>{html}</li>")
+        return "\n".join(["<ul>", *(
+            f"<li>{item[0]}</li>" if len(item) == 1 else
+            "<li>{}<ul>\n{}\n</ul>\n</li>".format(item[0], "\n".join(item[1:]))
+            for item in items), "</ul>"])
+
     def _inert_html(self, text: str) -> str | None:
         """One line of inert text as python-markdown's HTML, or None if not inert."""
         if (match := self._inert.match(text)) is None:
@@ -235,9 +257,17 @@ class InertTextShortcut(InlineProcessor):
         return rest
 
     def _spans_html(self, text: str) -> str:
-        """`_spans` of one line (it has no line breaks), serialized. In inert text every
-        backslash starts an escape and every `<` an autolink, which holds no backslash and
-        no `>`: so the escapes can be undone first, and the links found after."""
+        """`_spans` of one line (it has no line breaks), serialized."""
+        if "](" in text:  # perhaps a link: the tokens, one by one
+            head, nodes = self._spans(text)
+            written = [_escape_cdata(head or "")]
+            for node in nodes:  # only links: a line has no line breaks
+                written.append(f'<a href="{_escape_attrib_html(node.get("href", ""))}">'
+                               f'{_escape_cdata(node.text or "")}</a>')
+                written.append(_escape_cdata(node.tail or ""))
+            return "".join(written)
+        # Else every backslash starts an escape and every `<` an autolink, which holds no
+        # backslash and no `>`: so the escapes can be undone first, and the links found after.
         if "\\" in text:
             # Without an escaped backslash, every backslash is an escape's.
             text = (text.replace("\\", "") if "\\\\" not in text
@@ -266,6 +296,9 @@ class InertTextShortcut(InlineProcessor):
             if (address := token["address"]) is not None:
                 node = etree.Element("a", href=address)
                 node.text = address
+            elif (href := token["href"]) is not None:
+                node = etree.Element("a", href=href)
+                node.text = token["text"]
             else:
                 node = etree.Element("br")
             if nodes:
@@ -290,9 +323,9 @@ PLAIN_PROCESSORS = {
     "postprocessors": frozenset({"raw_html", "amp_substitute"}),
 }
 # Text python-markdown would change before parsing (tabs, carriage returns, its placeholder
-# marks), and lines that start or end with a space (indented blocks, lines of spaces,
-# trailing spaces, continuation lines): a document with any of these is not taken.
-_UNUSUAL = ("\r", "\t", "\x02", "\x03", "\n ", " \n")
+# marks), and lines that end with a space (lines of spaces, trailing spaces, hard line
+# breaks): a document with any of these is not taken.
+_UNUSUAL = ("\r", "\t", "\x02", "\x03", " \n")
 _BLANK_LINES = re.compile(r"\n\n+")
 # An ATX heading that python-markdown takes as typed: no closing `#`s or white space
 # (Unicode's too, which `str.strip` takes) to trim.

@@ -118,6 +118,7 @@ def test_raw_html_is_the_only_difference_from_python_markdown() -> None:
 markdownish = st.lists(st.sampled_from([
     *FRAGMENTS, "a", "b c", "  \n", "\n    ", "\\*", "\\`", "\\_", "\\\\", "\\#", "\\[",
     "**a**", "**", "<https://example.org/x_y*z*>", "<https://a.example/?q=1&amp;r>", "&lt;",
+    "[a b](https://x.example/c_d*e*?f&g)", "[a](b)", "!", "(", ")", "[a]", "\\!", "&copy;",
 ]), max_size=20).map("".join)
 
 
@@ -197,6 +198,10 @@ TAKEN_DOCUMENTS = [
     "- a\u00a0\n- b\u00a0c\n\nsnake\\_case and 2 \\* 3 = 6\n\n===\n\n1.5 is a number",
     "- **Ada:** pass (posted ahead)\n- **a\\*\\*b** c\n- **<https://example.org>** d",
     "- \\#1 > quote + plus - minus | pipe === and a\\\\backslash!",
+    "- **Ada** (5 min) item\n    - note\n    - **Decision:** d\n- **Bo**\n- **C**\n    - a",
+    "#### Abide by the [Code of Conduct](https://x.example/c_o_c?a=1&b=2&amp;c).",
+    "x [a](b) y [c d](https://e.example/f) \\\\[i](j) m\n\n**[k](l)** m",
+    "- a [b](c)\n    - \\[d\\](e) [f](g)",
 ]
 # Shapes it leaves to python-markdown: anything another block processor takes or that
 # depends on the blocks around it, any text not inert, whatever python-markdown rewrites.
@@ -206,8 +211,14 @@ LEFT_DOCUMENTS = [
     "# title\u00a0", "para\nsecond line", "- a\n  continued", "- a\nlazy", "1. one",
     "\u0661. x", "- \u0661. x", "* star", "+ plus", "- *em*", "- [link](https://x.example)",
     "> quote", "---", "- - -", "- --", "- a  \n    b", "\tx", "a\r\nb", "a \nb",
-    " a", "a ", "- \u2003x", "[r]: https://example.org", "- a\n    - nested", "a\x02b",
+    " a", "a ", "- \u2003x", "[r]: https://example.org", "a\x02b",
     "`code`", "- a\n===", "", "\n\n", "<b>raw</b>", "**a **b", "# **bold** *and em*",
+    "- a\n    - b\n        - c", "- a\n     - b", "- a\n    - # b", "- a\n    - b\n    more",
+    "    - a", "- a\n    * b", "- a\n    1. b", "- a\n    - - b", "- a\n    - ---",
+    "- a\n\n    - b",
+    "[a](b)", "- [a](b)", "x ![a](b)", "x [a *b*](c)", "x [a](b \"t\")", "x [a](<b>)",
+    "x [a](b c)", "x [a]( b)", "x [a](b)](c)", "x [a] (b)", "x [a][b]", "x [&amp;](b)",
+    "x \\![a](b)", "x [a](b(c))", "x **[a](b)**",
 ]
 
 
@@ -223,14 +234,22 @@ def test_other_documents_are_left_to_python_markdown(text: str) -> None:
     assert html(text) == html(text, shortcut=False)
 
 
-def test_a_flat_note_is_written_by_the_shortcut() -> None:
-    # The shape of the benchmark's note: what makes 2,000 updates quick to render.
-    parts = Parts(title="Big *meeting*",
-                  attendees=tuple(Profile(f"P_{n}", f"Org <{n}>", f"@p{n}") for n in range(9)),
-                  updates=tuple((f"P_{n}", f"worked on https://example.org/{n}?a=1&b=2 and "
-                                 f"*more* [x](javascript:alert(1)) #{n} <b>") for n in range(9)),
-                  items=tuple(Item(f"P_{n}", f"item {n} about `code`", 5) for n in range(3)))
-    note = render_note(record(parts), LONDON, {"notes": "https://notes.example.org/big"})
+def test_a_note_of_one_line_texts_is_written_by_the_shortcut() -> None:
+    # The benchmark's note, with agenda notes, actions and a code of conduct: a note
+    # takes the shortcut unless someone wrote more than one line.
+    said = [f"worked on https://example.org/{n}?a=1&b=2 and *more* [x](javascript:alert(1))"
+            f" #{n} <b> snake_case" for n in range(9)]
+    parts = Parts(
+        title="Big *meeting*",
+        attendees=tuple(Profile(f"P_{n}", f"Org <{n}>", f"@p{n}") for n in range(9)),
+        updates=tuple((f"P_{n}", said[n]) for n in range(9)),
+        items=tuple(Item(f"P_{n}", said[n], 5, notes=(said[n + 1],), decisions=(said[n + 2],))
+                    for n in range(3)),
+        notes=(said[3],), decisions=(said[4],),
+        actions=(Act("Ada", None, said[5]), Act("Grace", "@ada", said[6])),
+    )
+    note = render_note(record(parts), LONDON, {"notes": "https://notes.example.org/big",
+                                               "code_of_conduct": "https://x.example/c_o_c"})
     assert document_html(note) is not None
     assert html(note) == html(note, shortcut=False) == python_markdown(note)
 
@@ -304,8 +323,11 @@ def test_any_document_of_lines_gives_the_same_html_with_the_shortcut(lines: list
 # sometimes not quite: an empty line, a heading ending in `#`, a list after a list).
 said_line = hostile.map(lambda said: escape_line(said.replace("\r", " ").replace("\n", " ")))
 note_blocks = st.one_of(
-    st.tuples(st.sampled_from(["# ", "## ", "#### ", "###### "]), said_line).map("".join),
-    st.lists(st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) "]),
+    st.tuples(st.sampled_from(["# ", "## ", "#### ", "###### "]), said_line,
+              st.sampled_from(["", " [Code of Conduct](https://x.example/c_o_c?a=1&b=2)."]))
+    .map("".join),
+    st.lists(st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) ", "    - ",
+                                        "    - **Decision:** "]),
                        said_line).map("".join), min_size=1, max_size=4).map("\n".join),
     said_line, st.just("-"),
 )
