@@ -217,7 +217,7 @@ class InertTextShortcut(InlineProcessor):
                     return None
                 html = self._inert_html(heading[2])
                 tag = f"h{len(heading[1])}"
-            elif block == "-" or _PARAGRAPH_ITEM.fullmatch(block):
+            elif block == "-" or (_PARAGRAPH_ITEM.fullmatch(block) and block[-1] != " "):
                 html = self._inert_html(block)
                 tag = "p"
             else:
@@ -229,16 +229,30 @@ class InertTextShortcut(InlineProcessor):
 
     def _list_html(self, block: str) -> str | None:
         """A tight list of one-line items, each with at most one tight list of one-line
-        items under it (indented four spaces), as python-markdown writes it; or None."""
-        items: list[list[str]] = []  # an item's HTML, then its sub-items'
+        items under it (indented four spaces), as python-markdown writes it; or None.
+        A "line" may go on over more lines after hard line breaks, indented as
+        `escape_markdown` indents them (four spaces more than its item's `-`)."""
+        entries: list[list[str]] = []  # an item's indent, then its text
         for line in block.split("\n"):
-            start = 2 if line.startswith("- ") else 6 if line.startswith("    - ") else 0
-            if not start or (start == 6 and not items) \
-                    or not _PARAGRAPH_ITEM.fullmatch(line, start):
+            if line.startswith("- "):
+                entries.append(["", line[2:]])
+            elif line.startswith("    - ") and entries:
+                entries.append(["    ", line[6:]])
+            elif (entries and line.startswith(indent := entries[-1][0] + "    ")
+                  and _HARD_BREAK_END.search(entries[-1][1])):
+                # python-markdown keeps the line's indent but for a sub-item's first four
+                entries[-1][1] += "\n    " + line[len(indent):]
+            else:
                 return None
-            if (html := self._inert_html(line[start:])) is None:
+        items: list[list[str]] = []  # an item's HTML, then its sub-items'
+        for indent, text in entries:
+            if text.endswith(" ") or not all(
+                    _PARAGRAPH_ITEM.fullmatch(line, 4 if number else 0)
+                    for number, line in enumerate(text.split("\n"))):
                 return None
-            if start == 2:
+            if (html := self._inert_html(text)) is None:
+                return None
+            if not indent:
                 items.append([html])
             else:
                 items[-1].append(f"<li>{html}</li>")
@@ -257,11 +271,17 @@ class InertTextShortcut(InlineProcessor):
         return rest
 
     def _spans_html(self, text: str) -> str:
-        """`_spans` of one line (it has no line breaks), serialized."""
-        if "](" in text:  # perhaps a link: the tokens, one by one
+        """`_spans` of a line, serialized, with `prettify`'s line breaks."""
+        if "](" in text or "  \n" in text:  # perhaps a link, a line break: token by token
             head, nodes = self._spans(text)
             written = [_escape_cdata(head or "")]
-            for node in nodes:  # only links: a line has no line breaks
+            for node in nodes:
+                if node.tag == "br":
+                    tail = node.tail
+                    written.append("<br>")
+                    written.append(_escape_cdata("\n" if not tail or not tail.strip()
+                                                 else "\n" + tail))
+                    continue
                 written.append(f'<a href="{_escape_attrib_html(node.get("href", ""))}">'
                                f'{_escape_cdata(node.text or "")}</a>')
                 written.append(_escape_cdata(node.tail or ""))
@@ -323,9 +343,10 @@ PLAIN_PROCESSORS = {
     "postprocessors": frozenset({"raw_html", "amp_substitute"}),
 }
 # Text python-markdown would change before parsing (tabs, carriage returns, its placeholder
-# marks), and lines that end with a space (lines of spaces, trailing spaces, hard line
-# breaks): a document with any of these is not taken.
-_UNUSUAL = ("\r", "\t", "\x02", "\x03", " \n")
+# marks): a document with any of these is not taken.
+_UNUSUAL = ("\r", "\t", "\x02", "\x03")
+# A line that ends in a hard line break: two spaces after something else.
+_HARD_BREAK_END = re.compile(r"\S  \Z")
 _BLANK_LINES = re.compile(r"\n\n+")
 # An ATX heading that python-markdown takes as typed: no closing `#`s or white space
 # (Unicode's too, which `str.strip` takes) to trim.

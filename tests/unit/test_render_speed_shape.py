@@ -202,6 +202,9 @@ TAKEN_DOCUMENTS = [
     "#### Abide by the [Code of Conduct](https://x.example/c_o_c?a=1&b=2&amp;c).",
     "x [a](b) y [c d](https://e.example/f) \\\\[i](j) m\n\n**[k](l)** m",
     "- a [b](c)\n    - \\[d\\](e) [f](g)",
+    "- X  \n    more\n    - Y  \n        more  \n        <https://x.example>\n"
+    "- Z  \n    <https://y.example> z",
+    "- **Ada:** one  \n    \\# two  \n    \\- three [a](b)  \n    &lt;script> four",
 ]
 # Shapes it leaves to python-markdown: anything another block processor takes or that
 # depends on the blocks around it, any text not inert, whatever python-markdown rewrites.
@@ -210,12 +213,13 @@ LEFT_DOCUMENTS = [
     "#no space",
     "# title\u00a0", "para\nsecond line", "- a\n  continued", "- a\nlazy", "1. one",
     "\u0661. x", "- \u0661. x", "* star", "+ plus", "- *em*", "- [link](https://x.example)",
-    "> quote", "---", "- - -", "- --", "- a  \n    b", "\tx", "a\r\nb", "a \nb",
+    "> quote", "---", "- - -", "- --", "\tx", "a\r\nb", "a \nb",
     " a", "a ", "- \u2003x", "[r]: https://example.org", "a\x02b",
     "`code`", "- a\n===", "", "\n\n", "<b>raw</b>", "**a **b", "# **bold** *and em*",
     "- a\n    - b\n        - c", "- a\n     - b", "- a\n    - # b", "- a\n    - b\n    more",
     "    - a", "- a\n    * b", "- a\n    1. b", "- a\n    - - b", "- a\n    - ---",
-    "- a\n\n    - b",
+    "- a\n\n    - b", "- a  \n     five", "- a \n    b", "- a   \n    b", "- a\n    b",
+    "- a  \n    - b", "- a  \n    # b", "- a\n    - b  \n    c", "- a  \n    b ", "a ", "- a ",
     "[a](b)", "- [a](b)", "x ![a](b)", "x [a *b*](c)", "x [a](b \"t\")", "x [a](<b>)",
     "x [a](b c)", "x [a]( b)", "x [a](b)](c)", "x [a] (b)", "x [a][b]", "x [&amp;](b)",
     "x \\![a](b)", "x [a](b(c))", "x **[a](b)**",
@@ -234,11 +238,12 @@ def test_other_documents_are_left_to_python_markdown(text: str) -> None:
     assert html(text) == html(text, shortcut=False)
 
 
-def test_a_note_of_one_line_texts_is_written_by_the_shortcut() -> None:
-    # The benchmark's note, with agenda notes, actions and a code of conduct: a note
-    # takes the shortcut unless someone wrote more than one line.
+def test_a_note_is_written_by_the_shortcut() -> None:
+    # The benchmark's note, with agenda notes, actions, a code of conduct and texts of
+    # several lines.
     said = [f"worked on https://example.org/{n}?a=1&b=2 and *more* [x](javascript:alert(1))"
-            f" #{n} <b> snake_case" for n in range(9)]
+            f" #{n} <b> snake_case" + "\n# and\n- more\nhttps://example.org" * (n % 2)
+            for n in range(9)]
     parts = Parts(
         title="Big *meeting*",
         attendees=tuple(Profile(f"P_{n}", f"Org <{n}>", f"@p{n}") for n in range(9)),
@@ -326,9 +331,12 @@ note_blocks = st.one_of(
     st.tuples(st.sampled_from(["# ", "## ", "#### ", "###### "]), said_line,
               st.sampled_from(["", " [Code of Conduct](https://x.example/c_o_c?a=1&b=2)."]))
     .map("".join),
-    st.lists(st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) ", "    - ",
-                                        "    - **Decision:** "]),
-                       said_line).map("".join), min_size=1, max_size=4).map("\n".join),
+    st.lists(st.one_of(
+        st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) ", "    - ",
+                                   "    - **Decision:** "]), said_line).map("".join),
+        hostile.map(lambda said: "- " + escape_markdown(said)),
+        hostile.map(lambda said: "    - " + escape_markdown(said, continuation_indent=" " * 8)),
+    ), min_size=1, max_size=4).map("\n".join),
     said_line, st.just("-"),
 )
 
