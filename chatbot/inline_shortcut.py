@@ -232,24 +232,25 @@ class InertTextShortcut(InlineProcessor):
         items under it (indented four spaces), as python-markdown writes it; or None.
         A "line" may go on over more lines after hard line breaks, indented as
         `escape_markdown` indents them (four spaces more than its item's `-`)."""
-        entries: list[list[str]] = []  # an item's indent, then its text
+        entries: list[tuple[str, list[str]]] = []  # an item's indent, and its lines
         for line in block.split("\n"):
             if line.startswith("- "):
-                entries.append(["", line[2:]])
+                entries.append(("", [line[2:]]))
             elif line.startswith("    - ") and entries:
-                entries.append(["    ", line[6:]])
+                entries.append(("    ", [line[6:]]))
             elif (entries and line.startswith(indent := entries[-1][0] + "    ")
-                  and _HARD_BREAK_END.search(entries[-1][1])):
+                  and _HARD_BREAK_END.search(entries[-1][1][-1])):
                 # python-markdown keeps the line's indent but for a sub-item's first four
-                entries[-1][1] += "\n    " + line[len(indent):]
+                entries[-1][1].append("    " + line[len(indent):])
             else:
                 return None
         items: list[list[str]] = []  # an item's HTML, then its sub-items'
-        for indent, text in entries:
-            if text.endswith(" ") or not all(
+        for indent, lines in entries:
+            if lines[-1].endswith(" ") or not all(
                     _PARAGRAPH_ITEM.fullmatch(line, 4 if number else 0)
-                    for number, line in enumerate(text.split("\n"))):
+                    for number, line in enumerate(lines)):
                 return None
+            text = "\n".join(lines)
             if (html := self._inert_html(text)) is None:
                 return None
             if not indent:
