@@ -246,11 +246,11 @@ class InertTextShortcut(InlineProcessor):
                 return None
         items: list[list[str]] = []  # an item's HTML, then its sub-items'
         for indent, lines in entries:
-            if lines[-1].endswith(" ") or not all(
-                    _PARAGRAPH_ITEM.fullmatch(line, 4 if number else 0)
-                    for number, line in enumerate(lines)):
+            if lines[-1].endswith(" ") or not _PARAGRAPH_ITEM.fullmatch(lines[0]) or (
+                    len(lines) > 1
+                    and not all(_PARAGRAPH_ITEM.fullmatch(line, 4) for line in lines[1:])):
                 return None
-            text = "\n".join(lines)
+            text = lines[0] if len(lines) == 1 else "\n".join(lines)
             if (html := self._inert_html(text)) is None:
                 return None
             if not indent:
