@@ -24,12 +24,12 @@ PLAIN_BLOCK_PROCESSORS = frozenset({
 # takes); not a rule (a line of only `-`, `_`, `*` and spaces, more broadly than the
 # rule's own pattern); not starting as a header, quote or reference does (`#`, `>`, `[`).
 # A setext header needs two lines.
+_PARAGRAPH_ITEM = re.compile(r"(?![-*+] )(?!\d+\. )(?![-_* ]*\Z)[^\s#>\[][^\n]*")
 # A link python-markdown's link pattern takes as typed, and whose text no other pattern
 # changes: not an image (no `!` before), no brackets, quotes, parentheses or white space in
 # the address, no character an inline pattern starts with in the text.
 _PLAIN_LINK = (r"(?<!!)\[[^\\`*_\[\]<>&()!\x02\x03\n]+\]"
                r"\([^\s()<>\"'\\`\[\]\x02\x03]+\)")
-_PARAGRAPH_ITEM = re.compile(r"(?![-*+] )(?!\d+\. )(?![-_* ]*\Z)[^\s#>\[][^\n]*")
 
 
 class _PlainItems:
@@ -263,7 +263,8 @@ class InertTextShortcut(InlineProcessor):
             for item in items), "</ul>"])
 
     def _inert_html(self, text: str) -> str | None:
-        """One line of inert text as python-markdown's HTML, or None if not inert."""
+        """Inert text (of a heading, paragraph or item) as python-markdown's HTML, or None
+        if it is not inert."""
         if (match := self._inert.match(text)) is None:
             return None
         rest = self._spans_html(match["rest"])
@@ -355,10 +356,9 @@ _HEADING = re.compile(r"(#{1,6}) ([^#\s][^\n]*(?<![#\s]))")
 
 
 def quicker_documents(converter: markdown.Markdown, inline: InertTextShortcut) -> None:
-    """`convert` writes the HTML of a document of the plainest shape itself, when the
-    converter is the plain one: headings, one-line paragraphs, lists of one-line items,
-    all of inert text (a note of updates and roll call is mostly that). Anything else
-    goes through python-markdown whole."""
+    """`convert` writes the HTML of a document of the usual shapes itself (see
+    `InertTextShortcut.document_html`: a note is mostly that), when the converter is the
+    plain one with the shortcuts. Anything else goes through python-markdown whole."""
     processors = converter.parser.blockprocessors
     if ({item.name for item in processors._priority} != PLAIN_BLOCK_PROCESSORS
             or not isinstance(processors["ulist"], PlainItemsUList)

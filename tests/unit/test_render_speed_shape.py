@@ -215,13 +215,14 @@ TAKEN_DOCUMENTS = [
     "- X  \n    more\n    - Y  \n        more  \n        <https://x.example>\n"
     "- Z  \n    <https://y.example> z",
     "- **Ada:** one  \n    \\# two  \n    \\- three [a](b)  \n    &lt;script> four",
+    "- a\x1c\n- b\x85\n- c\u2028d\n\ne\x0c\n\n# f\x0bg",  # white space str.strip takes
 ]
 # Shapes it leaves to python-markdown: anything another block processor takes or that
 # depends on the blocks around it, any text not inert, whatever python-markdown rewrites.
 LEFT_DOCUMENTS = [
     "- a\n\n- b", "- a\n\n1. b", "# C#", "# C\\#", "- \u00a0b", "# title #", "####### 7",
     "#no space",
-    "# title\u00a0", "para\nsecond line", "- a\n  continued", "- a\nlazy", "1. one",
+    "# title\u00a0", "# title\x1c", "para\nsecond line", "- a\n  continued", "- a\nlazy", "1. one",
     "\u0661. x", "- \u0661. x", "* star", "+ plus", "- *em*", "- [link](https://x.example)",
     "> quote", "---", "- - -", "- --", "\tx", "a\r\nb", "a \nb",
     " a", "a ", "- \u2003x", "[r]: https://example.org", "a\x02b",
