@@ -1,8 +1,10 @@
 """What makes a big note quick to render changes nothing in it.
 
 The markdown is what the plain escaper writes, byte for byte; the HTML is
-python-markdown's, byte for byte, with or without the shortcut that turns inert
-text (escaped chat text, most of a note) into elements directly; a converter kept
+python-markdown's, byte for byte, with or without the shortcuts that turn inert
+text (escaped chat text, most of a note) into elements directly and that write a whole
+note of the usual shapes as HTML directly, and nh3 cleans it as it always did (its
+links filter left out only where it could drop nothing); a converter kept
 from one message to the next, or used from several threads, gives what a new one
 gives; and the sandbox's quick check lets a template reach the note's values and
 nothing else on them.
@@ -16,6 +18,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import markdown
+import nh3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,6 +29,7 @@ from chatbot import render
 from chatbot.model import Profile
 from chatbot.render import (
     compile_template,
+    escape_line,
     escape_markdown,
     markdown_to_html,
     new_converter,
@@ -42,7 +46,13 @@ SHORTCUT, PLAIN = new_converter(), new_converter(shortcut=False)
 
 
 def html(text: str, *, shortcut: bool = True) -> str:
-    return (SHORTCUT if shortcut else PLAIN).reset().convert(text)
+    """The HTML of a converter with the shortcuts, or of a plain one. With them, the
+    inline and list shortcuts are checked to give the same without the document's."""
+    if not shortcut:
+        return PLAIN.reset().convert(text)
+    written = SHORTCUT.reset().convert(text)
+    assert markdown.Markdown.convert(SHORTCUT.reset(), text) == written
+    return written
 
 
 def python_markdown(text: str) -> str:
@@ -116,6 +126,7 @@ def test_raw_html_is_the_only_difference_from_python_markdown() -> None:
 markdownish = st.lists(st.sampled_from([
     *FRAGMENTS, "a", "b c", "  \n", "\n    ", "\\*", "\\`", "\\_", "\\\\", "\\#", "\\[",
     "**a**", "**", "<https://example.org/x_y*z*>", "<https://a.example/?q=1&amp;r>", "&lt;",
+    "[a b](https://x.example/c_d*e*?f&g)", "[a](b)", "!", "(", ")", "[a]", "\\!", "&copy;",
 ]), max_size=20).map("".join)
 
 
@@ -169,8 +180,216 @@ def test_the_shortcut_takes_all_the_text_of_a_busy_note() -> None:
     note = render_note(record(busy_meeting()), LONDON, {"notes": "https://notes.example.org"})
     bare = new_converter()
     bare.treeprocessors["inline"].inlinePatterns = Registry()
-    assert bare.convert(note) == html(note, shortcut=False)
+    # python-markdown's own convert: the document shortcut would take all this note.
+    assert markdown.Markdown.convert(bare, note) == html(note, shortcut=False)
+    assert document_html(note) == html(note, shortcut=False)
     assert re.search(r"<li><strong>Person 3:</strong> #3 &gt; quote", html(note))
+
+
+# --- whole documents of the plainest shape, written directly -------------------------------
+
+
+def document_html(text: str) -> str | None:
+    """What the document shortcut writes, or None where it leaves the text to python-markdown."""
+    return SHORTCUT.treeprocessors["inline"].document_html(text)
+
+
+# Shapes the shortcut writes itself: one-line headings and paragraphs, tight lists of
+# one-line items, of inert text: escapes, autolinks, a leading **bold**, entities as text.
+TAKEN_DOCUMENTS = [
+    "# Title\n\n- a\n- **b:** c <https://example.org/x?a=1&b=2>\n\n## Next\n\n-\n\n###### Six",
+    "plain paragraph\n\n- item\n\n\n\nafter more blank lines\n\n- list",
+    "\n\n# leading and trailing blank lines\n\n",
+    "- &lt;script>alert(1)&lt;/script> &copy; &#x3C; &#60",
+    "- \\[x\\](javascript:alert(1)) \\_a\\_ \\*b\\*",
+    "- AT&T &amp; &\\#38; &#38 \\\\\\* \\\\ a\\\\\\\\b \\` \\# \\> \\+ \\- \\. \\! \\( \\) \\{ \\}",
+    "- <https://example.org/\"quote\"> <https://example.org/a_b*c*> <https://x.example/&amp;>",
+    "#### By participating, you agree to the Code of Conduct.",
+    "- a\u00a0\n- b\u00a0c\n\nsnake\\_case and 2 \\* 3 = 6\n\n===\n\n1.5 is a number",
+    "- **Ada:** pass (posted ahead)\n- **a\\*\\*b** c\n- **<https://example.org>** d",
+    "- \\#1 > quote + plus - minus | pipe === and a\\\\backslash!",
+    "- **Ada** (5 min) item\n    - note\n    - **Decision:** d\n- **Bo**\n- **C**\n    - a",
+    "#### Abide by the [Code of Conduct](https://x.example/c_o_c?a=1&b=2&amp;c).",
+    "x [a](b) y [c d](https://e.example/f) \\\\[i](j) m\n\n**[k](l)** m",
+    "- a [b](c)\n    - \\[d\\](e) [f](g)",
+    "- X  \n    more\n    - Y  \n        more  \n        <https://x.example>\n"
+    "- Z  \n    <https://y.example> z",
+    "- **Ada:** one  \n    \\# two  \n    \\- three [a](b)  \n    &lt;script> four",
+    "- a\x1c\n- b\x85\n- c\u2028d\n\ne\x0c\n\n# f\x0bg",  # white space str.strip takes
+]
+# Shapes it leaves to python-markdown: anything another block processor takes or that
+# depends on the blocks around it, any text not inert, whatever python-markdown rewrites.
+LEFT_DOCUMENTS = [
+    "- a\n\n- b", "- a\n\n1. b", "# C#", "# C\\#", "- \u00a0b", "# title #", "####### 7",
+    "#no space",
+    "# title\u00a0", "# title\x1c", "para\nsecond line", "- a\n  continued", "- a\nlazy", "1. one",
+    "\u0661. x", "- \u0661. x", "* star", "+ plus", "- *em*", "- [link](https://x.example)",
+    "> quote", "---", "- - -", "- --", "\tx", "a\r\nb", "a \nb",
+    " a", "a ", "- \u2003x", "[r]: https://example.org", "a\x02b",
+    "`code`", "- a\n===", "", "\n\n", "<b>raw</b>", "**a **b", "# **bold** *and em*",
+    "- a\n    - b\n        - c", "- a\n     - b", "- a\n    - # b", "- a\n    - b\n    more",
+    "    - a", "- a\n    * b", "- a\n    1. b", "- a\n    - - b", "- a\n    - ---",
+    "- a\n\n    - b", "- a  \n     five", "- a \n    b", "- a   \n    b", "- a\n    b",
+    "- a  \n    - b", "- a  \n    # b", "- a\n    - b  \n    c", "- a  \n    b ", "a ", "- a ",
+    "[a](b)", "- [a](b)", "x ![a](b)", "x [a *b*](c)", "x [a](b \"t\")", "x [a](<b>)",
+    "x [a](b c)", "x [a]( b)", "x [a](b)](c)", "x [a] (b)", "x [a][b]", "x [&amp;](b)",
+    "x \\![a](b)", "x [a](b(c))", "x **[a](b)**",
+]
+
+
+@pytest.mark.parametrize("text", TAKEN_DOCUMENTS)
+def test_the_shortcut_writes_the_plainest_documents_as_python_markdown_does(text: str) -> None:
+    assert document_html(text) is not None
+    assert html(text) == document_html(text) == html(text, shortcut=False)
+
+
+@pytest.mark.parametrize("text", LEFT_DOCUMENTS)
+def test_other_documents_are_left_to_python_markdown(text: str) -> None:
+    assert document_html(text) is None
+    assert html(text) == html(text, shortcut=False)
+
+
+def test_a_note_is_written_by_the_shortcut() -> None:
+    # The benchmark's note, with agenda notes, actions, a code of conduct and texts of
+    # several lines.
+    said = [f"worked on https://example.org/{n}?a=1&b=2 and *more* [x](javascript:alert(1))"
+            f" #{n} <b> snake_case" + "\n# and\n- more\nhttps://example.org" * (n % 2)
+            for n in range(9)]
+    parts = Parts(
+        title="Big *meeting*",
+        attendees=tuple(Profile(f"P_{n}", f"Org <{n}>", f"@p{n}") for n in range(9)),
+        updates=tuple((f"P_{n}", said[n]) for n in range(9)),
+        items=tuple(Item(f"P_{n}", said[n], 5, notes=(said[n + 1],), decisions=(said[n + 2],))
+                    for n in range(3)),
+        notes=(said[3],), decisions=(said[4],),
+        actions=(Act("Ada", None, said[5]), Act("Grace", "@ada", said[6])),
+    )
+    note = render_note(record(parts), LONDON, {"notes": "https://notes.example.org/big",
+                                               "code_of_conduct": "https://x.example/c_o_c"})
+    assert document_html(note) is not None
+    assert html(note) == html(note, shortcut=False) == python_markdown(note)
+
+
+# Chat text that tries to be HTML or markdown structure, each made one line by the escaper.
+HOSTILE_LINES = [
+    "<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "</li></ul><h1>x</h1>",
+    "# heading", "## heading ##", "C#", "- nested\n    - deeper", "1. ordered", "1) ordered",
+    "> quote", "[x](javascript:alert(1))", "[x]: https://evil.example", "![i](https://e.example)",
+    "&lt;script&gt;", "&#60;b&#62;", "&amp;lt;", "&\\#38;", "AT&T", "a\\b\\\\c\\", "\\*x\\*",
+    "snake_case __init__ _x_", "**bold** *em* ***both***", "`code` ``x``", "---", "***",
+    "===", "| a | b |", "https://example.org/a_b*c*?d=<e>&f=\"g\"", "<https://x.example>",
+    "mailto:a@b.org <a@b.org>", "javascript:alert(1)", "  leading and trailing  ", "-",
+    "\u202eevil\u202c", "\u00a0nbsp\u00a0", "text\u2003", "\u0661. x", "*", "#",
+]
+_OLD_AUTOLINK = re.compile(r"<https?://[^<>\s]*>", re.IGNORECASE)
+
+
+def sanitized_python_markdown(text: str) -> str:
+    """markdown_to_html as it was before its shortcuts: python-markdown (no raw HTML),
+    then nh3 with the absolute-links filter always."""
+    text = _OLD_AUTOLINK.sub(lambda link: link.group().replace("&", "&amp;"), text)
+    return nh3.clean(html(text, shortcut=False), tags=render._HTML_TAGS,
+                     attributes={"a": {"href"}}, url_schemes={"http", "https", "mailto"},
+                     link_rel="noopener noreferrer",
+                     attribute_filter=render._absolute_links_only)
+
+
+def hostile_document(said: str) -> str:
+    line = escape_line(said.replace("\n", " ")) or "(no text)"
+    return (f"# {line}\n\n- **{line}:** {line}\n- {line}\n\n{line}\n\n## Section\n\n"
+            f"- {line}\n\n-")
+
+
+@pytest.mark.parametrize("said", HOSTILE_LINES)
+def test_hostile_chat_text_in_the_plainest_documents_gives_the_same_safe_html(said: str) -> None:
+    text = hostile_document(said)
+    safe = markdown_to_html(text)
+    assert safe == sanitized_python_markdown(text)
+    assert html(text) == html(text, shortcut=False)
+    # Only the bot's own structure: two headings, two lists, two paragraphs, three items;
+    # links only to web and mail addresses.
+    assert re.findall(r"<(?!/|a |strong>)[^>]*>", safe) == [
+        "<h1>", "<ul>", "<li>", "<li>", "<p>", "<h2>", "<ul>", "<li>", "<p>"]
+    assert all(address.startswith(("https://", "mailto:"))
+               for address in re.findall(r'<a href="([^"]*)"', safe))
+
+
+def test_most_hostile_lines_take_the_shortcut() -> None:
+    # A heading ending in `#` is python-markdown's to trim; nearly all else is taken.
+    taken = [said for said in HOSTILE_LINES if document_html(hostile_document(said))]
+    assert len(taken) >= len(HOSTILE_LINES) - 4, set(HOSTILE_LINES) - set(taken)
+
+
+document_lines = st.tuples(
+    st.sampled_from(["", "", "# ", "## ", "###### ", "####### ", "- ", "- ", "- **a:** ", "-",
+                     "* ", "1. ", "    - ", "    ", " ", "#"]),
+    st.one_of(hostile.map(escape_line), markdownish),
+).map("".join)
+
+
+@QUICK
+@given(lines=st.lists(document_lines, max_size=8))
+def test_any_document_of_lines_gives_the_same_html_with_the_shortcut(lines: list[str]) -> None:
+    text = "\n".join(lines)
+    assert html(text) == html(text, shortcut=False)
+    assert markdown_to_html(text) == sanitized_python_markdown(text)
+
+
+# Blocks of the shapes a note is made of, of chat text made one line by the escaper (and
+# sometimes not quite: an empty line, a heading ending in `#`, a list after a list).
+said_line = hostile.map(lambda said: escape_line(said.replace("\r", " ").replace("\n", " ")))
+note_blocks = st.one_of(
+    st.tuples(st.sampled_from(["# ", "## ", "#### ", "###### "]), said_line,
+              st.sampled_from(["", " [Code of Conduct](https://x.example/c_o_c?a=1&b=2)."]))
+    .map("".join),
+    st.lists(st.one_of(
+        st.tuples(st.sampled_from(["- ", "- **Ada:** ", "- **a\\_b** (5 min) ", "    - ",
+                                   "    - **Decision:** "]), said_line).map("".join),
+        hostile.map(lambda said: "- " + escape_markdown(said)),
+        hostile.map(lambda said: "    - " + escape_markdown(said, continuation_indent=" " * 8)),
+    ), min_size=1, max_size=4).map("\n".join),
+    said_line, st.just("-"),
+)
+
+
+@QUICK
+@given(blocks=st.lists(note_blocks, min_size=1, max_size=6))
+def test_any_document_of_note_blocks_gives_the_same_html_with_the_shortcut(
+    blocks: list[str],
+) -> None:
+    text = "\n\n".join(blocks)
+    assert html(text) == html(text, shortcut=False)
+    assert markdown_to_html(text) == sanitized_python_markdown(text)
+
+
+# --- the sanitizer: its links filter left out only where it could drop nothing ------------
+
+HREFS = [
+    ('<a href="https://x.example">x</a>', True), ('<a href="mailto:a@b.org">x</a>', True),
+    ('<a href="/relative">x</a>', False), ('<a href="//evil.example">x</a>', False),
+    ('<a href="&#109;ailto:a@b.org">x</a>', False), ("<a href='https://x'>x</a>", False),
+    ('<a HREF="https://x">x</a>', False), ('<a href = "https://x">x</a>', False),
+    ('<a href=https://x>x</a>', False), ('<p>the word href in text</p>', False),
+    ('<a href="http:/x">x</a>', False), ('<a hReF="/x">x</a>', False),
+    ('<p>no links</p>', True),
+]
+
+
+@pytest.mark.parametrize(("markup", "unfiltered"), HREFS)
+def test_the_links_filter_is_used_wherever_an_href_is_not_plainly_absolute(
+    markup: str, unfiltered: bool,
+) -> None:
+    assert render._only_absolute_hrefs(markup) is unfiltered
+
+
+@pytest.mark.parametrize("text", [
+    "[rel](/relative) [abs](https://x.example) [proto](//evil.example) [m](mailto:a@b.org)",
+    "[bad](http:/x) [case](HTTPS://x.example) <a@b.org> [s](https://x.example \"t\")",
+    "[x](https://x.example) and the word href=\"/relative\" in text",
+    "[j](javascript:alert(1)) [d](data:text/html,x) [v](vbscript:x)",
+])
+def test_links_are_sanitized_as_with_the_filter_always(text: str) -> None:
+    assert markdown_to_html(text) == sanitized_python_markdown(text)
 
 
 # --- one converter, kept -------------------------------------------------------------------
