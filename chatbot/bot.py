@@ -572,13 +572,13 @@ class MeetingBot:
             effects = await self._dispatch(invocation, context, message.pills)
             queued = await self._record(effects, message.room_id, message.event_id,
                                         context.now, thread_root=message.thread_root)
+        name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
+        self.metrics.command_handled(name, message.event_id)  # before the ✅: its own time
         # Handed over at once: after the commit (in the same step of the event loop, so
         # before the runner can read the queue again); then the runner gets its turn, so
         # the ✅ is on its way before the logging and the rest of the sync.
         self._after(effects, queued)
         await asyncio.sleep(0)
-        name = invocation.spec.name if isinstance(invocation, Invocation) else "unknown"
-        self.metrics.command_handled(name, message.event_id)
         log.info("handled %s (%s) from %s in %s", message.event_id, name, message.sender,
                  message.room_id, extra={"room_id": message.room_id,
                                          "event_id": message.event_id})

@@ -16,6 +16,7 @@ import pytest
 from chatbot.bot import DeliveryError, IncomingMessage, MeetingBot, Post
 from chatbot.config import parse_config
 from chatbot.meetings import Rooms
+from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.store import OutboxItem, Store
 from tests.support.transports import RecordingTransport
@@ -32,11 +33,14 @@ HERE_STATEMENTS, UPDATE_STATEMENTS = 7, 9
 
 
 class TracingTransport(RecordingTransport):
-    """Records, at each send, the statements run until then; fails when told to."""
+    """Records, at each send, the statements run until then; fails when told to. Like the
+    Matrix transport, it tells the metrics when a ✅ is being sent (the end of a command's
+    own time)."""
 
     def __init__(self, statements: list[str]) -> None:
         super().__init__()
         self.statements = statements
+        self.metrics: Metrics | None = None
         self.at_send: dict[str, list[str]] = {}
         self.failures_left = 0
 
@@ -45,6 +49,8 @@ class TracingTransport(RecordingTransport):
             self.failures_left -= 1
             raise DeliveryError("homeserver busy", permanent=False)
         self.at_send[str(item.payload.get("event_id", item.id))] = list(self.statements)
+        if item.kind == "react" and self.metrics is not None:
+            self.metrics.acknowledging(item.payload["event_id"])
         return await super().deliver(item)
 
 
@@ -65,6 +71,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[MeetingBot, TracingTran
     transport = TracingTransport(statements)
     bot = MeetingBot(Rooms(config, {"team": ROOM}), store, tmp_path / "notes", transport,
                      clock=lambda: datetime.now(UTC))
+    transport.metrics = bot.metrics
     runner = asyncio.create_task(bot.deliver_forever())
     try:
         yield bot, transport, statements
@@ -76,6 +83,7 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[MeetingBot, TracingTran
 
 async def say(bot: MeetingBot, body: str, tag: str) -> EventId:
     event_id = EventId(f"${tag}")
+    bot.metrics.message_arrived(event_id, bot.metrics.own_time.timer())  # as the intake does
     await bot.handle(IncomingMessage(ROOM, event_id, MEMBER, "Member", body))
     return event_id
 
@@ -113,6 +121,9 @@ async def test_a_command_reaches_its_ack_in_few_statements_and_no_read_of_the_qu
         assert not [sql for sql in ran if sql.startswith("read:")], (
             f"{name}'s ✅ waited for a read of the queue: {ran}")
     assert acked(transport) == ["$warm", "$here", "$up"]
+    own_time = bot.metrics.own_time.summary()
+    assert own_time["here"]["count"] == 2 and own_time["update"]["count"] == 1, (
+        "each command's own time is measured, up to its ✅'s send")
 
 
 async def test_jobs_queued_elsewhere_and_failed_sends_are_read_from_the_queue(
