@@ -102,7 +102,7 @@ from chatbot.render import (
 from chatbot.retry import backoff_delay
 from chatbot.rounds import resume_rounds, run_time_up
 from chatbot.store import OutboxItem, Store, is_storage_full
-from chatbot.upkeep import LEAVE, run_upkeep
+from chatbot.upkeep import LEAVE, hand_back_free_memory, run_upkeep
 
 log = logging.getLogger(__name__)
 
@@ -1399,6 +1399,7 @@ class MeetingBot:
                  "%s undecryptable messages; leaving %s idle direct chats", pruned.events,
                  done.keys_before.isoformat(timespec="seconds"), pruned.jobs,
                  pruned.undecrypted, len(done.leaving))
+        hand_back_free_memory()
         if done.leaving:
             self._wake_outbox()
 

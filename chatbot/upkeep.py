@@ -23,6 +23,24 @@ log = logging.getLogger(__name__)
 LEAVE = "leave"
 
 
+def hand_back_free_memory() -> bool:
+    """Return the heap memory the process has freed to the operating system; whether the
+    C library could (glibc's `malloc_trim`; others have no such call).
+
+    glibc keeps freed memory for reuse, and in a long-running process with threads (the
+    database's) that only grows: over a month of use that was about 2 MB of the bot's
+    resident memory, given back by this call after the daily upkeep's deletions.
+    """
+    import ctypes
+
+    # The process's own symbols, the C library's among them (no search on disk).
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class Upkept:
     """What one upkeep did: rows pruned, direct chats it queued a leave for, and the age

@@ -6,6 +6,7 @@ leave jobs it queues and their carrier, the retention settings and the daily pla
 
 from __future__ import annotations
 
+import platform
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from chatbot.meetings import JobKind, Rooms, plan_upkeep
 from chatbot.metrics import Metrics
 from chatbot.model import EventId, RoomId, UserId
 from chatbot.store import Pruned, Store, Undecrypted
-from chatbot.upkeep import LEAVE, prune_before, run_upkeep
+from chatbot.upkeep import LEAVE, hand_back_free_memory, prune_before, run_upkeep
 
 from ..support.clock import ManualClock
 
@@ -333,3 +334,21 @@ def test_retention_defaults_to_thirty_days() -> None:
 def test_bad_retention_settings_name_the_key(retention: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(config(**retention))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_freed_heap_memory_is_handed_back_to_the_system() -> None:
+    # 40 MB in blocks below glibc's mmap threshold: they come from the heap, and stay
+    # with the process once freed (the last one, kept, pins the heap's top).
+    blocks = [bytearray(100_000) for _ in range(400)]
+    kept = blocks[-1]
+    del blocks
+    before = _rss_mb()
+    assert hand_back_free_memory()
+    assert _rss_mb() < before - 20, "most of the 40 MB freed went back"
+    assert len(kept) == 100_000
