@@ -71,6 +71,15 @@ def parse_rule(rule: str, first_start: datetime, zone: ZoneInfo | None = None) -
     return parsed
 
 
+@functools.lru_cache(maxsize=256)
+def remembered_rule(rule: str, first_start: datetime, zone: ZoneInfo) -> rrule:
+    """`parse_rule`, once per meeting, keeping the starts it has worked out (dateutil's
+    cache): finding the next occurrence counts on from them instead of from the first
+    start, which took 1 ms per command for a weekly meeting begun in 2020 and 4 ms for a
+    daily one. The memo is of a pure function, keyed by the configured values."""
+    return parse_rule(rule, first_start, zone).replace(cache=True)
+
+
 def elapsed(when: datetime, span: timedelta) -> datetime:
     """`span` of real time after `when` (before it, for a negative span), in UTC."""
     return when.astimezone(UTC) + span
@@ -110,7 +119,7 @@ class Schedule:
         if self.rule is None:
             starts: Iterator[datetime] = iter([self.first_start])
         else:
-            rule = parse_rule(self.rule, self.first_start, self.zone)
+            rule = remembered_rule(self.rule, self.first_start, self.zone)
             starts = rule.xafter(search_from, inc=True)
         for wall_start in starts:
             start = localize(wall_start, self.zone)

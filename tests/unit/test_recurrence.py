@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,8 +13,10 @@ from chatbot.recurrence import (
     Schedule,
     decide_reminder,
     format_duration,
+    localize,
     parse_duration,
     parse_rule,
+    remembered_rule,
 )
 
 LONDON = ZoneInfo("Europe/London")
@@ -325,3 +328,21 @@ def test_a_bare_date_until_includes_that_day() -> None:
     assert utc_starts(schedule, utc(2026, 1, 1), 10) == [
         "2026-03-05 09:00", "2026-03-12 09:00", "2026-03-19 09:00",
     ]
+
+
+@pytest.mark.parametrize("rule", ["FREQ=DAILY", "FREQ=WEEKLY;INTERVAL=2",
+                                  "FREQ=MONTHLY;BYDAY=2TU", "FREQ=WEEKLY;COUNT=400",
+                                  "FREQ=WEEKLY;UNTIL=20261231T170000Z"])
+def test_the_remembered_rule_finds_what_a_fresh_one_finds(rule: str) -> None:
+    # A meeting begun years ago: its rule is parsed once and keeps the starts it found,
+    # asked about times out of order, as the planner and commands ask.
+    zone, first = ZoneInfo("America/New_York"), datetime(2019, 3, 5, 12, 0)
+    schedule = Schedule(first, zone, rule, HOUR)
+    assert remembered_rule(rule, first, zone) is remembered_rule(rule, first, zone)
+    every_start = [localize(start, zone) for start in parse_rule(rule, first, zone).between(
+        first, first + timedelta(days=3000), inc=True)]
+    for days in (2500, 10, 2000, 2550, 0, 2700, 2800):
+        after = utc(2019, 3, 1, 7) + timedelta(days=days)
+        expected = [start for start in every_start if start + HOUR > after][:2]
+        assert [o.start for o in islice(schedule.occurrences(ending_after=after), 2)] == (
+            expected), f"after {after}"
