@@ -576,8 +576,9 @@ def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Ha
         text = command.text if isinstance(command, Text) else ""
         # Notes and decisions belong to the item being discussed, if there is one.
         item_id = meeting.current_item_id if kind in (EntryKind.NOTE, EntryKind.DECISION) else None
-        if kind in (EntryKind.UPDATE, EntryKind.PASS):
-            # Said after all: it replaces the "no update" of a turn that timed out.
+        if kind in (EntryKind.UPDATE, EntryKind.PASS) and meeting.started_at is not None:
+            # Said after all: it replaces the "no update" of a turn that timed out (turns
+            # are taken in a sitting that has started; before, there is none to replace).
             await store.delete_timed_out(meeting.id, context.sender)
         await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
                               text, None, context.event_id, context.now, item_id=item_id,

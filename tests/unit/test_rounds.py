@@ -433,3 +433,20 @@ async def test_a_late_update_replaces_no_update_and_edits_switch_pass_and_done(
     note = next(text for text in await harness.sent() if text.startswith("# Team"))
     assert ("## Quick updates\n\n- **Ada:** late, but here it is\n"
             "- **Bo:** (spoke on the call)\n") in note
+
+
+async def test_an_update_after_the_time_ran_out_replaces_the_no_update(
+        harness: Harness) -> None:
+    await harness.say(CHAIR, "!startmeeting")
+    await harness.say(ADA, "!here")
+    await harness.say(CHAIR, "!round")
+    await harness.sent()
+    harness.clock.advance(seconds=30)
+    await harness.run_time_up()
+    await harness.sent()
+
+    await harness.say(ADA, "!update shipped it after all")
+    await harness.say(CHAIR, "!endmeeting")
+    note = next(text for text in await harness.sent() if text.startswith("# Team"))
+    assert "- **Ada:** shipped it after all\n" in note
+    assert "no update" not in note
