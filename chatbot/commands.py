@@ -470,11 +470,6 @@ def chairs_are(prefix: str) -> str:
     return CHAIRS_ARE.format(prefix=prefix)
 
 
-async def _sender_name(store: Store, context: Context) -> str:
-    profile = await store.get_profile(context.sender)
-    return profile.name if profile is not None else context.display_name
-
-
 async def _target(store: Store, context: Context) -> Target | None:
     return await resolve_target(store, context.rooms, context.room_id, context.now)
 
@@ -535,28 +530,33 @@ async def handle_here(command: Here, context: Context, store: Store) -> list[Eff
     return [React()]
 
 
-async def _over_limit(store: Store, context: Context, target: Target,
-                      kind: EntryKind) -> list[Effect]:
-    """A reply naming the limit a new entry would pass; nothing when it fits.
+async def _entry_sender(store: Store, context: Context, target: Target,
+                        kind: EntryKind) -> tuple[str, list[Effect]]:
+    """The name a new entry is recorded under (the sender's profile's, else their display
+    name), and a reply naming the limit the entry would pass (nothing when it fits).
 
-    Counted inside the command's transaction, so two commands cannot both take the
-    last place.
+    The profile and the sender's count of entries come in one query, while the ✅
+    waits; counted inside the command's transaction, so two commands cannot both take
+    the last place.
     """
+    taken, profile = await store.sender_standing(
+        target.meeting.id if target.meeting is not None else None, context.sender)
+    name = profile.name if profile is not None else context.display_name
     if target.meeting is None:
-        return []  # not held yet, so nothing is recorded for it
+        return name, []  # not held yet, so nothing is recorded for it
     limits, prefix = context.rooms.config.limits, context.prefix
     if kind is EntryKind.AGENDA and (
             await store.count_agenda(target.meeting.id) >= limits.agenda_items):
-        return [Reply(f"Sorry, the agenda is full: a meeting takes at most "
-                      f"{limits.agenda_items} agenda items. A chair or the item's owner can "
-                      f"make room with `{prefix}agenda remove N`.")]
-    if await store.count_entries_by(target.meeting.id, context.sender) >= (
-            limits.entries_per_person):
-        return [Reply(f"Sorry, you have reached the limit of {limits.entries_per_person} "
-                      "entries per person in this meeting (updates, celebrations, agenda "
-                      f"items, notes, actions and decisions together). `{prefix}undo` removes "
-                      "your last one; editing a message changes its entry instead.")]
-    return []
+        return name, [Reply(f"Sorry, the agenda is full: a meeting takes at most "
+                            f"{limits.agenda_items} agenda items. A chair or the item's "
+                            f"owner can make room with `{prefix}agenda remove N`.")]
+    if taken >= limits.entries_per_person:
+        return name, [Reply(
+            f"Sorry, you have reached the limit of {limits.entries_per_person} entries per "
+            "person in this meeting (updates, celebrations, agenda items, notes, actions "
+            f"and decisions together). `{prefix}undo` removes your last one; editing a "
+            "message changes its entry instead.")]
+    return name, []
 
 
 def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Handler:
@@ -570,7 +570,8 @@ def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Ha
         target = await _target(store, context)
         if target is None:
             return _no_meeting(context)
-        if refused := await _over_limit(store, context, target, kind):
+        name, refused = await _entry_sender(store, context, target, kind)
+        if refused:
             return refused
         meeting = await materialize(store, context.rooms, target)
         text = command.text if isinstance(command, Text) else ""
@@ -580,8 +581,8 @@ def _entry_handler(kind: EntryKind, pass_reason: PassReason | None = None) -> Ha
             # Said after all: it replaces the "no update" of a turn that timed out (turns
             # are taken in a sitting that has started; before, there is none to replace).
             await store.delete_timed_out(meeting.id, context.sender)
-        await store.add_entry(meeting.id, kind, context.sender, await _sender_name(store, context),
-                              text, None, context.event_id, context.now, item_id=item_id,
+        await store.add_entry(meeting.id, kind, context.sender, name, text, None,
+                              context.event_id, context.now, item_id=item_id,
                               pass_reason=pass_reason)
         if kind not in (EntryKind.UPDATE, EntryKind.PASS) or not meeting.is_open:
             return [React()]
@@ -595,11 +596,11 @@ async def handle_action(command: Action, context: Context, store: Store) -> list
     target = await _target(store, context)
     if target is None:
         return _no_meeting(context)
-    if refused := await _over_limit(store, context, target, EntryKind.ACTION):
+    name, refused = await _entry_sender(store, context, target, EntryKind.ACTION)
+    if refused:
         return refused
     meeting = await materialize(store, context.rooms, target)
-    await store.add_entry(meeting.id, EntryKind.ACTION, context.sender,
-                          await _sender_name(store, context), command.text, None,
+    await store.add_entry(meeting.id, EntryKind.ACTION, context.sender, name, command.text, None,
                           context.event_id, context.now, item_id=meeting.current_item_id,
                           assignee=command.assignee or context.sender)
     return [React()]
@@ -636,11 +637,12 @@ async def handle_agenda(
         ))]
     if isinstance(command, AgendaChange):
         return await _change_agenda(command, target, context, store)
-    if refused := await _over_limit(store, context, target, EntryKind.AGENDA):
+    name, refused = await _entry_sender(store, context, target, EntryKind.AGENDA)
+    if refused:
         return refused
     meeting = await materialize(store, context.rooms, target)
-    await store.add_entry(meeting.id, EntryKind.AGENDA, context.sender,
-                          await _sender_name(store, context), command.text, command.minutes,
+    await store.add_entry(meeting.id, EntryKind.AGENDA, context.sender, name, command.text,
+                          command.minutes,
                           context.event_id, context.now)
     return [React()]
 

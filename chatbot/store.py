@@ -1051,11 +1051,19 @@ class Store:
         return await self._scalar(
             "SELECT count(*) FROM entries WHERE meeting_id = ? AND kind = 'agenda'", meeting_id)
 
-    async def count_entries_by(self, meeting_id: int, sender: UserId) -> int:
-        """Entries `sender` added to a meeting; items carried over from earlier ones not."""
-        return await self._scalar(
-            "SELECT count(*) FROM entries WHERE sender = ? AND meeting_id = ? "
-            "AND carried_from IS NULL", sender, meeting_id)
+    async def sender_standing(self, meeting_id: int | None,
+                              sender: UserId) -> tuple[int, Profile | None]:
+        """The entries `sender` added to a meeting (items carried over from earlier ones
+        not; 0 without a meeting) and `get_profile`, in one query: what every new entry
+        asks about its sender."""
+        rows = await self._rows(
+            "SELECT (SELECT count(*) FROM entries WHERE sender = ? AND meeting_id = ? "
+            "AND carried_from IS NULL) AS taken, name, affiliation, handle "
+            "FROM (SELECT 1) LEFT JOIN profiles ON user_id = ?", sender, meeting_id, sender)
+        row = rows[0]
+        profile = (Profile(row["name"], row["affiliation"], row["handle"])
+                   if row["name"] is not None else None)
+        return row["taken"], profile
 
     async def entry_by_event(self, event_id: EventId) -> tuple[int, Entry] | None:
         """The entry a message created, with its meeting's id."""

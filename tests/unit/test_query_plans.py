@@ -88,6 +88,7 @@ async def per_command_paths(store: Store) -> None:
         await store.open_meeting_in_room(ROOM)
         await store.find_scheduled("team", target.start)
         await store.get_profile(ADA)
+        await store.sender_standing(meeting.id, ADA)
         await store.save_profile(ADA, Profile("Ada", "", ""), NOW)
         await store.rename_in_unclosed(ADA, Profile("Ada", "", ""))
         await store.add_attendee(meeting.id, ADA, Profile("Ada", "", ""), EventId("$here"), NOW)
@@ -98,7 +99,6 @@ async def per_command_paths(store: Store) -> None:
         await store.add_entry(meeting.id, EntryKind.AGENDA, ADA, "Ada", "item", 5,
                               EventId("$agenda"), NOW)
         await store.count_agenda(meeting.id)
-        await store.count_entries_by(meeting.id, ADA)
         found = await store.entry_by_event(EventId("$update"))
         assert found is not None
         await store.update_entry(found[1].id, "edited", None, None)

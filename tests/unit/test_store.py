@@ -412,3 +412,18 @@ async def test_a_known_room_written_in_a_rolled_back_transaction_stays_unknown(
             assert await store.is_known_room(ROOM)  # its own write, not yet committed
             raise RuntimeError("rolled back")
     assert not await store.is_known_room(ROOM)
+
+
+async def test_sender_standing_counts_own_entries_and_finds_the_profile(store: Store) -> None:
+    assert await store.sender_standing(None, ADA) == (0, None), "no meeting, no profile"
+    async with store.transaction():
+        meeting = await store.create_adhoc("team", ROOM, "Team", T0, T0 + timedelta(hours=1))
+        await store.save_profile(ADA, Profile("Ada L", "Org", "@ada"), T0)
+        for n in range(2):
+            await store.add_entry(meeting.id, EntryKind.UPDATE, ADA, "Ada", f"u{n}", None,
+                                  EventId(f"$u{n}"), T0)
+        await store.add_entry(meeting.id, EntryKind.AGENDA, ADA, "Ada", "old item", None,
+                              EventId("$carried"), T0, carried_from="2026-06-11")
+        await store.add_entry(meeting.id, EntryKind.UPDATE, UserId("@bo:example.org"), "Bo",
+                              "not Ada's", None, EventId("$bo"), T0)
+    assert await store.sender_standing(meeting.id, ADA) == (2, Profile("Ada L", "Org", "@ada"))
