@@ -1700,37 +1700,36 @@ class Store:
         job) it needs no BEGIN and COMMIT around it, as SQLite commits one statement
         alone, all or nothing: one trip instead of three after every ✅. Under the lock,
         so it never lands in another task's transaction."""
-        if self._sent_follow_ups(item, event_id):
+        statements = self._sent_statements(item, event_id, now)
+        if len(statements) > 1:
             async with self.transaction():
-                await self.mark_sent(item, event_id, now)
+                for statement, arguments in statements:
+                    await self._db.execute(statement, arguments)
             return
         async with self._lock:
-            await self._db.execute(
-                "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
-                (_stamp(now), event_id, item.id))
+            await self._db.execute(*statements[0])
 
     async def mark_sent(self, item: OutboxItem, event_id: str, now: datetime) -> None:
-        """Record delivery, and what the sent event is for (`_sent_follow_ups`)."""
-        await self._db.execute(
-            "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
-            (_stamp(now), event_id, item.id),
-        )
-        for statement, arguments in self._sent_follow_ups(item, event_id):
+        """Record delivery, and what the sent event is for (`_sent_statements`)."""
+        for statement, arguments in self._sent_statements(item, event_id, now):
             await self._db.execute(statement, arguments)
 
     @staticmethod
-    def _sent_follow_ups(item: OutboxItem, event_id: str) -> list[tuple[str, tuple[Any, ...]]]:
-        """What else a sent job records: a start announcement is remembered for ✋
-        reactions to it; a poll's start, for the answers that name it."""
-        follow_ups: list[tuple[str, tuple[Any, ...]]] = []
+    def _sent_statements(item: OutboxItem, event_id: str,
+                         now: datetime) -> list[tuple[str, tuple[Any, ...]]]:
+        """What a sent job records: that it was sent; and for a start announcement, the
+        event, for ✋ reactions to it; for a poll's start, the event the answers name."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [(
+            "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
+            (_stamp(now), event_id, item.id))]
         if (meeting_id := item.payload.get("announces")) is not None:
-            follow_ups.append((
+            statements.append((
                 "INSERT OR IGNORE INTO announcements (event_id, meeting_id) VALUES (?, ?)",
                 (event_id, meeting_id)))
         if item.kind == POLL_START and (poll_id := item.payload.get("poll_id")) is not None:
-            follow_ups.append((
+            statements.append((
                 "UPDATE polls SET start_event_id = ? WHERE id = ?", (event_id or None, poll_id)))
-        return follow_ups
+        return statements
 
     async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:
         """Give up on an item the homeserver refuses for good, so it blocks nothing behind it."""
