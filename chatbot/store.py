@@ -510,6 +510,9 @@ _MEETING_COLUMNS = (
     "id, series_id, room_id, title, scheduled_start, started_at, ended_at, closes_at, "
     "current_item_id"
 )
+# The sitting open in a room (one at most; the earliest started, should there be two).
+_OPEN_IN_ROOM = ("FROM meetings WHERE room_id = ? AND ended_at IS NULL "
+                 "AND started_at IS NOT NULL ORDER BY started_at LIMIT 1")
 _POLL_COLUMNS = ("id, meeting_id, room_id, asker, question, answers, start_event_id, "
                  "opened_at, closed_at")
 
@@ -529,6 +532,12 @@ _ENTRY_COLUMNS = (
     "id, kind, sender, sender_name, text, minutes, event_id, created_at, item_id, assignee, "
     "position, item_started_at, took_seconds, overrun_noted, dropped, carried_from, pass_reason"
 )
+
+
+def _meta_upsert(keys: int) -> str:
+    """Set `keys` meta keys (parameters: key, value, key, value ...) in one statement."""
+    return ("INSERT INTO meta (key, value) VALUES " + ", ".join("(?, ?)" for _ in range(keys))
+            + " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 
 
 def _meeting_from_row(row: aiosqlite.Row) -> Meeting:
@@ -677,11 +686,7 @@ class Store:
         await self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     async def set_meta(self, key: str, value: str) -> None:
-        await self._db.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+        await self._db.execute(_meta_upsert(1), (key, value))
 
     def changes_made(self) -> int:
         """Rows this connection has changed since it opened (no trip to its thread): a
@@ -694,12 +699,8 @@ class Store:
         key, COMMIT). Under the lock, so it never lands in another task's transaction.
         The sync position is saved so, while a ✅ may be on its way."""
         async with self._lock:
-            await self._db.execute(
-                "INSERT INTO meta (key, value) VALUES "
-                + ", ".join("(?, ?)" for _ in values)
-                + " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                tuple(item for pair in values.items() for item in pair),
-            )
+            await self._db.execute(_meta_upsert(len(values)),
+                                   tuple(item for pair in values.items() for item in pair))
 
     # --- events and rooms -------------------------------------------------------
 
@@ -860,11 +861,7 @@ class Store:
         return _meeting_from_row(rows[0]) if rows else None
 
     async def open_meeting_in_room(self, room_id: RoomId) -> Meeting | None:
-        rows = await self._rows(
-            f"SELECT {_MEETING_COLUMNS} FROM meetings WHERE room_id = ? "
-            "AND ended_at IS NULL AND started_at IS NOT NULL ORDER BY started_at LIMIT 1",
-            room_id,
-        )
+        rows = await self._rows(f"SELECT {_MEETING_COLUMNS} {_OPEN_IN_ROOM}", room_id)
         return _meeting_from_row(rows[0]) if rows else None
 
     async def open_meetings(self) -> list[Meeting]:
@@ -881,9 +878,7 @@ class Store:
         query where a command would make one for each."""
         wanted = " OR ".join("(series_id = ? AND scheduled_start = ?)" for _ in sittings)
         rows = await self._rows(
-            f"SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} FROM meetings "
-            "WHERE room_id = ? AND ended_at IS NULL AND started_at IS NOT NULL "
-            "ORDER BY started_at LIMIT 1)"
+            f"SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} {_OPEN_IN_ROOM})"
             + (f" UNION ALL SELECT 0, {_MEETING_COLUMNS} FROM meetings WHERE {wanted}"
                if sittings else ""),
             room_id, *(value for series_id, start in sittings
