@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
 
-import msgspec
 from icalendar import Calendar, Event, vDuration, vRecur
 
 from chatbot import __version__
@@ -108,7 +107,7 @@ def _utc_until(until: date | datetime, series: MeetingConfig) -> datetime:
 
 def describe(series: MeetingConfig, agenda: Sequence[Entry], *, prefix: str) -> str:
     """DESCRIPTION as plain text: the labelled links, then the next meeting's agenda."""
-    links = msgspec.structs.asdict(series.links)
+    links = series.links.by_name()
     lines = [f"{label}: {links[key]}" for key, label in LINK_LABELS if links.get(key)]
     if lines:
         lines.append("")

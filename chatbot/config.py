@@ -362,6 +362,10 @@ class Links(_Frozen, frozen=True):
     calendar: Url | None = None
     code_of_conduct: Url | None = None
 
+    def by_name(self) -> dict[str, str | None]:
+        """Each link by its key (`notes`, `issue` ...), as the note and the calendar use them."""
+        return msgspec.structs.asdict(self)
+
 
 class GitAuthor(_Frozen, frozen=True):
     """Who the archive's commits are by, as author and committer alike."""

@@ -14,8 +14,6 @@ from datetime import datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Any
 
-import msgspec
-
 from chatbot.archive import log_path_of, note_sections, note_stems
 from chatbot.config import Config, MeetingConfig
 from chatbot.model import (
@@ -318,7 +316,7 @@ async def materialize(store: Store, rooms: Rooms, target: Target) -> Meeting:
 
 
 def links_of(series: MeetingConfig) -> dict[str, str | None]:
-    return msgspec.structs.asdict(series.links)
+    return series.links.by_name()
 
 
 async def sitting_links(store: Store, series: MeetingConfig,
