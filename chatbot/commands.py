@@ -642,8 +642,7 @@ async def handle_agenda(
         return refused
     meeting = await materialize(store, context.rooms, target)
     await store.add_entry(meeting.id, EntryKind.AGENDA, context.sender, name, command.text,
-                          command.minutes,
-                          context.event_id, context.now)
+                          command.minutes, context.event_id, context.now)
     return [React()]
 
 

@@ -39,7 +39,6 @@ PRUNED_TABLES = ("events", "jobs", "undecrypted")
 # The bot's own time per command is kept for this many recent commands of each name,
 # and for as many messages between their arrival and their ✅: bounded, whatever the load.
 OWN_TIME_KEPT = 1_000
-OWN_TIME_QUANTILES = (0.5, 0.95)
 
 
 class OwnTime:
