@@ -471,7 +471,8 @@ def chairs_are(prefix: str) -> str:
 
 
 async def _target(store: Store, context: Context) -> Target | None:
-    return await resolve_target(store, context.rooms, context.room_id, context.now)
+    return await resolve_target(store, context.rooms, context.room_id, context.now,
+                                context.sender)
 
 
 async def handle_help(command: NoArguments, context: Context, store: Store) -> list[Effect]:
@@ -524,7 +525,7 @@ async def handle_here(command: Here, context: Context, store: Store) -> list[Eff
     if target is None:
         return _no_meeting(context)
     meeting = await materialize(store, context.rooms, target)
-    profile = command.profile or await store.get_profile(context.sender)
+    profile = command.profile or target.sender.profile
     line = roll_call_profile(profile, context.display_name, context.sender)
     await store.add_attendee(meeting.id, context.sender, line, context.event_id, context.now)
     return [React()]
@@ -535,12 +536,11 @@ async def _entry_sender(store: Store, context: Context, target: Target,
     """The name a new entry is recorded under (the sender's profile's, else their display
     name), and a reply naming the limit the entry would pass (nothing when it fits).
 
-    The profile and the sender's count of entries come in one query, while the ✅
+    The profile and the sender's count of entries came with the target, while the ✅
     waits; counted inside the command's transaction, so two commands cannot both take
     the last place.
     """
-    taken, profile = await store.sender_standing(
-        target.meeting.id if target.meeting is not None else None, context.sender)
+    profile = target.sender.profile
     name = profile.name if profile is not None else context.display_name
     if target.meeting is None:
         return name, []  # not held yet, so nothing is recorded for it
@@ -550,7 +550,7 @@ async def _entry_sender(store: Store, context: Context, target: Target,
         return name, [Reply(f"Sorry, the agenda is full: a meeting takes at most "
                             f"{limits.agenda_items} agenda items. A chair or the item's "
                             f"owner can make room with `{prefix}agenda remove N`.")]
-    if taken >= limits.entries_per_person:
+    if target.sender.entries >= limits.entries_per_person:
         return name, [Reply(
             f"Sorry, you have reached the limit of {limits.entries_per_person} entries per "
             "person in this meeting (updates, celebrations, agenda items, notes, actions "

@@ -24,6 +24,7 @@ from chatbot.model import (
     Meeting,
     MeetingRecord,
     RoomId,
+    Standing,
     UserId,
 )
 from chatbot.polls import END_TYPE, POLL_END, Poll, count, end_content, result_line
@@ -252,6 +253,7 @@ class Target:
     series: MeetingConfig
     start: datetime  # scheduled start, or the actual start of an ad hoc meeting
     meeting: Meeting | None
+    sender: Standing  # of the person whose command asked (`resolve_target`)
 
     @property
     def is_open(self) -> bool:
@@ -273,36 +275,40 @@ async def upcoming(
 
 
 async def resolve_target(
-    store: Store, rooms: Rooms, room_id: RoomId, now: datetime
+    store: Store, rooms: Rooms, room_id: RoomId, now: datetime, sender: UserId | None = None,
 ) -> Target | None:
-    """The room's meeting in progress, else its next scheduled one, else None.
+    """The room's meeting in progress, else its next scheduled one, else None; with
+    `sender`'s standing in it.
 
-    Every command asks, while its ✅ waits: the open sitting and each series' next
-    occurrence are looked up in one query; only an occurrence already held sends a
-    series on to `upcoming`.
+    Every command asks, while its ✅ waits: the open sitting, each series' next
+    occurrence and the sender's standing are looked up in one query; only an occurrence
+    already held sends a series on to `upcoming`.
     """
     nexts = {series.id: next(iter(series.schedule.occurrences(ending_after=now - series.grace)),
                              None)
              for series in rooms.series_in(room_id)}
-    open_meeting, scheduled = await store.open_or_scheduled(
+    found = await store.open_or_scheduled(
         room_id, [(series_id, occurrence.start) for series_id, occurrence in nexts.items()
-                  if occurrence is not None])
-    if open_meeting is not None:
-        series = rooms.series(open_meeting.series_id)
+                  if occurrence is not None], sender)
+    if found.open is not None:
+        series = rooms.series(found.open.series_id)
         if series is not None:
-            return Target(series, open_meeting.held_at, open_meeting)
+            return Target(series, found.open.held_at, found.open, found.standing(found.open))
     candidates = []
     for series in rooms.series_in(room_id):
         occurrence = nexts[series.id]
         if occurrence is None:
             continue
-        meeting = scheduled.get((series.id, occurrence.start))
+        meeting = found.scheduled.get((series.id, occurrence.start))
+        standing = found.standing(meeting)
         if meeting is not None and meeting.started_at is not None:
             pending = await upcoming(store, series, now, count=1)
             if not pending:
                 continue
             occurrence, meeting = pending[0]
-        candidates.append(Target(series, occurrence.start, meeting))
+            standing = Standing(found.profile, await store.count_own_entries(meeting.id, sender)
+                                if meeting is not None and sender is not None else 0)
+        candidates.append(Target(series, occurrence.start, meeting, standing))
     return min(candidates, key=lambda target: target.start, default=None)
 
 

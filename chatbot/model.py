@@ -53,6 +53,15 @@ class Profile:
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """What a new entry asks about its sender: their saved profile (None until they set
+    one) and how many entries they have added to the sitting (the limit per person)."""
+
+    profile: Profile | None = None
+    entries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Meeting:
     """One sitting of a configured meeting series, scheduled or ad hoc."""
 

@@ -40,6 +40,7 @@ from chatbot.model import (
     RoomId,
     RoundOutcome,
     RoundPlace,
+    Standing,
     UpdateRound,
     UserId,
     VoteResult,
@@ -450,6 +451,21 @@ class HackMDNoteRow:
         return cls(row[0], row[1], row[2] or "", frozenset(json.loads(row[3] or "[]")),
                    json.loads(row[4]) if row[4] is not None else None,
                    _instant(row[5]), row[6], row[7])
+
+
+@dataclass(frozen=True, slots=True)
+class Sittings:
+    """What `open_or_scheduled` found: the sitting open in a room, the scheduled ones asked
+    for (by series and start), and a sender's profile and entries in each of them."""
+
+    open: Meeting | None
+    scheduled: dict[tuple[str, datetime], Meeting]
+    profile: Profile | None
+    entries: dict[int, int]  # meeting id: the sender's entries in it
+
+    def standing(self, meeting: Meeting | None) -> Standing:
+        """The sender's standing in `meeting` (none recorded in a sitting not yet made)."""
+        return Standing(self.profile, self.entries.get(meeting.id, 0) if meeting else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -873,21 +889,38 @@ class Store:
 
     async def open_or_scheduled(
         self, room_id: RoomId, sittings: Sequence[tuple[str, datetime]],
-    ) -> tuple[Meeting | None, dict[tuple[str, datetime], Meeting]]:
-        """`open_meeting_in_room` and `find_scheduled` of each (series, start) at once: one
-        query where a command would make one for each."""
+        sender: UserId | None = None,
+    ) -> Sittings:
+        """`open_meeting_in_room`, `find_scheduled` of each (series, start), and what a new
+        entry asks about `sender` (`get_profile`, and their entries in each sitting
+        found), in one query where a command would make three."""
         wanted = " OR ".join("(series_id = ? AND scheduled_start = ?)" for _ in sittings)
+        # One row per sitting found, or a single row of NULLs when none is: the profile
+        # comes either way.
         rows = await self._rows(
-            f"SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} {_OPEN_IN_ROOM})"
+            f"WITH found AS (SELECT * FROM (SELECT 1 AS open, {_MEETING_COLUMNS} {_OPEN_IN_ROOM})"
             + (f" UNION ALL SELECT 0, {_MEETING_COLUMNS} FROM meetings WHERE {wanted}"
-               if sittings else ""),
+               if sittings else "")
+            + ") SELECT found.*, (SELECT count(*) FROM entries WHERE sender = ? "
+            "AND meeting_id = found.id AND carried_from IS NULL) AS taken, "
+            "profiles.name AS profile_name, profiles.affiliation AS profile_affiliation, "
+            "profiles.handle AS profile_handle "
+            "FROM (SELECT 1) LEFT JOIN found ON 1 LEFT JOIN profiles ON profiles.user_id = ?",
             room_id, *(value for series_id, start in sittings
-                       for value in (series_id, _stamp(start))))
-        open_meeting = next((_meeting_from_row(row) for row in rows if row["open"]), None)
-        scheduled = {(meeting.series_id, meeting.scheduled_start): meeting
-                     for meeting in (_meeting_from_row(row) for row in rows if not row["open"])
-                     if meeting.scheduled_start is not None}
-        return open_meeting, scheduled
+                       for value in (series_id, _stamp(start))), sender, sender)
+        found = [(row["open"], _meeting_from_row(row), row["taken"])
+                 for row in rows if row["id"] is not None]
+        first = rows[0]
+        return Sittings(
+            open=next((meeting for is_open, meeting, _ in found if is_open), None),
+            scheduled={(meeting.series_id, meeting.scheduled_start): meeting
+                       for is_open, meeting, _ in found
+                       if not is_open and meeting.scheduled_start is not None},
+            profile=(Profile(first["profile_name"], first["profile_affiliation"],
+                             first["profile_handle"])
+                     if first["profile_name"] is not None else None),
+            entries={meeting.id: taken for _, meeting, taken in found},
+        )
 
     async def find_scheduled(self, series_id: str, scheduled_start: datetime) -> Meeting | None:
         rows = await self._rows(
@@ -1046,19 +1079,12 @@ class Store:
         return await self._scalar(
             "SELECT count(*) FROM entries WHERE meeting_id = ? AND kind = 'agenda'", meeting_id)
 
-    async def sender_standing(self, meeting_id: int | None,
-                              sender: UserId) -> tuple[int, Profile | None]:
+    async def count_own_entries(self, meeting_id: int, sender: UserId) -> int:
         """The entries `sender` added to a meeting (items carried over from earlier ones
-        not; 0 without a meeting) and `get_profile`, in one query: what every new entry
-        asks about its sender."""
-        rows = await self._rows(
-            "SELECT (SELECT count(*) FROM entries WHERE sender = ? AND meeting_id = ? "
-            "AND carried_from IS NULL) AS taken, name, affiliation, handle "
-            "FROM (SELECT 1) LEFT JOIN profiles ON user_id = ?", sender, meeting_id, sender)
-        row = rows[0]
-        profile = (Profile(row["name"], row["affiliation"], row["handle"])
-                   if row["name"] is not None else None)
-        return row["taken"], profile
+        not): what the limit per person counts."""
+        return await self._scalar(
+            "SELECT count(*) FROM entries WHERE sender = ? AND meeting_id = ? "
+            "AND carried_from IS NULL", sender, meeting_id)
 
     async def entry_by_event(self, event_id: EventId) -> tuple[int, Entry] | None:
         """The entry a message created, with its meeting's id."""

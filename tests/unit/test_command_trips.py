@@ -27,9 +27,9 @@ BOT, CHAIR = "@bot:example.org", UserId("@chair:example.org")
 MEMBER = UserId("@member:example.org")
 NOW = datetime(2026, 6, 18, 8, 0, tzinfo=UTC)
 # What `!here` and `!update` run before their ✅ goes out, ahead of the sitting: BEGIN,
-# the claim, finding the meeting (one query), the profile (for `!update` with the count
-# of the sender's entries), the entry, the ✅'s job, COMMIT.
-HERE_STATEMENTS, UPDATE_STATEMENTS = 7, 7
+# the claim, finding the meeting with the sender's profile and count of entries (one
+# query), the entry, the ✅'s job, COMMIT.
+HERE_STATEMENTS, UPDATE_STATEMENTS = 6, 6
 
 
 class TracingTransport(RecordingTransport):

@@ -358,6 +358,26 @@ async def test_entries_per_person_per_meeting_are_capped_across_kinds(
     assert await room.say(ADA, command) == ["✅"], "undo makes room"
 
 
+async def test_the_cap_counts_in_the_next_sitting_once_this_weeks_has_ended_early(
+    store: Store, tmp_path: Path
+) -> None:
+    room = Room(store, tmp_path, entries_per_person=2, commands=100)
+    room.clock.now = T0 + timedelta(hours=1)
+    await room.say(CHAIR, "!startmeeting")
+    await room.say(CHAIR, "!endmeeting")
+    this_week = await store.find_scheduled("team", T0 + timedelta(hours=1))
+    assert this_week is not None and this_week.is_closed
+    # This week's sitting is held and over before its scheduled end: entries now go to
+    # next week's, and what Ada already gave that one counts.
+    for body in ("!agenda one", "!agenda two"):
+        assert await room.say(ADA, body) == ["✅"]
+    (refused,) = await room.say(ADA, "!agenda three")
+    assert "you have reached the limit of 2 entries per person in this meeting" in refused
+    next_week = await store.find_scheduled("team", T0 + timedelta(hours=1, weeks=1))
+    assert next_week is not None
+    assert [entry.text for entry in (await store.record(next_week)).agenda] == ["one", "two"]
+
+
 async def test_the_text_length_limit_is_answered_with_the_limit(
     store: Store, tmp_path: Path
 ) -> None:

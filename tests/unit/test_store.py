@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 import chatbot.store
-from chatbot.model import EntryKind, EventId, Profile, RoomId, UserId
+from chatbot.model import EntryKind, EventId, Profile, RoomId, Standing, UserId
 from chatbot.store import MIGRATIONS, Store, StoreError
 
 ROOM = RoomId("!room:example.org")
@@ -414,16 +414,32 @@ async def test_a_known_room_written_in_a_rolled_back_transaction_stays_unknown(
     assert not await store.is_known_room(ROOM)
 
 
-async def test_sender_standing_counts_own_entries_and_finds_the_profile(store: Store) -> None:
-    assert await store.sender_standing(None, ADA) == (0, None), "no meeting, no profile"
+async def test_open_or_scheduled_brings_the_senders_profile_and_own_entries(
+        store: Store) -> None:
+    nothing = await store.open_or_scheduled(ROOM, [("team", T0)], ADA)
+    assert (nothing.open, nothing.scheduled, nothing.profile, nothing.entries) == (
+        None, {}, None, {}), "no sitting and no profile: nothing found, no error"
+    assert nothing.standing(None) == Standing(None, 0)
     async with store.transaction():
         meeting = await store.create_adhoc("team", ROOM, "Team", T0, T0 + timedelta(hours=1))
+        later = await store.ensure_scheduled("team", ROOM, "Team", T0 + timedelta(weeks=1))
         await store.save_profile(ADA, Profile("Ada L", "Org", "@ada"), T0)
         for n in range(2):
             await store.add_entry(meeting.id, EntryKind.UPDATE, ADA, "Ada", f"u{n}", None,
                                   EventId(f"$u{n}"), T0)
         await store.add_entry(meeting.id, EntryKind.AGENDA, ADA, "Ada", "old item", None,
                               EventId("$carried"), T0, carried_from="2026-06-11")
-        await store.add_entry(meeting.id, EntryKind.UPDATE, UserId("@bo:example.org"), "Bo",
-                              "not Ada's", None, EventId("$bo"), T0)
-    assert await store.sender_standing(meeting.id, ADA) == (2, Profile("Ada L", "Org", "@ada"))
+        await store.add_entry(meeting.id, EntryKind.UPDATE, GRACE, "Grace",
+                              "not Ada's", None, EventId("$grace"), T0)
+        await store.add_entry(later.id, EntryKind.AGENDA, ADA, "Ada", "next time", None,
+                              EventId("$next"), T0)
+
+    found = await store.open_or_scheduled(ROOM, [("team", T0 + timedelta(weeks=1))], ADA)
+    assert found.open == meeting and found.scheduled == {("team", later.scheduled_start): later}
+    assert found.standing(meeting) == Standing(Profile("Ada L", "Org", "@ada"), 2), (
+        "her own entries, not Grace's and not the item carried over")
+    assert found.standing(later) == Standing(Profile("Ada L", "Org", "@ada"), 1)
+    assert await store.count_own_entries(meeting.id, ADA) == 2
+    assert await store.count_own_entries(meeting.id, GRACE) == 1
+    grace = await store.open_or_scheduled(ROOM, [], GRACE)
+    assert grace.open == meeting and grace.standing(meeting) == Standing(None, 1)
