@@ -23,12 +23,15 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 from nio import (
+    Api,
     AsyncClient,
     AsyncClientConfig,
     MessageDirection,
     RoomMessagesResponse,
+    RoomSendResponse,
     SyncResponse,
 )
 
@@ -74,6 +77,29 @@ async def exchange_keys(client: AsyncClient) -> None:
     if client.should_claim_keys:
         await client.keys_claim(client.get_users_for_key_claiming())
     await client.send_to_device_messages()
+
+
+async def react(client: AsyncClient, room_id: str, event_id: str) -> None:
+    """✅ on a message; encrypted in an encrypted room, as chatbot's is. nio's room_send
+    (0.26) sends reactions in the clear, so the encrypted ones take its steps by hand:
+    the members' keys, the Megolm session, the ciphertext (the relation stays outside,
+    as the spec asks), the send."""
+    relation = {"rel_type": "m.annotation", "event_id": event_id, "key": "✅"}
+    room = client.rooms.get(room_id)
+    if client.olm is None or room is None or not room.encrypted:
+        await client.room_send(room_id, "m.reaction", {"m.relates_to": relation})
+        return
+    if not room.members_synced:
+        await client.joined_members(room_id)
+        if client.should_query_keys:
+            await client.keys_query()
+    if client.olm.should_share_group_session(room_id):
+        await client.share_group_session(room_id, ignore_unverified_devices=True)
+    event_type, content = client.encrypt(room_id, "m.reaction", {})
+    content["m.relates_to"] = relation
+    method, path, data = Api.room_send(client.access_token, room_id, event_type, content,
+                                       uuid4())
+    await client._send(RoomSendResponse, method, path, data, (room_id,))
 
 
 async def run(homeserver: str, user_id: str, access_token: str, device_id: str | None = None,
@@ -123,9 +149,7 @@ async def run(homeserver: str, user_id: str, access_token: str, device_id: str |
                     if (source.get("type") == "m.room.message" and source.get("sender") != user_id
                             and content.get("msgtype") == "m.text"
                             and str(content.get("body", "")).startswith(answer_prefix)):
-                        await client.room_send(room_id, "m.reaction", {"m.relates_to": {
-                            "rel_type": "m.annotation", "event_id": source["event_id"],
-                            "key": "✅"}}, ignore_unverified_devices=True)
+                        await react(client, room_id, source["event_id"])
             token = response.next_batch
             await exchange_keys(client)
     finally:

@@ -188,12 +188,16 @@ class Acks:
 
     seen: dict[str, dict[str, float]] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # (bot, room) where a ✅ came unencrypted: in the encrypted room, an unfair comparison.
+    in_the_clear: set[tuple[str, str]] = field(default_factory=set)
 
     def on_event(self, event: dict[str, Any]) -> None:
         relation = (event.get("content") or {}).get("m.relates_to") or {}
         if event.get("type") == "m.reaction" and relation.get("key") == "✅":
             self.seen.setdefault(event["sender"], {}).setdefault(
                 relation["event_id"], time.monotonic())
+            if not event.get("decrypted"):
+                self.in_the_clear.add((event["sender"], event.get("room_id", "")))
             self.changed.set()
 
     async def wait_all(self, bot: str, event_ids: Iterable[str], timeout: float) -> float:
@@ -805,6 +809,10 @@ async def run_benchmark(counts: Counts, workdir: Path) -> dict[str, Any]:
         secret = await latency(world.keeper, world.acks, bots, world.secret_room,
                                counts.encrypted, "encrypted room")
         results["encrypted"] = {name: summary(values) for name, values in secret.items()}
+        if clear := sorted(bot for bot, room in world.acks.in_the_clear
+                           if room == world.secret_room):
+            raise RuntimeError(f"in the encrypted room, {', '.join(clear)} sent ✅ in the "
+                               "clear: the encrypted comparison would not be like for like")
 
         outcome = await burst(world, bots, counts.burst_each)
         outcome["chatbot"]["recorded"] = recorded(database, outcome.pop("event_ids"))
