@@ -398,8 +398,10 @@ async def initial_sync_bytes(hs: LocalHomeserver, user: RegisteredUser) -> dict[
     headers = {"Authorization": f"Bearer {user.access_token}"}
     sizes = {}
     async with aiohttp.ClientSession(headers=headers) as session:
-        for name, params in (("first", {"filter": json.dumps(first_sync_filter())}),
-                             ("steady_filter", {"filter": json.dumps(sync_filter(50))}),
+        filters = {"first": first_sync_filter(user.user_id),
+                   "steady_filter": sync_filter(50, user.user_id)}
+        for name, params in (*((name, {"filter": json.dumps(definition)})
+                               for name, definition in filters.items()),
                              ("unfiltered", {})):
             async with session.get(url, params={"timeout": "0", **params}) as response:
                 sizes[name] = len(await response.read())

@@ -117,7 +117,8 @@ class BotApp:
             replan_needed = asyncio.Event()
             bot = MeetingBot(rooms, store, notes_dir(self.config), edge, clock=self.clock,
                              on_schedule_change=replan_needed.set, metrics=self.metrics,
-                             targets=publish_targets(self.config, self.clock))
+                             targets=publish_targets(self.config, self.clock),
+                             own_name=edge.own_name)
             await bot.resume()
             scheduler = JobScheduler(bot.run_job)
             scheduler.start()

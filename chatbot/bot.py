@@ -73,7 +73,7 @@ from chatbot.meetings import (
     take_labelled_issues,
 )
 from chatbot.metrics import Metrics
-from chatbot.model import Entry, EventId, LogLine, Pill, RoomId, UserId, utc_now
+from chatbot.model import Entry, EventId, LogLine, Meeting, Pill, RoomId, UserId, utc_now
 from chatbot.nudges import DIRECT_COMMANDS, direct_target, run_nudges
 from chatbot.polls import POLL_END, refer_to
 from chatbot.power import CHAIR_LEVEL
@@ -266,6 +266,8 @@ NOTE_FILE = "note_file"
 LOG_FILE = "log_file"
 # A turn's line in the update round: a message, whose server time starts the turn's clock.
 ROUND_TURN = "round_turn"
+# The jobs that are messages in a meeting's room, as a full log keeps them.
+LOGGED_KINDS = frozenset({"reply", "post", ROUND_TURN})
 # A message to one person, in their direct chat with the bot; queued under their user id
 # (the chat may not exist yet), one lane each.
 DIRECT = "direct"
@@ -370,6 +372,7 @@ class MeetingBot:
         *, clock: Clock = utc_now,
         on_schedule_change: Callable[[], None] = lambda: None,
         metrics: Metrics | None = None, targets: Sequence[Target] = (),
+        own_name: Callable[[RoomId], str] | None = None,
     ) -> None:
         self.rooms = rooms
         self.store = store
@@ -378,6 +381,8 @@ class MeetingBot:
         self.clock = clock
         self.on_schedule_change = on_schedule_change
         self.metrics = metrics or Metrics(clock)
+        # The bot's name in a room, for the full log's lines of its own messages.
+        self.own_name = own_name or (lambda room_id: rooms.config.matrix.user_id)
         self.jobs = rooms.config.jobs
         self._outbox_ready = asyncio.Event()
         # While the outbox runner knows every job the queue holds (`_wake_outbox`), the
@@ -912,9 +917,19 @@ class MeetingBot:
         """Queue messages in the outbox and write notes, inside the caller's transaction;
         the jobs queued (for `_after`, once the transaction has committed)."""
         queued: list[OutboxItem] = []
+        logging: dict[RoomId, Meeting | None] = {}
 
         async def enqueue(room: RoomId, kind: str, payload: dict[str, Any], now: datetime,
                           *, not_before: datetime | None = None) -> None:
+            if kind in LOGGED_KINDS and logs_room(self.rooms, room):
+                # The sync leaves the bot's own messages out: one sent during a logged
+                # sitting goes in its log when it is marked sent (`Store.mark_sent`).
+                if room not in logging:
+                    logging[room] = await logging_sitting(self.store, self.rooms, room)
+                if (sitting := logging[room]) is not None:
+                    payload["log_in"] = {"meeting_id": sitting.id,
+                                         "sender": self.rooms.config.matrix.user_id,
+                                         "name": self.own_name(room)}
             queued.append(await self.store.enqueue(room, kind, payload, now,
                                                    not_before=not_before))
 

@@ -1739,7 +1739,8 @@ class Store:
     def _sent_statements(item: OutboxItem, event_id: str,
                          now: datetime) -> list[tuple[str, tuple[Any, ...]]]:
         """What a sent job records: that it was sent; and for a start announcement, the
-        event, for ✋ reactions to it; for a poll's start, the event the answers name."""
+        event, for ✋ reactions to it; for a poll's start, the event the answers name; for
+        a message in a logged sitting, its line in the log."""
         statements: list[tuple[str, tuple[Any, ...]]] = [(
             "UPDATE outbox SET sent_at = ?, sent_event_id = ? WHERE id = ?",
             (_stamp(now), event_id, item.id))]
@@ -1750,6 +1751,15 @@ class Store:
         if item.kind == POLL_START and (poll_id := item.payload.get("poll_id")) is not None:
             statements.append((
                 "UPDATE polls SET start_event_id = ? WHERE id = ?", (event_id or None, poll_id)))
+        if (log := item.payload.get("log_in")) is not None and event_id:
+            # The bot's own message, in the full log of the sitting it was queued in,
+            # while that is still open (as a person's message said then would be).
+            statements.append((
+                "INSERT OR IGNORE INTO log_lines (event_id, meeting_id, sender, display_name, "
+                "sent_at, body) SELECT ?, id, ?, ?, ?, ? FROM meetings "
+                "WHERE id = ? AND ended_at IS NULL",
+                (event_id, log["sender"], log["name"], _stamp(now), item.payload["text"],
+                 log["meeting_id"])))
         return statements
 
     async def mark_failed(self, item_id: int, failure: str, now: datetime) -> None:

@@ -71,6 +71,10 @@ class MatrixEdge:
     def user_id(self) -> str:
         return self.client.user_id
 
+    def own_name(self, room_id: RoomId) -> str:
+        """The bot's display name in a room (its user id's localpart if nio has not seen it)."""
+        return self.rooms.display_name(room_id, self.client.user_id)
+
     @property
     def room_ids(self) -> dict[str, RoomId]:
         return self.rooms.room_ids

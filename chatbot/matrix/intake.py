@@ -88,8 +88,21 @@ def position_owed(wrote: bool, first: bool, last_saved: datetime | None,
             or now - last_saved >= POSITION_SAVED_EVERY)
 
 
-def sync_filter(timeline_limit: int) -> dict[str, Any]:
-    """Only what the bot reads: messages, memberships and power levels, members lazily."""
+# The events the bot reads in a room's timeline.
+TIMELINE_TYPES = ["m.room.message", "m.room.encrypted", "m.room.member", "m.room.power_levels",
+                  "m.reaction", "m.room.redaction", "m.room.tombstone", "m.room.encryption",
+                  *RESPONSE_TYPES, *END_TYPES]
+# Looking back for the bot's join to a room new to it: pages of 100 events, at most.
+JOIN_LOOKUP_PAGES = 5
+
+
+def sync_filter(timeline_limit: int, own_user_id: str) -> dict[str, Any]:
+    """Only what the bot reads: messages, memberships and power levels, members lazily.
+
+    Not the bot's own events: each ✅ it sends would wake its long poll once more, a
+    response to fetch, parse and (in an encrypted room) decrypt for nothing. The one own
+    event it needs, its join to a room new to it, is looked up (`Intake._since_own_join`).
+    """
     return {
         "presence": {"not_types": ["*"]},
         "account_data": {"not_types": ["*"]},
@@ -99,22 +112,20 @@ def sync_filter(timeline_limit: int) -> dict[str, Any]:
             "state": {"lazy_load_members": True},
             "timeline": {
                 "limit": timeline_limit,
-                "types": ["m.room.message", "m.room.encrypted", "m.room.member",
-                          "m.room.power_levels", "m.reaction", "m.room.redaction",
-                          "m.room.tombstone", "m.room.encryption", *RESPONSE_TYPES,
-                          *END_TYPES],
+                "types": TIMELINE_TYPES,
+                "not_senders": [own_user_id],
                 "lazy_load_members": True,
             },
         },
     }
 
 
-def first_sync_filter() -> dict[str, Any]:
+def first_sync_filter(own_user_id: str) -> dict[str, Any]:
     """The very first sync learns which rooms the bot is in, and little else (nearly all
     predates the bot): one timeline event and its sender per room, however many rooms
     there are. Only when that event is newer than the bot's first start are the events
     before it fetched (`Intake._since_first_start`)."""
-    first = sync_filter(1)
+    first = sync_filter(1, own_user_id)
     first["room"]["state"] = {"types": ["m.room.member", "m.room.encryption"],
                               "lazy_load_members": True}
     return first
@@ -297,12 +308,15 @@ def chat_event(
                         replaces=EventId(replaces) if replaces is not None else None)
 
 
+def is_own_join(event: dict[str, Any], own_user_id: str) -> bool:
+    return (event.get("type") == "m.room.member" and event.get("state_key") == own_user_id
+            and (event.get("content") or {}).get("membership") == "join")
+
+
 def after_own_join(events: list[dict[str, Any]], own_user_id: str) -> list[dict[str, Any]]:
     """The events after the bot's latest join: history before it is not the bot's business."""
     for index in range(len(events) - 1, -1, -1):
-        event = events[index]
-        if (event.get("type") == "m.room.member" and event.get("state_key") == own_user_id
-                and (event.get("content") or {}).get("membership") == "join"):
+        if is_own_join(events[index], own_user_id):
             return events[index + 1:]
     return []
 
@@ -370,8 +384,9 @@ class Intake:
         stored_heard_at = await self.store.get_meta(HEARD_AT_KEY)
         self._heard_at = (datetime.fromisoformat(stored_heard_at) if stored_heard_at
                           else started_at)
-        filter_ = await self._stored_filter(sync_filter(self.timeline_limit))
-        first_filter = first_sync_filter()
+        filter_ = await self._stored_filter(sync_filter(self.timeline_limit,
+                                                        self.client.user_id))
+        first_filter = first_sync_filter(self.client.user_id)
         await self.encryption.note_pending_keys()
         failures = 0
         position_saved_at: datetime | None = None
@@ -464,7 +479,7 @@ class Intake:
             if since is None:
                 events = await self._since_first_start(room_id, info.timeline, started_at)
             elif not await self.store.is_known_room(room_id):
-                events = after_own_join(events, self.client.user_id)
+                events = await self._since_own_join(room_id, response.next_batch)
                 async with self.store.transaction():
                     await self.store.add_known_room(room_id, now)
             elif info.timeline.limited and info.timeline.prev_batch:
@@ -546,6 +561,32 @@ class Intake:
         if self.rooms.move(old, new):
             await listener.follow_upgrade(old, new)
             await self.rooms.join(new, f"the upgrade of {old}")
+
+    async def _since_own_join(self, room_id: RoomId, end: str) -> list[dict[str, Any]]:
+        """In a room new to the bot, the events up to the sync position `end` that came
+        after the bot's latest join; history before it is not the bot's business.
+
+        The sync leaves the bot's own events out, its join too, so the room's latest
+        events are fetched back to that join, with nobody left out.
+        """
+        fetched: list[dict[str, Any]] = []  # newest first
+        start = end
+        for _ in range(JOIN_LOOKUP_PAGES):
+            response = await call_homeserver(
+                f"finding the bot's join to {room_id}",
+                functools.partial(self.client.room_messages, room_id, start=start,
+                                  direction=MessageDirection.back, limit=100,
+                                  message_filter={"types": TIMELINE_TYPES}))
+            if not isinstance(response, RoomMessagesResponse) or not response.chunk:
+                break
+            page = [event.source for event in response.chunk]
+            fetched.extend(page)
+            if any(is_own_join(event, self.client.user_id) for event in page):
+                break
+            if not response.end or response.end == start:
+                break
+            start = response.end
+        return after_own_join(fetched[::-1], self.client.user_id)
 
     async def _missed_events(
         self, room_id: RoomId, before: str, since: str | None, *,

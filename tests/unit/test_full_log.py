@@ -288,6 +288,54 @@ async def test_a_logged_sitting_keeps_every_message_until_the_close(tmp_path: Pa
         await bot.store.close()
 
 
+async def test_the_bots_own_messages_are_logged_when_sent_while_the_sitting_is_open(
+    tmp_path: Path,
+) -> None:
+    """The sync leaves the bot's own events out; what it sends in a logged sitting is
+    logged as it is marked sent, under its name in the room, once."""
+    clock = ManualClock(NOW)
+    store = await Store.open(tmp_path / "bot.db")
+    transport = RecordingTransport()
+    bot = MeetingBot(Rooms(config(), {"team": ROOM}), store, tmp_path / "notes", transport,
+                     clock=clock, own_name=lambda room_id: f"Meeting Bot in {room_id}")
+    room = Room(bot, clock)
+    try:
+        await room.say(CHAIR, "!startmeeting")
+        await bot.deliver_due()
+        await room.say(ADA, "!help")  # answered with a reply
+        await bot.deliver_due()
+        sent = {item.kind: transport.sent.index(item) + 1 for item in transport.sent}
+        kept = await store.log_lines(1)
+        assert [(line.event_id, line.sender, line.display_name) for line in kept[:1]] == [
+            (f"$sent{sent['post']}", BOT, f"Meeting Bot in {ROOM}")]
+        assert kept[0].body.endswith(LOGGED_NOTICE), "the announcement as its markdown"
+        assert [line.event_id for line in kept] == [
+            f"$sent{sent['post']}", "$m2", f"$sent{sent['reply']}"], "in the order said"
+        # The echo, should a gap fill bring it back, is the same line: kept once.
+        await bot.handle(IncomingChat(ROOM, EventId(f"$sent{sent['reply']}"), BOT,
+                                      "Meeting Bot", "again", clock.now))
+        assert len(await store.log_lines(1)) == 3
+
+        await room.say(ADA, "!help")  # its reply queued, not yet sent
+        await room.say(CHAIR, "!endmeeting")
+        await bot.deliver_due()
+        assert len(await store.log_lines(1)) == 5, (
+            "Ada's message and the close are logged; the reply sent after the close is not")
+    finally:
+        await store.close()
+
+
+async def test_the_bots_messages_carry_no_log_where_no_sitting_logs(tmp_path: Path) -> None:
+    bot, room = await make_bot(tmp_path, log=None)
+    try:
+        await room.say(CHAIR, "!startmeeting")
+        await room.say(ADA, "!help")
+        assert [item for item in await bot.store.read.pending_outbox(limit=50)
+                if "log_in" in item.payload] == []
+    finally:
+        await bot.store.close()
+
+
 async def test_a_redaction_after_the_close_writes_the_log_again_without_it(
     tmp_path: Path,
 ) -> None:

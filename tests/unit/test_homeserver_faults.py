@@ -349,3 +349,65 @@ async def test_the_first_sync_fetches_nothing_when_its_one_event_is_history(
     timeline = SimpleNamespace(events=[timeline_event(MS - 1, "!here")], limited=True,
                                prev_batch="p1")
     assert await edge.intake._since_first_start(ROOM, timeline, STARTED) == []
+
+
+def own_join() -> SimpleNamespace:
+    return SimpleNamespace(source={"type": "m.room.member", "event_id": "$joined",
+                                   "sender": BOT, "state_key": BOT, "origin_server_ts": MS,
+                                   "content": {"membership": "join"}})
+
+
+async def test_in_a_new_room_the_events_after_the_bots_join_are_fetched_back_to_it(
+    edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sync leaves the bot's own events out, its join too: the room's latest events
+    are fetched back from the sync position, page by page, until the join."""
+    asked: list[str] = []
+    pages = {"now": RoomMessagesResponse(ROOM, [timeline_event(MS + 3, "!here"),
+                                                timeline_event(MS + 2, "!update one")],
+                                         "now", "older"),
+             "older": RoomMessagesResponse(ROOM, [timeline_event(MS + 1, "!update first"),
+                                                  own_join(),
+                                                  timeline_event(MS - 1, "history")],
+                                           "older", "oldest")}
+
+    async def room_messages(room_id: str, start: str, **kwargs: Any) -> Any:
+        assert kwargs["message_filter"]["types"] == intake.TIMELINE_TYPES, "nobody left out"
+        asked.append(start)
+        return pages[start]
+
+    monkeypatch.setattr(edge.client, "room_messages", room_messages)
+    events = await edge.intake._since_own_join(ROOM, "now")
+    assert [e["content"]["body"] for e in events] == ["!update first", "!update one", "!here"]
+    assert asked == ["now", "older"], "no page beyond the join"
+
+    asked.clear()
+    pages["now"] = RoomMessagesResponse(ROOM, [own_join(), timeline_event(MS - 1, "history")],
+                                        "now", "older")
+    assert await edge.intake._since_own_join(ROOM, "now") == [], "joined, nothing since"
+    assert asked == ["now"]
+
+
+async def test_a_room_whose_join_is_out_of_reach_hands_nothing_over(
+    edge: MatrixEdge, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls = 0
+
+    async def room_messages(room_id: str, start: str, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return RoomMessagesResponse(ROOM, [timeline_event(MS + calls, f"!here {calls}")],
+                                    start, f"page{calls}")
+
+    monkeypatch.setattr(edge.client, "room_messages", room_messages)
+    assert await edge.intake._since_own_join(ROOM, "a") == [], (
+        "no join in sight: history, as before the bot joined")
+    assert calls == intake.JOIN_LOOKUP_PAGES
+
+
+def test_the_sync_leaves_out_the_bots_own_events_and_nothing_else() -> None:
+    steady, first = intake.sync_filter(50, BOT), intake.first_sync_filter(BOT)
+    for definition in (steady, first):
+        timeline = definition["room"]["timeline"]
+        assert timeline["not_senders"] == [BOT] and "senders" not in timeline
+        assert timeline["types"] == intake.TIMELINE_TYPES
