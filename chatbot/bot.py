@@ -381,8 +381,10 @@ class MeetingBot:
         self.clock = clock
         self.on_schedule_change = on_schedule_change
         self.metrics = metrics or Metrics(clock)
-        # The bot's name in a room, for the full log's lines of its own messages.
-        self.own_name = own_name or (lambda room_id: rooms.config.matrix.user_id)
+        # The bot's name in a room, for the full log's lines of its own messages (without
+        # a Matrix edge to ask, its user id's localpart, as the edge falls back to).
+        localpart = rooms.config.matrix.user_id.removeprefix("@").split(":", 1)[0]
+        self.own_name = own_name or (lambda room_id: localpart)
         self.jobs = rooms.config.jobs
         self._outbox_ready = asyncio.Event()
         # While the outbox runner knows every job the queue holds (`_wake_outbox`), the
