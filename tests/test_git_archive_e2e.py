@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime
 
 from chatbot.demo.person import body_of, is_reaction
 
@@ -37,7 +36,8 @@ async def test_a_whole_meeting_ends_as_one_commit_holding_the_note(world: World)
     note = await ada.wait_for(lambda e: body_of(e).startswith("# Example Team Meeting"),
                               after=mark)
 
-    path = f"meetings/team/{datetime.now(UTC).date().isoformat()}.md"
+    # The sitting is dated by its scheduled start (two hours ahead), not by the wall clock.
+    path = f"meetings/team/{config.meetings[0].start.date().isoformat()}.md"
     await eventually(lambda: git("--git-dir", str(remote), "show", f"main:{path}").returncode
                      == 0, f"a commit holding {path}")
     shown = git("--git-dir", str(remote), "show", f"main:{path}")

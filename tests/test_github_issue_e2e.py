@@ -8,7 +8,6 @@ issue once merged: no manual step from the issue to the merged archive."""
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime
 
 import pytest
 
@@ -96,7 +95,8 @@ async def test_a_labelled_issue_on_the_agenda_and_the_note_merged_by_pull_reques
 
         await eventually(lambda: len(github.pulls(REPO)) == 1, "the pull request opened")
         [pull] = github.pulls(REPO)
-        branch = f"meeting/team/{datetime.now(UTC).date().isoformat()}"
+        # The sitting is dated by its scheduled start (two hours ahead), not the wall clock.
+        branch = f"meeting/team/{config.meetings[0].start.date().isoformat()}"
         assert (pull.head, pull.base) == (branch, "main")
         assert f"Closes #{issue.number}" in (pull.body or "")
         shown = git("--git-dir", str(remote), "show", f"{branch}:meetings/{branch[-10:]}.md")
